@@ -1,0 +1,166 @@
+#pragma once
+// The key-value data model (etcd v3's): requests, responses, replicated commands, limits.
+// Plain standard-library types so that every layer (node, primitives, agent, tests) can use
+// them without WiredTiger or Cap'n Proto. The agent converts RPC messages to and from these.
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "cluster/storage/result.hpp"
+
+namespace keel::storage {
+
+// Keys and values are arbitrary bytes held in std::string.
+struct KeyValue {
+  std::string key;
+  std::string value;
+  int64_t create_revision = 0;  // revision of the put that created the key (since last delete)
+  int64_t mod_revision = 0;     // revision of the last put to the key
+  int64_t version = 0;          // number of puts since creation; a delete resets it to 0
+  int64_t lease = 0;            // 0 = no lease
+  bool operator==(const KeyValue&) const = default;
+};
+
+enum class SortTarget : uint8_t { key, version, create, mod, value };
+enum class SortOrder : uint8_t { none, ascend, descend };
+
+// Key ranges follow etcd: range_end empty = the single key `key`; range_end == "\0" (one
+// zero byte) = every key >= key; otherwise the half-open interval [key, range_end).
+// A prefix p is [p, prefix_end(p)).
+std::string prefix_end(std::string_view prefix);
+
+struct RangeRequest {
+  std::string key;
+  std::string range_end;
+  int64_t revision = 0;  // 0 = current revision
+  int64_t limit = 0;     // 0 = no limit
+  SortOrder sort_order = SortOrder::none;
+  SortTarget sort_target = SortTarget::key;
+  bool keys_only = false;   // values are returned empty
+  bool count_only = false;  // no kvs, only count
+  int64_t min_mod_revision = 0;  // 0 = no filter; filters apply to kvs, not to count
+  int64_t max_mod_revision = 0;
+  int64_t min_create_revision = 0;
+  int64_t max_create_revision = 0;
+  bool serializable = false;  // read path choice (local, possibly stale); ignored by the store
+  bool operator==(const RangeRequest&) const = default;
+};
+
+struct RangeResponse {
+  int64_t revision = 0;       // store revision the read was served at
+  std::vector<KeyValue> kvs;  // sorted as requested
+  bool more = false;          // more keys match than were returned (limit or page size)
+  int64_t count = 0;          // keys in the range at that revision, ignoring limit and filters
+  // Set when the reply stopped early because it reached the page size (RangeOptions); the
+  // caller gets the rest with key = continue_key, the same range_end and revision = revision.
+  // Only key-ordered replies (sort none, or key ascending) page; others fail when too large.
+  std::string continue_key;
+};
+
+struct PutRequest {
+  std::string key;
+  std::string value;
+  int64_t lease = 0;
+  bool prev_kv = false;       // return the key-value pair before the put
+  bool ignore_value = false;  // keep the current value (key must exist), value must be empty
+  bool ignore_lease = false;  // keep the current lease (key must exist), lease must be 0
+  bool operator==(const PutRequest&) const = default;
+};
+struct PutResponse {
+  int64_t revision = 0;
+  std::optional<KeyValue> prev_kv;
+};
+
+struct DeleteRangeRequest {
+  std::string key;
+  std::string range_end;
+  bool prev_kv = false;
+  bool operator==(const DeleteRangeRequest&) const = default;
+};
+struct DeleteRangeResponse {
+  int64_t revision = 0;
+  int64_t deleted = 0;
+  std::vector<KeyValue> prev_kvs;  // with prev_kv: the deleted pairs, in key order
+};
+
+enum class CompareTarget : uint8_t { version, create, mod, value, lease };
+enum class CompareResult : uint8_t { equal, not_equal, less, greater };
+
+// A compare holds for a range when it holds for every key in the range. A missing key
+// compares as version 0, create 0, mod 0, lease 0; a value compare on a missing key is false.
+struct Compare {
+  CompareResult result = CompareResult::equal;
+  CompareTarget target = CompareTarget::version;
+  std::string key;
+  std::string range_end;
+  int64_t number = 0;  // for version, create, mod, lease
+  std::string value;   // for value
+  bool operator==(const Compare&) const = default;
+};
+
+using RequestOp = std::variant<RangeRequest, PutRequest, DeleteRangeRequest>;
+using ResponseOp = std::variant<RangeResponse, PutResponse, DeleteRangeResponse>;
+
+// All compares ANDed; then `success` or `failure` runs, as one revision (if anything is
+// written). Reads inside a txn see the writes made earlier in the same txn.
+struct TxnRequest {
+  std::vector<Compare> compare;
+  std::vector<RequestOp> success;
+  std::vector<RequestOp> failure;
+  bool operator==(const TxnRequest&) const = default;
+};
+struct TxnResponse {
+  int64_t revision = 0;
+  bool succeeded = false;
+  std::vector<ResponseOp> responses;
+};
+
+// Drops history below `revision` (kept: the newest version <= revision of each live key).
+struct CompactRequest {
+  int64_t revision = 0;
+  bool operator==(const CompactRequest&) const = default;
+};
+struct CompactResponse {
+  int64_t revision = 0;  // store revision when the compaction was applied
+};
+
+// A replicated command: what goes into the log and what apply() executes deterministically.
+using Command = std::variant<PutRequest, DeleteRangeRequest, TxnRequest, CompactRequest>;
+using CommandResult = std::variant<PutResponse, DeleteRangeResponse, TxnResponse, CompactResponse>;
+
+// Compact, versioned binary encoding of a command (the log entry payload). decode_command
+// never trusts its input: any malformed byte string yields ErrorCode::invalid_argument.
+std::string encode_command(const Command& command);
+Result<Command> decode_command(std::string_view bytes);
+
+// Explicit limits; every one is configurable in keeld's config ([limits] table).
+struct Limits {
+  size_t max_key_bytes = 4096;
+  size_t max_value_bytes = 1024 * 1024;
+  size_t max_request_bytes = 1536 * 1024;  // 1.5 MiB, as etcd
+  size_t max_txn_ops = 128;                // success + failure ops, as etcd
+  size_t max_response_bytes = 4 * 1024 * 1024;  // page size for ranges
+  size_t max_watchers = 10000;                  // per agent
+};
+
+// Rejects what the store must never see: empty key, key/value over the limits, range_end
+// before key, too many txn ops, a txn branch writing one key twice (puts and deletes over
+// overlapping keys), ignore_value with a value, ignore_lease with a lease, negative numbers.
+// The message names the field and the limit.
+Status validate(const Command& command, const Limits& limits);
+Status validate(const RangeRequest& request, const Limits& limits);
+
+enum class EventType : uint8_t { put, del };
+// A watch event. For a delete, kv holds the key and mod_revision = the delete's revision.
+struct Event {
+  EventType type = EventType::put;
+  KeyValue kv;
+  std::optional<KeyValue> prev_kv;
+  bool operator==(const Event&) const = default;
+};
+
+}  // namespace keel::storage

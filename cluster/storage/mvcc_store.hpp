@@ -1,0 +1,145 @@
+#pragma once
+// The MVCC key-value store on WiredTiger (etcd's data model), plus the raft log.
+//
+// One data directory = one WiredTiger connection, opened by Engine::open. Engine owns the
+// tables; MvccStore and LogStore borrow the engine and must not outlive it.
+//
+// Threads: apply() and LogStore writes are called from one thread (the node thread). Any
+// other thread reads through its own Reader (one WiredTiger session each, as WiredTiger
+// requires). current_revision()/compact_revision() may be called from any thread.
+//
+// Durability: the raft log is committed with sync (LogStore::append), so an appended entry
+// survives kill -9. apply() commits without sync; after a crash the node re-applies the log
+// entries above applied_index(), which apply() stores in the same WiredTiger transaction as
+// the state it changes, so state and index can never disagree (the etcd #13766 lesson).
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cluster/storage/kv_types.hpp"
+
+namespace keel::storage {
+
+struct EngineOptions {
+  std::string dir;              // created if missing
+  size_t cache_size_mb = 256;
+  size_t log_file_max_mb = 16;  // WiredTiger's own journal file size; no preallocation
+  // Compaction deletes history in chunks of this many rows per WiredTiger transaction, on a
+  // background thread, so that reads and writes never wait for a whole compaction.
+  size_t compaction_batch_rows = 1000;
+};
+
+struct EngineStats {
+  uint64_t log_syncs = 0;        // synced log commits (fsyncs) since open
+  uint64_t log_entries = 0;      // log entries appended since open
+  uint64_t applied_batches = 0;  // apply() calls since open
+};
+
+class Engine;
+
+// Opens (creating if needed) the data directory. Errors: a directory that cannot be created
+// or read, or one locked by another process, give ErrorCode::internal with a message that
+// names the directory and the cause.
+Result<std::unique_ptr<Engine>> open_engine(const EngineOptions& options);
+
+struct LogEntry {
+  uint64_t index = 0;
+  uint64_t term = 0;
+  std::string data;  // encode_command() bytes
+  bool operator==(const LogEntry&) const = default;
+};
+
+struct HardState {
+  uint64_t term = 0;
+  uint64_t vote = 0;
+  uint64_t commit = 0;
+  bool operator==(const HardState&) const = default;
+};
+
+// The raft log and hard state. Indices are contiguous; first_index() is 1 on a new log.
+class LogStore {
+ public:
+  virtual ~LogStore() = default;
+  // Appends entries (index must be last_index()+1 for the first, contiguous after; an entry
+  // whose index is <= last_index() replaces the tail from there: raft's truncate-and-append)
+  // and the hard state if given, in one WiredTiger transaction committed with sync=on.
+  virtual Status append(const std::vector<LogEntry>& entries,
+                        const HardState* hard_state = nullptr) = 0;
+  // Entries in [lo, hi), at most max_bytes of data (at least one entry if any).
+  virtual Result<std::vector<LogEntry>> entries(uint64_t lo, uint64_t hi,
+                                                size_t max_bytes = SIZE_MAX) = 0;
+  virtual uint64_t first_index() const = 0;
+  virtual uint64_t last_index() const = 0;
+  virtual HardState hard_state() const = 0;
+  // Drops entries below `index` (they are applied and covered by the state). Not synced.
+  virtual Status compact_prefix(uint64_t index) = 0;
+};
+
+// A read view for one thread. Every call reads one consistent WiredTiger snapshot.
+class Reader {
+ public:
+  virtual ~Reader() = default;
+  // Errors: compacted (revision < compact revision; Error::compact_revision set),
+  // future_revision (revision > current), invalid_argument (result not key-ordered and
+  // larger than max_response_bytes: the message asks for a limit).
+  // Memory stays within about max_response_bytes whatever the size of the range.
+  virtual Result<RangeResponse> range(const RangeRequest& request, size_t max_response_bytes,
+                                      bool skip_count = false) = 0;
+
+  // Visits the events of revisions [from_revision, to_revision] (to_revision 0 = current)
+  // on keys in [key, range_end) (etcd range rules), in revision order and, within one
+  // revision, in the order the txn wrote them. Never splits a revision: it stops at the end
+  // of the revision during which the visited events' key+value bytes reached max_bytes.
+  // If visit returns false it stops at once. Returns the last revision whose events were all
+  // visited (the caller resumes at result+1); from_revision-1 when none was. A revision
+  // without matching events counts as fully visited, so the result advances to to_revision
+  // (or current) when nothing more matches.
+  // prev_kv: fill Event::prev_kv from history (absent if the key did not exist before or
+  // that version is compacted). Errors: compacted when from_revision <= compact revision
+  // (Error::compact_revision set).
+  virtual Result<int64_t> events(int64_t from_revision, int64_t to_revision,
+                                 const std::string& key, const std::string& range_end,
+                                 bool prev_kv, size_t max_bytes,
+                                 const std::function<bool(const Event&)>& visit) = 0;
+};
+
+class MvccStore {
+ public:
+  virtual ~MvccStore() = default;
+
+  // Applies committed commands in order, as one WiredTiger transaction (not synced), and
+  // records `entries.back().first` as applied_index(). Each command either fully applies or
+  // has no effect and yields its error (key_not_found for ignore_value/ignore_lease on a
+  // missing key, future_revision/compacted for Compact, invalid_argument for a command that
+  // fails validation against the store's current state). Deterministic: no clocks, no
+  // randomness; the same commands on the same state give the same results on every replica.
+  // Index 0 entries are allowed (they do not move applied_index()).
+  virtual std::vector<Result<CommandResult>> apply(
+      const std::vector<std::pair<uint64_t, const Command*>>& entries) = 0;
+
+  virtual uint64_t applied_index() const = 0;
+  virtual int64_t current_revision() const = 0;  // 1 on a new store (etcd starts at 1)
+  virtual int64_t compact_revision() const = 0;  // 0 when never compacted
+
+  // A new read view for the calling thread (its own WiredTiger session).
+  virtual std::unique_ptr<Reader> reader() = 0;
+
+  // Blocks until physical deletion of compacted history has caught up with
+  // compact_revision() (tests and shutdown use it).
+  virtual void wait_compaction_idle() = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual MvccStore& store() = 0;
+  virtual LogStore& log() = 0;
+  virtual EngineStats stats() const = 0;
+  virtual const std::string& dir() const = 0;
+};
+
+}  // namespace keel::storage
