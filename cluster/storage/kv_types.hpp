@@ -40,8 +40,8 @@ struct RangeRequest {
   int64_t limit = 0;     // 0 = no limit
   SortOrder sort_order = SortOrder::none;
   SortTarget sort_target = SortTarget::key;
-  bool keys_only = false;   // values are returned empty
-  bool count_only = false;  // no kvs, only count
+  bool keys_only = false;        // values are returned empty
+  bool count_only = false;       // no kvs, only count
   int64_t min_mod_revision = 0;  // 0 = no filter; filters apply to kvs, not to count
   int64_t max_mod_revision = 0;
   int64_t min_create_revision = 0;
@@ -141,8 +141,8 @@ Result<Command> decode_command(std::string_view bytes);
 struct Limits {
   size_t max_key_bytes = 4096;
   size_t max_value_bytes = 1024 * 1024;
-  size_t max_request_bytes = 1536 * 1024;  // 1.5 MiB, as etcd
-  size_t max_txn_ops = 128;                // success + failure ops, as etcd
+  size_t max_request_bytes = 1536 * 1024;       // 1.5 MiB, as etcd
+  size_t max_txn_ops = 128;                     // success + failure ops, as etcd
   size_t max_response_bytes = 4 * 1024 * 1024;  // page size for ranges
   size_t max_watchers = 10000;                  // per agent
 };

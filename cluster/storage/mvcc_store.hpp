@@ -25,12 +25,15 @@
 namespace keel::storage {
 
 struct EngineOptions {
-  std::string dir;              // created if missing
+  std::string dir;  // created if missing
   size_t cache_size_mb = 256;
   size_t log_file_max_mb = 16;  // WiredTiger's own journal file size; no preallocation
   // Compaction deletes history in chunks of this many rows per WiredTiger transaction, on a
   // background thread, so that reads and writes never wait for a whole compaction.
   size_t compaction_batch_rows = 1000;
+  // Page size of ranges inside a txn (apply() has no caller-given one). Part of the
+  // replicated state machine: it must be the same on every replica.
+  size_t txn_range_max_bytes = 4 * 1024 * 1024;
 };
 
 struct EngineStats {
@@ -101,9 +104,8 @@ class Reader {
   // prev_kv: fill Event::prev_kv from history (absent if the key did not exist before or
   // that version is compacted). Errors: compacted when from_revision <= compact revision
   // (Error::compact_revision set).
-  virtual Result<int64_t> events(int64_t from_revision, int64_t to_revision,
-                                 const std::string& key, const std::string& range_end,
-                                 bool prev_kv, size_t max_bytes,
+  virtual Result<int64_t> events(int64_t from_revision, int64_t to_revision, const std::string& key,
+                                 const std::string& range_end, bool prev_kv, size_t max_bytes,
                                  const std::function<bool(const Event&)>& visit) = 0;
 };
 

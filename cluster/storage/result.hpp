@@ -40,6 +40,7 @@ enum class ErrorCode : uint16_t {
   shutting_down,         // the agent is stopping
   permission_denied,     // peer credentials do not allow this
   internal,              // storage or other failure that is not the caller's fault
+  key_not_found,         // put with ignore_value/ignore_lease on a key that does not exist
 };
 
 const char* error_code_name(ErrorCode code);
@@ -58,7 +59,7 @@ inline Error make_error(ErrorCode code, std::string message) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit
+  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}      // NOLINT: implicit
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT: implicit
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
@@ -92,6 +93,8 @@ class [[nodiscard]] Result {
 
 struct Unit {};
 using Status = Result<Unit>;
-inline Status ok_status() { return Unit{}; }
+inline Status ok_status() {
+  return Unit{};
+}
 
 }  // namespace keel

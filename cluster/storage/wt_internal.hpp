@@ -1,0 +1,313 @@
+#pragma once
+// Internals of the WiredTiger engine, shared by wt_engine.cpp, mvcc_apply.cpp and
+// mvcc_read.cpp. Not part of the storage interface.
+//
+// Tables (all key_format=u,value_format=u, with our own order-preserving key encodings):
+//   meta     "state" -> {revision, compact revision, applied index} (written by apply);
+//            "compaction" -> progress of physical compaction (written by the compactor);
+//            "hardstate", "log_first" (written by the log)
+//   history  be64(revision) be32(sub) -> Record with key: every event, for events() and
+//            reads at old revisions
+//   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
+//   current  raw user key -> Record without key: the live keys, for reads at the current
+//            revision (one cursor search per point read)
+//   raftlog  be64(index) -> varint(term) data
+#include <wiredtiger.h>
+
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "cluster/storage/kv_types.hpp"
+#include "cluster/storage/mvcc_store.hpp"
+
+namespace keel::storage::wt {
+
+constexpr const char* kTableConfig = "key_format=u,value_format=u";
+
+inline Error wt_error(const char* what, int ret) {
+  return make_error(ErrorCode::internal,
+                    std::string("wiredtiger: ") + what + ": " + wiredtiger_strerror(ret));
+}
+
+// ---- byte helpers ----
+
+inline void put_be64(std::string& out, uint64_t v) {
+  for (int i = 7; i >= 0; i--)
+    out.push_back(static_cast<char>((v >> (i * 8)) & 0xff));
+}
+inline void put_be32(std::string& out, uint32_t v) {
+  for (int i = 3; i >= 0; i--)
+    out.push_back(static_cast<char>((v >> (i * 8)) & 0xff));
+}
+inline uint64_t get_be64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++)
+    v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+inline uint32_t get_be32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++)
+    v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+inline void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+// Reads a varint from *in, advancing it; false on truncation or overflow.
+inline bool get_varint(std::string_view* in, uint64_t* v) {
+  *v = 0;
+  for (int shift = 0; shift < 64 && !in->empty(); shift += 7) {
+    auto b = static_cast<unsigned char>(in->front());
+    in->remove_prefix(1);
+    *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if (!(b & 0x80)) return true;
+  }
+  return false;
+}
+
+inline std::string history_key(int64_t revision, uint32_t sub) {
+  std::string k;
+  k.reserve(12);
+  put_be64(k, static_cast<uint64_t>(revision));
+  put_be32(k, sub);
+  return k;
+}
+
+// Index keys: the user key with 0x00 escaped as 0x00 0xff and terminated by 0x00 0x01,
+// then be64(revision). The escaping makes byte order of the encoding follow (key, revision)
+// order, which WiredTiger's packed formats do not for a `u` that is not the last column.
+inline void put_escaped(std::string& out, std::string_view key) {
+  for (char c : key) {
+    out.push_back(c);
+    if (c == '\0') out.push_back('\xff');
+  }
+  out.push_back('\0');
+  out.push_back('\x01');
+}
+inline std::string index_key(std::string_view key, int64_t revision) {
+  std::string k;
+  k.reserve(key.size() + 10);
+  put_escaped(k, key);
+  put_be64(k, static_cast<uint64_t>(revision));
+  return k;
+}
+// Length of the escaped-key prefix (terminator included) of an index key; 0 if malformed.
+inline size_t escaped_prefix_len(std::string_view ik) {
+  for (size_t i = 0; i + 1 < ik.size(); i++) {
+    if (ik[i] == '\0') {
+      if (ik[i + 1] == '\x01') return i + 2;
+      i++;  // skip the 0xff of an escaped zero
+    }
+  }
+  return 0;
+}
+inline std::string unescape_key(std::string_view prefix) {
+  std::string key;
+  size_t n = prefix.size() >= 2 ? prefix.size() - 2 : 0;  // drop the terminator
+  key.reserve(n);
+  for (size_t i = 0; i < n; i++) {
+    key.push_back(prefix[i]);
+    if (prefix[i] == '\0') i++;
+  }
+  return key;
+}
+
+// ---- records ----
+
+// One version of a key: a history row, or (without key) the live row in `current`.
+struct Record {
+  EventType type = EventType::put;
+  int64_t create_revision = 0;
+  int64_t mod_revision = 0;
+  int64_t version = 0;
+  int64_t lease = 0;
+  uint32_t sub = 0;           // sub-revision of this version within mod_revision's txn
+  int64_t prev_revision = 0;  // (prev_revision, prev_sub): the previous version, if any
+  uint32_t prev_sub = 0;
+  std::string key;
+  std::string value;
+};
+
+inline std::string encode_record(const Record& r, bool with_key) {
+  std::string out;
+  out.reserve(16 + (with_key ? r.key.size() : 0) + r.value.size());
+  out.push_back(static_cast<char>(r.type));
+  put_varint(out, static_cast<uint64_t>(r.create_revision));
+  put_varint(out, static_cast<uint64_t>(r.mod_revision));
+  put_varint(out, static_cast<uint64_t>(r.version));
+  put_varint(out, static_cast<uint64_t>(r.lease));
+  put_varint(out, r.sub);
+  put_varint(out, static_cast<uint64_t>(r.prev_revision));
+  put_varint(out, r.prev_sub);
+  if (with_key) {
+    put_varint(out, r.key.size());
+    out.append(r.key);
+  } else {
+    put_varint(out, 0);
+  }
+  out.append(r.value);
+  return out;
+}
+
+inline bool decode_record(std::string_view in, Record* r, bool want_value = true) {
+  if (in.empty() || static_cast<uint8_t>(in[0]) > 1) return false;
+  r->type = static_cast<EventType>(in[0]);
+  in.remove_prefix(1);
+  uint64_t v[8];
+  for (auto& x : v) {
+    if (!get_varint(&in, &x)) return false;
+  }
+  r->create_revision = static_cast<int64_t>(v[0]);
+  r->mod_revision = static_cast<int64_t>(v[1]);
+  r->version = static_cast<int64_t>(v[2]);
+  r->lease = static_cast<int64_t>(v[3]);
+  r->sub = static_cast<uint32_t>(v[4]);
+  r->prev_revision = static_cast<int64_t>(v[5]);
+  r->prev_sub = static_cast<uint32_t>(v[6]);
+  if (v[7] > in.size()) return false;
+  r->key.assign(in.data(), v[7]);
+  in.remove_prefix(v[7]);
+  if (want_value) {
+    r->value.assign(in.data(), in.size());
+  } else {
+    r->value.clear();
+  }
+  return true;
+}
+
+inline KeyValue record_kv(Record&& r) {
+  KeyValue kv;
+  kv.key = std::move(r.key);
+  kv.value = std::move(r.value);
+  kv.create_revision = r.create_revision;
+  kv.mod_revision = r.mod_revision;
+  kv.version = r.version;
+  kv.lease = r.lease;
+  return kv;
+}
+
+// The "state" row of meta: what apply() changes atomically with the data.
+struct State {
+  int64_t revision = 1;
+  int64_t compact_revision = 0;
+  uint64_t applied_index = 0;
+};
+inline std::string encode_state(const State& s) {
+  std::string out;
+  put_varint(out, static_cast<uint64_t>(s.revision));
+  put_varint(out, static_cast<uint64_t>(s.compact_revision));
+  put_varint(out, s.applied_index);
+  return out;
+}
+inline bool decode_state(std::string_view in, State* s) {
+  uint64_t a, b, c;
+  if (!get_varint(&in, &a) || !get_varint(&in, &b) || !get_varint(&in, &c)) return false;
+  s->revision = static_cast<int64_t>(a);
+  s->compact_revision = static_cast<int64_t>(b);
+  s->applied_index = c;
+  return true;
+}
+
+// ---- cursors ----
+
+inline void set_key(WT_CURSOR* c, std::string_view k) {
+  WT_ITEM item{};
+  item.data = k.data();
+  item.size = k.size();
+  c->set_key(c, &item);
+}
+inline void set_value(WT_CURSOR* c, std::string_view v) {
+  WT_ITEM item{};
+  item.data = v.data();
+  item.size = v.size();
+  c->set_value(c, &item);
+}
+// Views into WiredTiger memory: valid until the cursor's next operation or reset.
+inline std::string_view key_view(WT_CURSOR* c) {
+  WT_ITEM item{};
+  int ret = c->get_key(c, &item);
+  KEEL_ASSERT(ret == 0, "WT_CURSOR::get_key on a positioned cursor");
+  return {static_cast<const char*>(item.data), item.size};
+}
+inline std::string_view value_view(WT_CURSOR* c) {
+  WT_ITEM item{};
+  int ret = c->get_value(c, &item);
+  KEEL_ASSERT(ret == 0, "WT_CURSOR::get_value on a positioned cursor");
+  return {static_cast<const char*>(item.data), item.size};
+}
+// Positions c on the first key >= k. Returns 0, WT_NOTFOUND (no such key) or an error.
+inline int seek_ge(WT_CURSOR* c, std::string_view k) {
+  set_key(c, k);
+  int exact = 0;
+  int ret = c->search_near(c, &exact);
+  if (ret == 0 && exact < 0) ret = c->next(c);
+  return ret;
+}
+inline int put_row(WT_CURSOR* c, std::string_view k, std::string_view v) {
+  set_key(c, k);
+  set_value(c, v);
+  return c->insert(c);
+}
+inline int remove_row(WT_CURSOR* c, std::string_view k) {
+  set_key(c, k);
+  int ret = c->remove(c);
+  return ret == WT_NOTFOUND ? 0 : ret;
+}
+
+// One WiredTiger session (isolation=snapshot) with its cursors, opened once and reused:
+// opening cursors per call is slow. Used by one thread at a time.
+struct Session {
+  WT_SESSION* session = nullptr;
+  WT_CURSOR* meta = nullptr;
+  WT_CURSOR* current = nullptr;
+  WT_CURSOR* current_aux = nullptr;  // lookups/removals while `current` iterates
+  WT_CURSOR* index = nullptr;
+  WT_CURSOR* index_aux = nullptr;
+  WT_CURSOR* history = nullptr;
+  WT_CURSOR* history_aux = nullptr;  // prev_kv lookups while `history` iterates
+  WT_CURSOR* raftlog = nullptr;
+
+  Status open(WT_CONNECTION* conn);
+  void close();
+  ~Session() { close(); }
+};
+
+// ---- reads shared by Reader and by txns inside apply() ----
+
+// Where a read runs. current_table_revision: the revision the `current` table shows (inside
+// a txn that already wrote, the txn's own revision). max_revision: the newest revision a
+// read may ask for explicitly.
+struct ReadView {
+  int64_t current_table_revision = 1;
+  int64_t max_revision = 1;
+  int64_t compact_revision = 0;
+};
+
+Result<RangeResponse> do_range(Session& s, const ReadView& view, const RangeRequest& request,
+                               size_t max_response_bytes, bool skip_count);
+
+// Visits the live keys of [start, end) (etcd range rules) in `current` through s.current;
+// visit may write through the other cursors of s. Returns 0 or a WiredTiger error.
+int for_each_current(Session& s, std::string_view start, std::string_view end,
+                     const std::function<bool(Record&&)>& visit);
+
+// The MVCC store on `conn` (tables already created).
+Result<std::unique_ptr<MvccStore>> make_store(WT_CONNECTION* conn, const EngineOptions& options,
+                                              std::atomic<uint64_t>* applied_batches);
+
+// A Reader on its own session of `conn`.
+Result<std::unique_ptr<Reader>> make_reader(WT_CONNECTION* conn);
+
+// Reads the live record of `key` from `current`; false if the key does not exist.
+Result<bool> read_current(Session& s, std::string_view key, Record* out);
+
+}  // namespace keel::storage::wt
