@@ -1,0 +1,247 @@
+#include "agent/client.hpp"
+
+#include <capnp/keel.capnp.h>
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include "agent/convert.hpp"
+
+namespace keel::client {
+
+using agent::as_data;
+using agent::from_rpc;
+using agent::to_rpc;
+
+namespace {
+// KJ allows one event loop per thread; every Client on a thread shares it, and the last one
+// to go closes it.
+std::shared_ptr<kj::AsyncIoContext> thread_io() {
+  thread_local std::weak_ptr<kj::AsyncIoContext> current;
+  if (auto io = current.lock()) return io;
+  auto io = std::make_shared<kj::AsyncIoContext>(kj::setupAsyncIo());
+  current = io;
+  return io;
+}
+}  // namespace
+
+struct Client::Impl {
+  std::shared_ptr<kj::AsyncIoContext> io_owner = thread_io();  // destroyed last
+  kj::AsyncIoContext& io = *io_owner;
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> rpc;
+  rpc::Keel::Client keel = nullptr;
+};
+
+namespace {
+
+Error lost(const kj::Exception& e) {
+  return make_error(ErrorCode::internal,
+                    std::string("connection to keeld failed: ") + e.getDescription().cStr());
+}
+
+// Runs `fn` (which waits on the event loop); turns a KJ exception (disconnect, bug on the
+// other side) into an internal error.
+template <typename T, typename Fn>
+Result<T> call(Fn&& fn) {
+  std::optional<Result<T>> out;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { out.emplace(fn()); })) {
+    return lost(*e);
+  }
+  return std::move(*out);
+}
+
+// How a watch ended: ok, or the agent's error. A plain struct rather than Status because GCC 12
+// reports a false -Wmaybe-uninitialized for std::variant inside kj's ExceptionOr.
+struct WatchEnd {
+  bool ok = true;
+  Error error;
+};
+
+class WatcherImpl final : public rpc::Watcher::Server {
+ public:
+  WatcherImpl(const EventsFn& on_events, const ProgressFn& on_progress,
+              kj::Own<kj::PromiseFulfiller<WatchEnd>> done)
+      : on_events_(on_events), on_progress_(on_progress), done_(kj::mv(done)) {}
+
+ protected:
+  kj::Promise<void> events(EventsContext ctx) override {
+    if (!done_->isWaiting()) return kj::READY_NOW;
+    auto p = ctx.getParams();
+    std::vector<storage::Event> events;
+    events.reserve(p.getEvents().size());
+    for (auto e : p.getEvents())
+      events.push_back(from_rpc(e));
+    if (!on_events_(p.getHeader().getRevision(), events)) done_->fulfill(WatchEnd{});
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> progress(ProgressContext ctx) override {
+    if (!done_->isWaiting()) return kj::READY_NOW;
+    if (on_progress_ && !on_progress_(ctx.getParams().getHeader().getRevision())) {
+      done_->fulfill(WatchEnd{});
+    }
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> canceled(CanceledContext ctx) override {
+    if (done_->isWaiting()) done_->fulfill(WatchEnd{false, from_rpc(ctx.getParams().getError())});
+    return kj::READY_NOW;
+  }
+
+ private:
+  const EventsFn& on_events_;
+  const ProgressFn& on_progress_;
+  kj::Own<kj::PromiseFulfiller<WatchEnd>> done_;
+};
+
+}  // namespace
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path) {
+  auto impl = std::make_unique<Impl>();
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                 auto addr = impl->io.provider->getNetwork()
+                                 .parseAddress(kj::str("unix:", socket_path.c_str()))
+                                 .wait(impl->io.waitScope);
+                 impl->stream = addr->connect().wait(impl->io.waitScope);
+               })) {
+    return make_error(ErrorCode::internal, "cannot connect to keeld at " + socket_path + ": " +
+                                               e->getDescription().cStr());
+  }
+  impl->rpc = kj::heap<capnp::TwoPartyClient>(*impl->stream);
+  impl->keel = impl->rpc->bootstrap().castAs<rpc::Keel>();
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Result<storage::RangeResponse> Client::range(const storage::RangeRequest& request,
+                                             bool skip_count) {
+  return call<storage::RangeResponse>([&]() -> Result<storage::RangeResponse> {
+    auto req = impl_->keel.rangeRequest();
+    auto r = req.initRequest();
+    to_rpc(request, r);
+    r.setSkipCount(skip_count);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return from_rpc(resp.getResponse());
+  });
+}
+
+Result<storage::RangeResponse> Client::range_all(
+    const storage::RangeRequest& request,
+    const std::function<void(const storage::KeyValue&)>& visit) {
+  storage::RangeRequest page = request;
+  auto first = range(page);
+  if (!first) return first;
+  storage::RangeResponse summary = first.value();
+  summary.kvs.clear();
+  summary.continue_key.clear();
+  int64_t returned = 0;
+  storage::RangeResponse current = std::move(first).value();
+  for (;;) {
+    for (const auto& kv : current.kvs)
+      visit(kv);
+    returned += static_cast<int64_t>(current.kvs.size());
+    if (current.continue_key.empty()) break;
+    page.key = current.continue_key;
+    page.revision = summary.revision;  // one consistent snapshot across pages
+    if (request.limit > 0) page.limit = request.limit - returned;
+    auto next = range(page, /*skip_count=*/true);
+    if (!next) return next;
+    current = std::move(next).value();
+  }
+  summary.more = current.more;
+  return summary;
+}
+
+Result<storage::PutResponse> Client::put(const storage::PutRequest& request) {
+  return call<storage::PutResponse>([&]() -> Result<storage::PutResponse> {
+    auto req = impl_->keel.putRequest();
+    to_rpc(request, req.initRequest());
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return from_rpc(resp.getResponse());
+  });
+}
+
+Result<storage::DeleteRangeResponse> Client::delete_range(
+    const storage::DeleteRangeRequest& request) {
+  return call<storage::DeleteRangeResponse>([&]() -> Result<storage::DeleteRangeResponse> {
+    auto req = impl_->keel.deleteRangeRequest();
+    to_rpc(request, req.initRequest());
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return from_rpc(resp.getResponse());
+  });
+}
+
+Result<storage::TxnResponse> Client::txn(const storage::TxnRequest& request) {
+  return call<storage::TxnResponse>([&]() -> Result<storage::TxnResponse> {
+    auto req = impl_->keel.txnRequest();
+    to_rpc(request, req.initRequest());
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return from_rpc(resp.getResponse());
+  });
+}
+
+Result<int64_t> Client::compact(int64_t revision, bool physical) {
+  return call<int64_t>([&]() -> Result<int64_t> {
+    auto req = impl_->keel.compactRequest();
+    req.initRequest().setRevision(revision);
+    req.getRequest().setPhysical(physical);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return resp.getResponse().getHeader().getRevision();
+  });
+}
+
+Result<StatusInfo> Client::status() {
+  return call<StatusInfo>([&]() -> Result<StatusInfo> {
+    auto resp = impl_->keel.statusRequest().send().wait(impl_->io.waitScope);
+    auto s = resp.getStatus();
+    StatusInfo out;
+    out.revision = s.getHeader().getRevision();
+    out.compact_revision = s.getCompactRevision();
+    out.applied_index = s.getAppliedIndex();
+    out.log_syncs = s.getLogSyncs();
+    out.log_entries = s.getLogEntries();
+    out.watchers = s.getWatchers();
+    out.connections = s.getConnections();
+    out.peer_uid = s.getPeerUid();
+    out.peer_pid = s.getPeerPid();
+    out.version = s.getVersion();
+    out.data_dir = s.getDataDir();
+    return out;
+  });
+}
+
+Status Client::watch(const WatchOptions& o, const EventsFn& on_events,
+                     const ProgressFn& on_progress) {
+  return call<Unit>([&]() -> Status {
+    auto paf = kj::newPromiseAndFulfiller<WatchEnd>();
+    auto req = impl_->keel.watchRequest();
+    auto r = req.initRequest();
+    r.setKey(as_data(o.key));
+    r.setRangeEnd(as_data(o.range_end));
+    r.setStartRevision(o.start_revision);
+    r.setPrevKv(o.prev_kv);
+    r.setNoPut(o.no_put);
+    r.setNoDelete(o.no_delete);
+    r.setProgressNotify(o.progress_notify);
+    req.setWatcher(kj::heap<WatcherImpl>(on_events, on_progress, kj::mv(paf.fulfiller)));
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    auto handle = resp.getHandle();  // kept alive until the watch ends; dropping it cancels
+    // A broken connection ends the watch too.
+    auto ended = paf.promise.exclusiveJoin(impl_->rpc->onDisconnect().then([] {
+      return WatchEnd{false, make_error(ErrorCode::internal, "connection to keeld closed")};
+    }));
+    WatchEnd end = ended.wait(impl_->io.waitScope);
+    if (!end.ok) return end.error;
+    // Cancel at once rather than when the handle is dropped, so no more events are sent.
+    handle.cancelRequest().send().ignoreResult().wait(impl_->io.waitScope);
+    return ok_status();
+  });
+}
+
+}  // namespace keel::client

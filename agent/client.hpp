@@ -1,0 +1,73 @@
+#pragma once
+// The C++ client library: a synchronous connection to the local agent's Unix socket. A
+// Client belongs to the thread that created it; the Clients of one thread share that
+// thread's KJ event loop.
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "cluster/storage/kv_types.hpp"
+
+namespace keel::client {
+
+struct StatusInfo {
+  int64_t revision = 0;
+  int64_t compact_revision = 0;
+  uint64_t applied_index = 0;
+  uint64_t log_syncs = 0;
+  uint64_t log_entries = 0;
+  uint64_t watchers = 0;
+  uint64_t connections = 0;
+  int64_t peer_uid = -1;
+  int64_t peer_pid = -1;
+  std::string version;
+  std::string data_dir;
+};
+
+struct WatchOptions {
+  std::string key;
+  std::string range_end;
+  int64_t start_revision = 0;
+  bool prev_kv = false;
+  bool no_put = false;
+  bool no_delete = false;
+  bool progress_notify = false;
+};
+
+// Called for each delivered batch; header_revision = every event up to it was delivered.
+// Return false to end the watch.
+using EventsFn = std::function<bool(int64_t header_revision, const std::vector<storage::Event>&)>;
+using ProgressFn = std::function<bool(int64_t header_revision)>;
+
+class Client {
+ public:
+  // Errors: internal with "cannot connect to keeld at PATH: ..." when nothing serves there.
+  static Result<std::unique_ptr<Client>> connect(const std::string& socket_path);
+  ~Client();
+
+  // One page, as the agent returns it (see RangeResponse::continue_key).
+  Result<storage::RangeResponse> range(const storage::RangeRequest& request,
+                                       bool skip_count = false);
+  // Every page of a key-ordered range at one revision: calls `page` per page, so memory
+  // stays at one page whatever the size of the range. Returns the first page's response
+  // with no kvs (revision, count, more as for the whole range).
+  Result<storage::RangeResponse> range_all(const storage::RangeRequest& request,
+                                           const std::function<void(const storage::KeyValue&)>& kv);
+  Result<storage::PutResponse> put(const storage::PutRequest& request);
+  Result<storage::DeleteRangeResponse> delete_range(const storage::DeleteRangeRequest& request);
+  Result<storage::TxnResponse> txn(const storage::TxnRequest& request);
+  Result<int64_t> compact(int64_t revision, bool physical);  // returns the header revision
+  Result<StatusInfo> status();
+  // Blocks, delivering events until `on_events` or `on_progress` returns false (ok) or the
+  // agent cancels the watch (its error, e.g. compacted with compact_revision).
+  Status watch(const WatchOptions& options, const EventsFn& on_events,
+               const ProgressFn& on_progress = nullptr);
+
+  struct Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace keel::client

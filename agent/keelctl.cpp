@@ -1,0 +1,415 @@
+// keelctl: the command line for keel. Exit status: 0 success, 1 the operation failed,
+// 2 usage error. Output: human-readable (etcdctl's layout) or JSON with -w json.
+#include <capnp/compat/json.h>
+#include <capnp/keel.capnp.h>
+#include <capnp/message.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "agent/client.hpp"
+#include "agent/convert.hpp"
+#include "agent/txn_text.hpp"
+
+namespace {
+
+using namespace keel;
+using namespace keel::storage;
+
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+struct UsageError {
+  std::string message;
+};
+
+std::string default_socket() {
+  if (const char* env = std::getenv("KEEL_SOCKET"); env && *env) return env;
+  if (access("/run/keel/keel.sock", F_OK) == 0) return "/run/keel/keel.sock";
+  return "./var/keel.sock";
+}
+
+struct Globals {
+  std::string socket = default_socket();
+  std::string write_out = "simple";
+  bool json() const { return write_out == "json"; }
+};
+
+int report(const Error& e) {
+  std::fprintf(stderr, "Error: %s: %s\n", error_code_name(e.code), e.message.c_str());
+  return kExitFailed;
+}
+
+std::unique_ptr<client::Client> connect_or_exit(const Globals& g) {
+  auto c = client::Client::connect(g.socket);
+  if (!c) {
+    report(c.error());
+    std::exit(kExitFailed);
+  }
+  return std::move(c).value();
+}
+
+void write_bytes(const std::string& s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fputc('\n', stdout);
+}
+
+template <typename Builder>
+std::string to_json(Builder b) {
+  capnp::JsonCodec codec;
+  codec.handleByAnnotation<typename Builder::Builds>();
+  return codec.encode(b.asReader()).cStr();
+}
+
+std::string kv_json(const KeyValue& kv) {
+  capnp::MallocMessageBuilder m;
+  auto b = m.initRoot<rpc::KeyValue>();
+  agent::to_rpc(kv, b);
+  return to_json(b);
+}
+
+void print_kv(const KeyValue& kv, bool value_only, bool keys_only) {
+  if (!value_only) write_bytes(kv.key);
+  if (!keys_only) write_bytes(kv.value);
+}
+
+// ---- range arguments shared by get, del, watch ----------------------------------------
+struct RangeArgs {
+  std::string key;
+  std::string range_end;
+  bool prefix = false;
+  bool from_key = false;
+  bool has_end = false;
+};
+
+void add_range_args(CLI::App* cmd, RangeArgs& a, bool from_key) {
+  cmd->add_option("key", a.key, "key (bytes)")->required();
+  cmd->add_option("range_end", a.range_end, "end of the range [key, range_end)");
+  cmd->add_flag("--prefix", a.prefix, "every key with the prefix `key`");
+  if (from_key) cmd->add_flag("--from-key", a.from_key, "every key >= key");
+}
+
+std::pair<std::string, std::string> resolve_range(CLI::App* cmd, const RangeArgs& a) {
+  int modes = (cmd->count("range_end") > 0) + a.prefix + a.from_key;
+  if (modes > 1) throw UsageError{"range_end, --prefix and --from-key exclude each other"};
+  if (a.prefix) {
+    // An empty prefix means every key, as in etcdctl.
+    if (a.key.empty()) return {std::string(1, '\0'), std::string(1, '\0')};
+    return {a.key, prefix_end(a.key)};
+  }
+  if (a.from_key) return {a.key.empty() ? std::string(1, '\0') : a.key, std::string(1, '\0')};
+  return {a.key, a.range_end};
+}
+
+SortTarget parse_sort_target(const std::string& s) {
+  std::string u;
+  for (char c : s)
+    u += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (u == "KEY") return SortTarget::key;
+  if (u == "VERSION") return SortTarget::version;
+  if (u == "CREATE") return SortTarget::create;
+  if (u == "MODIFY" || u == "MOD") return SortTarget::mod;
+  if (u == "VALUE") return SortTarget::value;
+  throw UsageError{"--sort-by must be one of CREATE, KEY, MODIFY, VALUE, VERSION; got " + s};
+}
+
+SortOrder parse_order(const std::string& s) {
+  std::string u;
+  for (char c : s)
+    u += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (u == "ASCEND") return SortOrder::ascend;
+  if (u == "DESCEND") return SortOrder::descend;
+  throw UsageError{"--order must be ASCEND or DESCEND; got " + s};
+}
+
+// ---- output -----------------------------------------------------------------------------
+void print_range(const RangeResponse& r, bool value_only, bool keys_only, bool count_only) {
+  if (count_only) {
+    std::printf("%lld\n", static_cast<long long>(r.count));
+    return;
+  }
+  for (const auto& kv : r.kvs)
+    print_kv(kv, value_only, keys_only);
+}
+
+void print_response_op(const ResponseOp& op) {
+  if (auto* r = std::get_if<RangeResponse>(&op)) print_range(*r, false, false, false);
+  if (auto* p = std::get_if<PutResponse>(&op)) {
+    std::puts("OK");
+    if (p->prev_kv) print_kv(*p->prev_kv, false, false);
+  }
+  if (auto* d = std::get_if<DeleteRangeResponse>(&op)) {
+    std::printf("%lld\n", static_cast<long long>(d->deleted));
+    for (const auto& kv : d->prev_kvs)
+      print_kv(kv, false, false);
+  }
+}
+
+template <typename Response, typename Builder>
+void print_json(const Response& r) {
+  capnp::MallocMessageBuilder m;
+  auto b = m.initRoot<Builder>();
+  agent::to_rpc(r, b);
+  std::puts(to_json(b).c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keelctl: the command line for keel"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may follow the subcommand: keelctl get k -w json
+  Globals g;
+  app.add_option("--socket", g.socket,
+                 "agent socket (env KEEL_SOCKET; default /run/keel/keel.sock if present, "
+                 "else ./var/keel.sock)");
+  app.add_option("-w,--write-out", g.write_out, "output format: simple or json")
+      ->check(CLI::IsMember({"simple", "json"}));
+
+  // put
+  auto* put =
+      app.add_subcommand("put", "put KEY [VALUE]: store a value (read from stdin if omitted)");
+  PutRequest put_req;
+  bool have_value = false;
+  put->add_option("key", put_req.key)->required();
+  put->add_option("value", put_req.value);
+  put->add_option("--lease", put_req.lease, "lease id (hex with 0x, or decimal)");
+  put->add_flag("--prev-kv", put_req.prev_kv, "print the previous key-value pair");
+  put->add_flag("--ignore-value", put_req.ignore_value, "keep the current value");
+  put->add_flag("--ignore-lease", put_req.ignore_lease, "keep the current lease");
+
+  // get
+  auto* get = app.add_subcommand("get", "get KEY [RANGE_END]: read keys");
+  RangeArgs get_args;
+  add_range_args(get, get_args, true);
+  RangeRequest get_req;
+  std::string sort_by = "KEY", order, consistency = "l";
+  bool print_value_only = false;
+  get->add_option("--rev", get_req.revision, "read at this revision (0 = current)");
+  get->add_option("--limit", get_req.limit, "at most this many keys");
+  get->add_option("--sort-by", sort_by, "CREATE, KEY, MODIFY, VALUE or VERSION");
+  get->add_option("--order", order, "ASCEND or DESCEND");
+  get->add_flag("--keys-only", get_req.keys_only, "keys only, no values");
+  get->add_flag("--count-only", get_req.count_only, "only the number of keys");
+  get->add_flag("--print-value-only", print_value_only, "values only");
+  get->add_option("--consistency", consistency, "l (linearizable) or s (serializable)")
+      ->check(CLI::IsMember({"l", "s"}));
+  get->add_option("--min-mod-rev", get_req.min_mod_revision, "only keys modified at or after");
+  get->add_option("--max-mod-rev", get_req.max_mod_revision, "only keys modified at or before");
+  get->add_option("--min-create-rev", get_req.min_create_revision, "only keys created at or after");
+  get->add_option("--max-create-rev", get_req.max_create_revision,
+                  "only keys created at or before");
+
+  // del
+  auto* del = app.add_subcommand("del", "del KEY [RANGE_END]: delete keys");
+  RangeArgs del_args;
+  add_range_args(del, del_args, true);
+  bool del_prev = false;
+  del->add_flag("--prev-kv", del_prev, "print the deleted key-value pairs");
+
+  // txn
+  auto* txn = app.add_subcommand(
+      "txn", "txn: read compares, success ops and failure ops from stdin (blank-line separated)");
+
+  // watch
+  auto* watch = app.add_subcommand("watch", "watch KEY [RANGE_END]: print changes as they happen");
+  RangeArgs watch_args;
+  add_range_args(watch, watch_args, false);
+  client::WatchOptions wo;
+  int64_t max_events = 0;
+  watch->add_option("--rev", wo.start_revision, "replay history from this revision");
+  watch->add_flag("--prev-kv", wo.prev_kv, "include the previous key-value pair");
+  watch->add_flag("--progress-notify", wo.progress_notify, "print progress notifications");
+  watch->add_flag("--no-put", wo.no_put, "leave out puts");
+  watch->add_flag("--no-delete", wo.no_delete, "leave out deletes");
+  watch->add_option("--max-events", max_events, "exit 0 after this many events (0 = never)");
+
+  // compact
+  auto* compact = app.add_subcommand("compact", "compact REVISION: drop history below REVISION");
+  int64_t compact_rev = 0;
+  bool physical = false;
+  compact->add_option("revision", compact_rev)->required();
+  compact->add_flag("--physical", physical, "return once the history is physically removed");
+
+  // status
+  auto* status = app.add_subcommand("status", "status: the agent's state");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+
+  try {
+    if (put->parsed()) {
+      have_value = put->count("value") > 0;
+      if (!have_value && !put_req.ignore_value) {
+        std::ostringstream ss;
+        ss << std::cin.rdbuf();
+        put_req.value = ss.str();
+      }
+      auto c = connect_or_exit(g);
+      auto r = c->put(put_req);
+      if (!r) return report(r.error());
+      if (g.json()) {
+        print_json<PutResponse, rpc::PutResponse>(*r);
+      } else {
+        std::puts("OK");
+        if (r->prev_kv) print_kv(*r->prev_kv, false, false);
+      }
+      return 0;
+    }
+    if (get->parsed()) {
+      std::tie(get_req.key, get_req.range_end) = resolve_range(get, get_args);
+      get_req.sort_target = parse_sort_target(sort_by);
+      if (!order.empty())
+        get_req.sort_order = parse_order(order);
+      else if (get->count("--sort-by"))
+        get_req.sort_order = SortOrder::ascend;
+      get_req.serializable = consistency == "s";
+      auto c = connect_or_exit(g);
+      bool key_ordered =
+          get_req.sort_order != SortOrder::descend &&
+          (get_req.sort_target == SortTarget::key || get_req.sort_order == SortOrder::none);
+      if (!key_ordered) {
+        auto r = c->range(get_req);
+        if (!r) return report(r.error());
+        if (g.json())
+          print_json<RangeResponse, rpc::RangeResponse>(*r);
+        else
+          print_range(*r, print_value_only, get_req.keys_only, get_req.count_only);
+        return 0;
+      }
+      // Key-ordered: stream page by page, whatever the size of the range.
+      bool first = true;
+      if (g.json()) std::fputs("{\"kvs\":[", stdout);
+      auto r = c->range_all(get_req, [&](const KeyValue& kv) {
+        if (g.json()) {
+          std::fputs(first ? "" : ",", stdout);
+          std::fputs(kv_json(kv).c_str(), stdout);
+        } else {
+          print_kv(kv, print_value_only, get_req.keys_only);
+        }
+        first = false;
+      });
+      if (!r) {
+        if (g.json()) std::puts("]}");
+        return report(r.error());
+      }
+      if (g.json()) {
+        std::printf("],\"header\":{\"revision\":\"%lld\"},\"more\":%s,\"count\":\"%lld\"}\n",
+                    static_cast<long long>(r->revision), r->more ? "true" : "false",
+                    static_cast<long long>(r->count));
+      } else if (get_req.count_only) {
+        std::printf("%lld\n", static_cast<long long>(r->count));
+      }
+      return 0;
+    }
+    if (del->parsed()) {
+      DeleteRangeRequest d;
+      std::tie(d.key, d.range_end) = resolve_range(del, del_args);
+      d.prev_kv = del_prev;
+      auto c = connect_or_exit(g);
+      auto r = c->delete_range(d);
+      if (!r) return report(r.error());
+      if (g.json())
+        print_json<DeleteRangeResponse, rpc::DeleteRangeResponse>(*r);
+      else
+        print_response_op(*r);
+      return 0;
+    }
+    if (txn->parsed()) {
+      auto t = agent::parse_txn(std::cin);
+      if (!t) throw UsageError{t.error().message};
+      auto c = connect_or_exit(g);
+      auto r = c->txn(*t);
+      if (!r) return report(r.error());
+      if (g.json()) {
+        print_json<TxnResponse, rpc::TxnResponse>(*r);
+      } else {
+        std::puts(r->succeeded ? "SUCCESS" : "FAILURE");
+        for (const auto& op : r->responses) {
+          std::puts("");
+          print_response_op(op);
+        }
+      }
+      return 0;
+    }
+    if (watch->parsed()) {
+      std::tie(wo.key, wo.range_end) = resolve_range(watch, watch_args);
+      auto c = connect_or_exit(g);
+      int64_t seen = 0;
+      auto st = c->watch(
+          wo,
+          [&](int64_t revision, const std::vector<Event>& events) {
+            for (const auto& e : events) {
+              if (g.json()) {
+                capnp::MallocMessageBuilder m;
+                auto b = m.initRoot<rpc::Event>();
+                agent::to_rpc(e, b);
+                std::printf("{\"revision\":\"%lld\",\"event\":%s}\n",
+                            static_cast<long long>(revision), to_json(b).c_str());
+              } else {
+                std::puts(e.type == EventType::put ? "PUT" : "DELETE");
+                if (e.prev_kv) print_kv(*e.prev_kv, false, false);
+                print_kv(e.kv, false, e.type == EventType::del);
+              }
+              if (max_events > 0 && ++seen >= max_events) {
+                std::fflush(stdout);
+                return false;
+              }
+            }
+            std::fflush(stdout);
+            return true;
+          },
+          [&](int64_t revision) {
+            if (g.json())
+              std::printf("{\"progress\":{\"revision\":\"%lld\"}}\n",
+                          static_cast<long long>(revision));
+            else
+              std::printf("progress notify: revision %lld\n", static_cast<long long>(revision));
+            std::fflush(stdout);
+            return true;
+          });
+      if (!st) return report(st.error());
+      return 0;
+    }
+    if (compact->parsed()) {
+      auto c = connect_or_exit(g);
+      auto r = c->compact(compact_rev, physical);
+      if (!r) return report(r.error());
+      if (g.json())
+        std::printf("{\"header\":{\"revision\":\"%lld\"}}\n", static_cast<long long>(*r));
+      else
+        std::printf("compacted revision %lld\n", static_cast<long long>(compact_rev));
+      return 0;
+    }
+    if (status->parsed()) {
+      auto c = connect_or_exit(g);
+      auto r = c->status();
+      if (!r) return report(r.error());
+      std::printf(g.json() ? "{\"version\":\"%s\",\"data_dir\":\"%s\",\"revision\":%lld,"
+                             "\"compact_revision\":%lld,\"applied_index\":%llu,\"log_syncs\":%llu,"
+                             "\"log_entries\":%llu,\"watchers\":%llu,\"connections\":%llu}\n"
+                           : "version: %s\ndata_dir: %s\nrevision: %lld\ncompact_revision: %lld\n"
+                             "applied_index: %llu\nlog_syncs: %llu\nlog_entries: %llu\n"
+                             "watchers: %llu\nconnections: %llu\n",
+                  r->version.c_str(), r->data_dir.c_str(), static_cast<long long>(r->revision),
+                  static_cast<long long>(r->compact_revision),
+                  static_cast<unsigned long long>(r->applied_index),
+                  static_cast<unsigned long long>(r->log_syncs),
+                  static_cast<unsigned long long>(r->log_entries),
+                  static_cast<unsigned long long>(r->watchers),
+                  static_cast<unsigned long long>(r->connections));
+      return 0;
+    }
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "Error: %s\n", e.message.c_str());
+    return kExitUsage;
+  }
+  return kExitUsage;
+}

@@ -1,0 +1,217 @@
+@0xea3e31998c0dcef6;
+# keel's client API: what local programs speak to their host's agent over the Unix socket.
+# Field names follow etcd v3 (JSON names are etcdctl's), so etcd users find what they know.
+# Expected failures come back as `error` in the results (never as an exception); an exception
+# means a bug or a broken connection.
+
+using Cxx = import "/capnp/c++.capnp";
+using Json = import "/capnp/compat/json.capnp";
+$Cxx.namespace("keel::rpc");
+
+struct KeyValue {
+  key @0 :Data $Json.base64;
+  value @1 :Data $Json.base64;
+  createRevision @2 :Int64 $Json.name("create_revision");
+  modRevision @3 :Int64 $Json.name("mod_revision");
+  version @4 :Int64;
+  lease @5 :Int64;
+}
+
+struct ResponseHeader {
+  revision @0 :Int64;     # store revision the reply reflects
+  memberId @1 :UInt64 $Json.name("member_id");
+  raftTerm @2 :UInt64 $Json.name("raft_term");
+}
+
+enum ErrorCode {
+  ok @0;
+  invalidArgument @1;
+  emptyKey @2;
+  keyTooLarge @3;
+  valueTooLarge @4;
+  requestTooLarge @5;
+  tooManyOps @6;
+  duplicateKey @7;
+  rangeEndBeforeKey @8;
+  compacted @9;
+  futureRevision @10;
+  leaseNotFound @11;
+  tooManyWatchers @12;
+  notLeader @13;
+  timeout @14;
+  shuttingDown @15;
+  permissionDenied @16;
+  internal @17;
+  keyNotFound @18;
+}
+
+struct Error {
+  code @0 :ErrorCode;
+  message @1 :Text;                 # human-readable; names the field or limit at fault
+  compactRevision @2 :Int64 $Json.name("compact_revision");  # with `compacted`
+  currentRevision @3 :Int64 $Json.name("current_revision");  # with `futureRevision`
+}
+
+enum SortOrder { none @0; ascend @1; descend @2; }
+enum SortTarget { key @0; version @1; create @2; mod @3; value @4; }
+
+# Ranges follow etcd: rangeEnd empty = the key alone; rangeEnd = one zero byte = all keys
+# >= key; otherwise [key, rangeEnd).
+struct RangeRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;
+  revision @2 :Int64;              # 0 = current
+  limit @3 :Int64;                 # 0 = none
+  sortOrder @4 :SortOrder;
+  sortTarget @5 :SortTarget;
+  keysOnly @6 :Bool;
+  countOnly @7 :Bool;
+  minModRevision @8 :Int64;
+  maxModRevision @9 :Int64;
+  minCreateRevision @10 :Int64;
+  maxCreateRevision @11 :Int64;
+  serializable @12 :Bool;          # local read; may be stale in a cluster
+  skipCount @13 :Bool;             # continuation pages: do not count the range again
+}
+
+struct RangeResponse {
+  header @0 :ResponseHeader;
+  kvs @1 :List(KeyValue);
+  more @2 :Bool;
+  count @3 :Int64;
+  # Non-empty when the reply reached the page size (limits.max_response_bytes): ask again with
+  # key = continueKey, the same rangeEnd, revision = header.revision, skipCount = true.
+  continueKey @4 :Data $Json.base64 $Json.name("continue_key");
+}
+
+struct PutRequest {
+  key @0 :Data;
+  value @1 :Data;
+  lease @2 :Int64;
+  prevKv @3 :Bool;
+  ignoreValue @4 :Bool;
+  ignoreLease @5 :Bool;
+}
+struct PutResponse {
+  header @0 :ResponseHeader;
+  prevKv @1 :KeyValue $Json.name("prev_kv");   # set when requested and the key existed
+}
+
+struct DeleteRangeRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;
+  prevKv @2 :Bool;
+}
+struct DeleteRangeResponse {
+  header @0 :ResponseHeader;
+  deleted @1 :Int64;
+  prevKvs @2 :List(KeyValue) $Json.name("prev_kvs");
+}
+
+enum CompareTarget { version @0; create @1; mod @2; value @3; lease @4; }
+enum CompareResult { equal @0; notEqual @1; less @2; greater @3; }
+
+# Holds for a range when it holds for every key in it. A missing key has version, create,
+# mod and lease 0; a value compare on a missing key is false.
+struct Compare {
+  result @0 :CompareResult;
+  target @1 :CompareTarget;
+  key @2 :Data;
+  rangeEnd @3 :Data;
+  number @4 :Int64;                # version, create, mod or lease
+  value @5 :Data;                  # value
+}
+
+struct RequestOp {
+  union {
+    range @0 :RangeRequest;
+    put @1 :PutRequest;
+    deleteRange @2 :DeleteRangeRequest;
+  }
+}
+struct ResponseOp {
+  union {
+    range @0 :RangeResponse;
+    put @1 :PutResponse;
+    deleteRange @2 :DeleteRangeResponse;
+  }
+}
+
+struct TxnRequest {
+  compare @0 :List(Compare);
+  success @1 :List(RequestOp);
+  failure @2 :List(RequestOp);
+}
+struct TxnResponse {
+  header @0 :ResponseHeader;
+  succeeded @1 :Bool;
+  responses @2 :List(ResponseOp);
+}
+
+struct CompactRequest {
+  revision @0 :Int64;
+  physical @1 :Bool;               # reply only once the history is physically removed
+}
+struct CompactResponse {
+  header @0 :ResponseHeader;
+}
+
+struct WatchRequest {
+  key @0 :Data;
+  rangeEnd @1 :Data;
+  startRevision @2 :Int64;         # 0 = changes after the current revision
+  prevKv @3 :Bool;
+  noPut @4 :Bool;
+  noDelete @5 :Bool;
+  progressNotify @6 :Bool;         # periodic progress() while idle (watch.progress_interval_ms)
+}
+
+enum EventType { put @0; delete @1; }
+struct Event {
+  type @0 :EventType;
+  kv @1 :KeyValue;                 # for a delete: key and modRevision (= the delete's revision)
+  prevKv @2 :KeyValue $Json.name("prev_kv");
+}
+
+# Implemented by the client. Events arrive in revision order, each exactly once, whole
+# revisions per call; the stream is flow-controlled, so a slow client slows its own watch and
+# never grows the agent's memory.
+interface Watcher {
+  events @0 (header :ResponseHeader, events :List(Event)) -> stream;
+  # Every event up to header.revision has been delivered.
+  progress @1 (header :ResponseHeader) -> stream;
+  # The watch ended (compacted while behind, agent shutting down). Resume from the revision
+  # after the last event received with a new watch.
+  canceled @2 (error :Error);
+}
+
+# Dropping the handle cancels the watch.
+interface WatchHandle {
+  cancel @0 ();
+  requestProgress @1 ();
+}
+
+struct Status {
+  header @0 :ResponseHeader;
+  version @1 :Text;
+  dataDir @2 :Text $Json.name("data_dir");
+  compactRevision @3 :Int64 $Json.name("compact_revision");
+  appliedIndex @4 :UInt64 $Json.name("applied_index");
+  logSyncs @5 :UInt64 $Json.name("log_syncs");          # fsyncs of the log since start
+  logEntries @6 :UInt64 $Json.name("log_entries");      # log entries written since start
+  watchers @7 :UInt64;
+  connections @8 :UInt64;
+  peerUid @9 :Int64 $Json.name("peer_uid");             # the caller, from SO_PEERCRED; -1 unknown
+  peerPid @10 :Int64 $Json.name("peer_pid");
+}
+
+# The bootstrap capability of every connection.
+interface Keel {
+  range @0 (request :RangeRequest) -> (response :RangeResponse, error :Error);
+  put @1 (request :PutRequest) -> (response :PutResponse, error :Error);
+  deleteRange @2 (request :DeleteRangeRequest) -> (response :DeleteRangeResponse, error :Error);
+  txn @3 (request :TxnRequest) -> (response :TxnResponse, error :Error);
+  compact @4 (request :CompactRequest) -> (response :CompactResponse, error :Error);
+  watch @5 (request :WatchRequest, watcher :Watcher) -> (handle :WatchHandle, watchId :Int64, error :Error);
+  status @6 () -> (status :Status);
+}
