@@ -10,6 +10,7 @@
 
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -64,6 +65,34 @@ Status prepare_socket_path(const std::string& path) {
   return keel::ok_status();
 }
 
+// "<N>" syslog priority prefix (sd-daemon(3)): journald reads it from a service's stderr and
+// records the message at that level.
+class SyslogPriorityFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    static constexpr const char* kPriority[] = {"<7>", "<7>", "<6>", "<4>", "<3>", "<2>", "<6>"};
+    const char* p = kPriority[static_cast<int>(msg.level)];
+    dest.append(p, p + 3);
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<SyslogPriorityFlag>();
+  }
+};
+
+void setup_logging() {
+  auto logger = spdlog::stderr_color_mt("keeld");
+  spdlog::set_default_logger(logger);
+  if (std::getenv("JOURNAL_STREAM") != nullptr) {
+    // Under systemd: journald adds timestamps and the unit name; keep the level.
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<SyslogPriorityFlag>('*').set_pattern("%*%v");
+    spdlog::set_formatter(std::move(formatter));
+  } else {
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
+}
+
 int fail(const std::string& message) {
   spdlog::critical("{}", message);
   return 1;
@@ -87,10 +116,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", KEEL_VERSION);
   CLI11_PARSE(app, argc, argv);
 
-  auto logger = spdlog::stderr_color_mt("keeld");
-  spdlog::set_default_logger(logger);
-  // journald adds its own timestamps; keep ours for plain terminals too (cheap).
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  setup_logging();
 
   keel::agent::Config config;
   bool explicit_config = app.count("--config") > 0;
