@@ -1,0 +1,249 @@
+#pragma once
+// keel's Raft core: a deterministic state machine with no I/O, no clock and no threads
+// (etcd-io/raft RawNode shape). Everything it needs arrives through the calls below; everything
+// it wants done leaves through Ready.
+//
+// The driver's loop (one thread owns the RawNode):
+//   feed inputs: tick() every tick interval, step() for each received message, propose(),
+//                read_index(), propose_conf_change(), transfer_leadership();
+//   while (node.has_ready()) {
+//     Ready rd = node.ready();
+//     1. persist: storage.apply_snapshot(rd.snapshot), storage.append(rd.entries),
+//        storage.set_hard_state(*rd.hard_state) -- then sync (one fsync per Ready);
+//     2. send rd.messages (they may promise what step 1 made durable);
+//     3. apply: install rd.snapshot, apply rd.committed_entries in order, release rd.read_states
+//        once applied >= their index;
+//     4. node.advance(rd).
+//   }
+// ready() and advance() strictly alternate. Inputs may be fed between them.
+//
+// Expected outcomes are values (ProposeResult, ReadResult, TransferResult); broken invariants
+// are KEEL_RAFT_ASSERT failures, on in release builds.
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cluster/raft/log.hpp"
+#include "cluster/raft/progress.hpp"
+#include "cluster/raft/rand.hpp"
+#include "cluster/raft/storage.hpp"
+#include "cluster/raft/types.hpp"
+
+namespace keel::raft {
+
+struct Config {
+  NodeId id = kNoNode;                  // this member, != 0
+  const LogStorage* storage = nullptr;  // borrowed; must outlive the RawNode
+  uint64_t seed = 0;                    // seeds the randomized election timeout (§5.2)
+  int election_tick = 10;               // election timeout in ticks; randomized in [e, 2e)
+  int heartbeat_tick = 1;               // leader heartbeat interval in ticks, < election_tick
+  uint64_t applied = 0;                 // last index applied before a restart (0 = snapshot index)
+  uint64_t max_size_per_msg = 1 << 20;  // batching: bytes of entries per append
+  uint64_t max_committed_size_per_ready = 16 << 20;
+  uint64_t max_uncommitted_entries_size = 64 << 20;  // 0 = unbounded; see ProposeStatus::dropped
+  size_t max_inflight_msgs = 256;                    // pipelining: appends in flight per follower
+  uint64_t max_inflight_bytes = 0;                   // 0 = unbounded
+  bool pre_vote = true;                              // thesis §9.6
+  bool check_quorum = true;                          // thesis §6.2 (and leader leases on votes)
+  bool forward_proposals = true;                     // followers forward to their leader
+};
+
+enum class ProposeStatus : uint8_t {
+  ok,                   // appended to the leader's log at (index, term); not yet committed
+  forwarded,            // sent to the known leader; outcome unknown (watch the applied log)
+  not_leader,           // no leader known (or forwarding disabled): retry elsewhere/later
+  dropped,              // leader is transferring leadership, was removed, or the uncommitted
+                        // bound (max_uncommitted_entries_size) is reached: retry later
+  conf_change_pending,  // another membership change is uncommitted, or the leader has not
+                        // committed an entry of its term yet (thesis §4.1 safety rule)
+  invalid,              // the membership change changes nothing or leaves no voter
+};
+const char* to_string(ProposeStatus s);
+
+struct ProposeResult {
+  ProposeStatus status = ProposeStatus::not_leader;
+  uint64_t index = 0;  // set when ok
+  uint64_t term = 0;   // set when ok; the entry is ours iff (index, term) is applied
+  bool ok() const { return status == ProposeStatus::ok; }
+};
+
+enum class ReadResult : uint8_t {
+  ok,          // leader: a ReadState will be released after a quorum round
+  forwarded,   // sent to the leader; a ReadState follows if it answers
+  not_leader,  // no leader known: retry
+  invalid,     // empty context
+};
+
+enum class TransferResult : uint8_t {
+  ok,          // transfer started (or already in progress towards this member)
+  forwarded,   // sent to the leader
+  not_leader,  // no leader known
+  invalid,     // target is not a voter, or is this member
+};
+
+struct SoftState {
+  NodeId lead = kNoNode;
+  Role role = Role::follower;
+  bool operator==(const SoftState&) const = default;
+};
+
+struct Ready {
+  std::optional<SoftState> soft_state;       // set when leader or role changed
+  std::optional<HardState> hard_state;       // persist when set
+  std::shared_ptr<const Snapshot> snapshot;  // persist and install when set (before entries)
+  std::vector<Entry> entries;                // persist (append; replaces a conflicting suffix)
+  std::vector<Entry> committed_entries;      // apply in order (after the snapshot)
+  std::vector<Message> messages;             // send after persisting
+  std::vector<ReadState> read_states;        // serve once applied >= index
+};
+
+class RawNode {
+ public:
+  // Restores term, vote, commit, log and configuration from cfg.storage.
+  explicit RawNode(const Config& cfg);
+
+  // Advances logical time by one tick: elections (§5.2), heartbeats, check-quorum.
+  void tick();
+  // Handles a message addressed to this member. Stale, duplicated and reordered messages are
+  // expected and handled.
+  void step(Message m);
+
+  // Proposes a command (§5.3). See ProposeStatus.
+  ProposeResult propose(std::string data);
+  // Proposes a single-server membership change (thesis §4.1, README.md).
+  ProposeResult propose_conf_change(const ConfChange& cc);
+  // Requests a linearizable read point for `context` (thesis §6.4); the answer arrives as a
+  // ReadState with the same context in a later Ready. Contexts should be unique.
+  ReadResult read_index(std::string context);
+  // Hands leadership to voter `to` (thesis §3.10): brings it up to date, then timeout_now.
+  TransferResult transfer_leadership(NodeId to);
+  // Starts an election now (tests, bootstrap of a single member).
+  void campaign();
+  // The driver could not deliver to `to` / a snapshot send finished.
+  void report_unreachable(NodeId to);
+  void report_snapshot(NodeId to, bool ok);
+
+  bool has_ready() const;
+  Ready ready();
+  void advance(const Ready& rd);
+
+  // ---- inspection (tests, metrics, the simulator's checkers) ------------------------------
+  NodeId id() const { return cfg_.id; }
+  Role role() const { return role_; }
+  NodeId leader() const { return lead_; }
+  uint64_t term() const { return term_; }
+  NodeId vote() const { return vote_; }
+  uint64_t commit_index() const { return log_.committed(); }
+  uint64_t applied_index() const { return log_.applied(); }
+  uint64_t first_index() const { return log_.first_index(); }
+  uint64_t last_index() const { return log_.last_index(); }
+  std::optional<uint64_t> log_term(uint64_t index) const { return log_.term(index); }
+  // The configuration in effect: the latest one in the log, committed or not.
+  const ConfState& conf_state() const { return conf_; }
+  NodeId transferee() const { return lead_transferee_; }
+  // Leader only: a follower's progress, or nullptr.
+  const Progress* progress(NodeId id) const;
+  uint64_t uncommitted_bytes() const { return uncommitted_bytes_; }
+
+  // Asserts the core's internal invariants. Called after every input when the core is built
+  // with KEEL_RAFT_INVARIANTS (Debug builds); callable any time.
+  void check_invariants() const;
+
+ private:
+  struct ConfPoint {
+    uint64_t index;
+    ConfState conf;
+  };
+  struct PendingRead {
+    std::string context;
+    NodeId from;
+    uint64_t index;
+    std::vector<NodeId> acks;
+  };
+
+  void send(Message m);
+  void reset(uint64_t term);
+  void become_follower(uint64_t term, NodeId lead);
+  void become_pre_candidate();
+  void become_candidate();
+  void become_leader();
+  void hup(bool transfer);
+  void start_election(bool pre, bool transfer);
+  bool promotable() const;
+  int quorum() const { return static_cast<int>(conf_.voters.size() / 2 + 1); }
+  bool in_lease() const;
+
+  void tick_election();
+  void tick_heartbeat();
+
+  void step_leader(Message& m);
+  void step_candidate(Message& m);
+  void step_follower(Message& m);
+  void handle_vote_request(const Message& m);
+  void handle_append(Message& m);
+  void handle_heartbeat(const Message& m);
+  void handle_snapshot(const Message& m);
+  void handle_app_resp(const Message& m);
+  void handle_heartbeat_resp(const Message& m);
+  void handle_read_index(NodeId from, std::string context);
+  TransferResult handle_transfer(NodeId to);
+  void tally(const Message& m);
+
+  ProposeResult append_proposal(Entry e);
+  bool send_append(NodeId to, bool send_if_empty);
+  void send_snapshot(NodeId to, Progress& pr);
+  void bcast_append();
+  void bcast_heartbeat(const std::string& context);
+  void send_timeout_now(NodeId to);
+  bool maybe_commit();
+  void on_leader_commit();
+  void release_read(NodeId from, const std::string& context, uint64_t index);
+  bool committed_in_term() const;
+
+  // Configuration tracking (changes take effect when appended, thesis §4.1).
+  void log_appended(const std::vector<Entry>& ents, size_t from);
+  void log_truncated_from(uint64_t index);
+  void set_conf(const ConfState& conf);
+  void sync_progress();
+
+  Config cfg_;
+  RaftLog log_;
+  Rng rng_;
+
+  uint64_t term_ = 0;
+  NodeId vote_ = kNoNode;
+  NodeId lead_ = kNoNode;
+  Role role_ = Role::follower;
+
+  int election_elapsed_ = 0;
+  int heartbeat_elapsed_ = 0;
+  int randomized_election_timeout_ = 0;
+
+  ConfState conf_;
+  std::vector<ConfPoint> conf_history_;  // [0] = snapshot's configuration; sorted by index
+
+  std::map<NodeId, Progress> prs_;  // leader only; ordered for determinism
+  std::map<NodeId, bool> votes_;    // candidate / pre-candidate
+  NodeId lead_transferee_ = kNoNode;
+  uint64_t noop_index_ = 0;  // leader: index of its first entry of the term
+
+  std::deque<PendingRead> read_queue_;                        // waiting for a quorum
+  std::deque<std::pair<NodeId, std::string>> reads_waiting_;  // waiting for commit in term
+  std::vector<ReadState> read_states_;
+
+  uint64_t uncommitted_bytes_ = 0;
+  std::deque<std::pair<uint64_t, uint64_t>> uncommitted_;  // (index, bytes) per entry
+
+  std::vector<Message> msgs_;
+  bool bcast_pending_ = false;  // leader: appends to broadcast at the next ready()
+  bool ready_outstanding_ = false;
+  SoftState prev_soft_;
+  HardState prev_hard_;
+  std::vector<uint64_t> scratch_;
+};
+
+}  // namespace keel::raft
