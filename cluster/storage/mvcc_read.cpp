@@ -108,14 +108,19 @@ int scan_index(Session& s, const Bounds& b, int64_t revision, Visit&& visit) {
       candidate = false;
     }
     auto rev = static_cast<int64_t>(get_be64(ik.data() + plen));
-    if (rev <= revision) {
-      std::string_view v = value_view(c);
-      KEEL_ASSERT(v.size() == 5, "corrupt value in table index");
-      candidate = true;
-      cand_rev = rev;
-      cand_sub = get_be32(v.data());
-      tombstone = v[4] != 0;
+    if (rev > revision) {
+      // The key's remaining versions are newer than the read: jump to the next key. Every
+      // index key of another user key sorts after group + 0xff * 8 (the terminator 00 01
+      // cannot occur inside an escaped key).
+      ret = seek_ge(c, group + std::string(8, '\xff'));
+      continue;
     }
+    std::string_view v = value_view(c);
+    KEEL_ASSERT(v.size() == 5, "corrupt value in table index");
+    candidate = true;
+    cand_rev = rev;
+    cand_sub = get_be32(v.data());
+    tombstone = v[4] != 0;
     ret = c->next(c);
   }
   if (ret != 0 && ret != WT_NOTFOUND) {
