@@ -215,7 +215,7 @@ void Sim::draw_swarm() {
   sw_.transfer_ppm = pick({0, 3000, 10000});
   sw_.snapshot_every = rng_.between(3, 60);
   sw_.snapshot_keep = rng_.between(0, 10);
-  sw_.chaos_ticks = rng_.between(200, 800);
+  sw_.chaos_ticks = rng_.between(200, 1500);
   ev("swarm", static_cast<uint64_t>(sw_.voters), static_cast<uint64_t>(sw_.learners), sw_.drop_ppm,
      sw_.crash_ppm);
 }
