@@ -6,7 +6,7 @@
 
 using namespace keel::raft;
 
-TEST_CASE("rand: same seed, same sequence; bounded draws stay in range", "[raft][rand]") {
+TEST_CASE("rand: same seed same sequence - bounded draws stay in range", "[raft][rand]") {
   Rng a(42), b(42), c(43);
   bool differs = false;
   for (int i = 0; i < 1000; ++i) {
@@ -28,7 +28,7 @@ TEST_CASE("rand: same seed, same sequence; bounded draws stay in range", "[raft]
     REQUIRE((k > 800 && k < 1200));
 }
 
-TEST_CASE("storage: append replaces a suffix; compaction keeps the boundary term",
+TEST_CASE("storage: append replaces a suffix - compaction keeps the boundary term",
           "[raft][storage]") {
   MemoryStorage st(ConfState{{1}, {}});
   st.append({{1, 1, EntryType::normal, "a"},
@@ -51,7 +51,7 @@ TEST_CASE("storage: append replaces a suffix; compaction keeps the boundary term
   REQUIRE(st.snapshot()->meta.term == 3);
 }
 
-TEST_CASE("confchange: encoding round-trips; invalid changes are refused", "[raft][6]") {
+TEST_CASE("confchange: encoding round-trips - invalid changes are refused", "[raft][6]") {
   ConfState cs{{1, 2, 3}, {4}};
   auto next = apply_conf_change(cs, {ConfChangeType::add_voter, 4});
   REQUIRE(next);

@@ -34,7 +34,7 @@ TEST_CASE("5.2: a follower that hears nothing campaigns and wins a majority", "[
   }
 }
 
-TEST_CASE("5.2: election timeouts are randomized in [e, 2e)", "[raft][5.2]") {
+TEST_CASE("5.2: election timeouts are randomized in between e and 2e", "[raft][5.2]") {
   Cluster c(3, 0, [](Config& cfg) { cfg.pre_vote = false; });
   // Member 1 alone: count ticks until it campaigns, over many restarts with different seeds.
   std::set<int> seen;
@@ -58,7 +58,7 @@ TEST_CASE("5.2: election timeouts are randomized in [e, 2e)", "[raft][5.2]") {
   REQUIRE(seen.size() > 3);
 }
 
-TEST_CASE("5.2: one vote per term; a candidate with a higher term makes others step down",
+TEST_CASE("5.2: one vote per term - a candidate with a higher term makes others step down",
           "[raft][5.2]") {
   Cluster c(3, 0, [](Config& cfg) { cfg.pre_vote = false; });
   c.raft(1).campaign();  // term 1, votes for itself
@@ -193,7 +193,7 @@ TEST_CASE("partition: a leader partitioned away comes back and follows the new l
   }
 }
 
-TEST_CASE("partition: a minority leader cannot commit; the majority side can",
+TEST_CASE("partition: a minority leader cannot commit - the majority side can",
           "[raft][5.3][partition]") {
   Cluster c(3);
   c.elect(1);

@@ -16,7 +16,7 @@ ConfChange change(ConfChangeType t, NodeId n) {
 
 }  // namespace
 
-TEST_CASE("6: add a learner, catch it up, promote it to voter", "[raft][6][learner]") {
+TEST_CASE("6: add a learner catch it up promote it to voter", "[raft][6][learner]") {
   Cluster c(3);
   c.elect(1);
   REQUIRE(c.raft(1).propose("before").ok());
@@ -76,7 +76,7 @@ TEST_CASE("6: removing a follower shrinks the quorum", "[raft][6]") {
   REQUIRE(datas(c.member(2).applied) == std::vector<std::string>{"two-of-two"});
 }
 
-TEST_CASE("6: the leader removes itself, steps down and hands over", "[raft][6]") {
+TEST_CASE("6: the leader removes itself steps down and hands over", "[raft][6]") {
   Cluster c(3);
   c.elect(1);
   REQUIRE(c.raft(1).propose_conf_change(change(ConfChangeType::remove_node, 1)).ok());
@@ -113,7 +113,7 @@ TEST_CASE("6: an uncommitted configuration entry is reverted when truncated", "[
   REQUIRE_FALSE(c.raft(1).conf_state().contains(7));
 }
 
-TEST_CASE("learner: never campaigns, never counts towards a quorum", "[raft][learner]") {
+TEST_CASE("learner: never campaigns never counts towards a quorum", "[raft][learner]") {
   Cluster c(3, 2);
   c.tick_all(50);
   REQUIRE(c.leader() != kNoNode);
@@ -159,7 +159,7 @@ TEST_CASE("transfer: to an up-to-date voter via timeout_now", "[raft][transfer]"
   REQUIRE(c.raft(3).transfer_leadership(9) == TransferResult::invalid);
 }
 
-TEST_CASE("transfer: a lagging target is caught up first; proposals wait", "[raft][transfer]") {
+TEST_CASE("transfer: a lagging target is caught up first - proposals wait", "[raft][transfer]") {
   Cluster c(3);
   c.elect(1);
   c.isolate(3);

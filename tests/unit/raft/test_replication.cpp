@@ -32,7 +32,7 @@ Message app_resp(NodeId from, NodeId to, uint64_t term, uint64_t index) {
 
 }  // namespace
 
-TEST_CASE("5.3: proposals are replicated, committed and applied in order everywhere",
+TEST_CASE("5.3: proposals are replicated committed and applied in order everywhere",
           "[raft][5.3]") {
   Cluster c(3);
   c.elect(1);
@@ -145,7 +145,7 @@ TEST_CASE("5.4.2: Figure 8 end to end - an uncommitted old-term entry is overwri
     REQUIRE(c.raft(id).log_term(2) == 3u);
 }
 
-TEST_CASE("flow: probe state sends one append at a time, replicate pipelines up to the limit",
+TEST_CASE("flow: probe state sends one append at a time replicate pipelines up to the limit",
           "[raft][5.3][flow]") {
   Cluster c(3, 0, [](Config& cfg) {
     cfg.max_inflight_msgs = 3;
@@ -222,7 +222,7 @@ TEST_CASE("batching: many proposals travel in few messages and one Ready", "[raf
   REQUIRE(c.member(3).applied.size() == 1000);
 }
 
-TEST_CASE("durability: a restarted member keeps its log, term and vote", "[raft][5.3]") {
+TEST_CASE("durability: a restarted member keeps its log term and vote", "[raft][5.3]") {
   Cluster c(3);
   c.elect(1);
   REQUIRE(c.raft(1).propose("durable").ok());
