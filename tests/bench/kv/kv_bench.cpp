@@ -60,19 +60,21 @@ struct Options {
   unsigned conns = 0;  // 0 = one per client
   uint64_t keys = 10000;
   bool smoke = false;
+  std::string only = "put,get,watch";  // workloads to run
 };
 
 [[noreturn]] void usage(const char* argv0, const char* why) {
   if (why) std::fprintf(stderr, "kv_bench: %s\n", why);
   std::fprintf(stderr,
                "usage: %s [--socket PATH] [--keeld PATH] [--seconds S | --ops N] [--clients N]\n"
-               "          [--conns N] [--keys N] [--smoke]\n"
+               "          [--conns N] [--keys N] [--only put,get,watch] [--smoke]\n"
                "  --socket PATH  use the agent serving PATH instead of starting keeld\n"
                "  --seconds S    duration of each workload (default 5)\n"
                "  --ops N        a fixed number of operations per workload instead\n"
                "  --clients N    concurrent clients of the concurrent workloads (default 64)\n"
                "  --conns N      connections they share (default: one per client)\n"
                "  --keys N       key space (default 10000)\n"
+               "  --only LIST    workloads to run, of put,get,watch (default all)\n"
                "  --smoke        a few hundred ops per workload; checks only that all succeed\n",
                argv0);
   std::exit(2);
@@ -100,6 +102,8 @@ Options parse(int argc, char** argv) {
       o.conns = static_cast<unsigned>(std::strtoul(value(i), nullptr, 10));
     } else if (a == "--keys") {
       o.keys = std::strtoull(value(i), nullptr, 10);
+    } else if (a == "--only") {
+      o.only = value(i);
     } else if (a == "--smoke") {
       o.smoke = true;
     } else if (a == "-h" || a == "--help") {
@@ -166,6 +170,31 @@ Memory memory_of(pid_t pid) {
     if (line.rfind("VmHWM:", 0) == 0) m.hwm_kib = std::atol(line.c_str() + 6);
   }
   return m;
+}
+
+// CPU time (user + system) of a process so far, in seconds; -1 if unknown.
+double cpu_seconds(pid_t pid) {
+  if (pid <= 0) return -1;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  // After "pid (comm)": state is field 3; utime and stime are fields 14 and 15.
+  const char* p = stat.c_str() + paren + 1;
+  char* end = nullptr;
+  unsigned long long ticks = 0;
+  for (int field = 3; field <= 15; field++) {
+    while (*p == ' ')
+      p++;
+    if (field >= 14) {
+      ticks += std::strtoull(p, &end, 10);
+      p = end;
+    } else {
+      while (*p && *p != ' ')
+        p++;
+    }
+  }
+  return static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 // keeld on a fresh temporary directory; stopped by PID (SIGTERM, then SIGKILL after a bounded
@@ -294,7 +323,8 @@ struct Result {
   uint64_t ops = 0, errors = 0;
   double secs = 0;
   std::vector<uint64_t> lat_ns;
-  std::optional<uint64_t> fsyncs;  // puts only
+  std::optional<uint64_t> fsyncs;         // puts only
+  double keeld_cpu = -1, bench_cpu = -1;  // CPU seconds used during the run
   std::string first_error;
 };
 
@@ -355,10 +385,22 @@ class ClosedLoop {
   Clock::time_point start_, deadline_;
 };
 
+// CPU used by keeld and by this process between construction and stop().
+struct CpuMeter {
+  explicit CpuMeter(pid_t pid) : pid(pid), keeld0(cpu_seconds(pid)), self0(cpu_seconds(getpid())) {}
+  void stop(Result& r) const {
+    double k = cpu_seconds(pid), b = cpu_seconds(getpid());
+    if (keeld0 >= 0 && k >= 0) r.keeld_cpu = k - keeld0;
+    if (self0 >= 0 && b >= 0) r.bench_cpu = b - self0;
+  }
+  pid_t pid;
+  double keeld0, self0;
+};
+
 class Bench {
  public:
-  Bench(const Options& o, const std::string& socket, kj::AsyncIoContext& io)
-      : o_(o), socket_(socket), io_(io), value_(kValueBytes, 'v') {
+  Bench(const Options& o, const std::string& socket, pid_t pid, kj::AsyncIoContext& io)
+      : o_(o), socket_(socket), pid_(pid), io_(io), value_(kValueBytes, 'v') {
     for (size_t i = 0; i < kValueBytes; i++)
       value_[i] = static_cast<char>('a' + i % 26);
   }
@@ -438,13 +480,16 @@ class Bench {
     bool is_put = std::strcmp(name, "put") == 0;
     uint64_t syncs0 = is_put ? log_syncs(*conns[0], io_.waitScope) : 0;
     ClosedLoop loop(conns, clients, std::move(op), o_.ops, o_.seconds, r);
+    CpuMeter cpu(pid_);
     loop.run().wait(io_.waitScope);
+    cpu.stop(r);
     if (is_put) r.fsyncs = log_syncs(*conns[0], io_.waitScope) - syncs0;
     return r;
   }
 
   const Options& o_;
   std::string socket_;
+  pid_t pid_;
   kj::AsyncIoContext& io_;
   std::string value_;
 };
@@ -534,6 +579,7 @@ Result Bench::watch() {
   auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(o_.seconds));
   auto start = Clock::now();
+  CpuMeter cpu(pid_);
   // Sequential writer: one put outstanding. The send time is taken just before send().
   std::function<kj::Promise<void>()> next = [&]() -> kj::Promise<void> {
     bool stop =
@@ -567,6 +613,7 @@ Result Bench::watch() {
           io_.provider->getTimer().afterDelay(30 * kj::SECONDS).then([&]() { timed_out = true; }))
       .wait(io_.waitScope);
   r.secs = std::chrono::duration<double>(Clock::now() - start).count();
+  cpu.stop(r);
   r.ops = st.received;
   if (timed_out) {
     st.error = "only " + std::to_string(st.received) + " of " + std::to_string(st.sent_count) +
@@ -592,8 +639,16 @@ std::string mib(long kib) {
 }
 
 void print_header() {
-  std::printf("%-20s %7s %5s %9s %6s %10s %9s %9s %9s %9s %10s\n", "workload", "clients", "conns",
-              "ops", "secs", "ops/s", "p50 us", "p99 us", "p99.9 us", "fsyncs/s", "puts/fsync");
+  std::printf("%-20s %7s %5s %9s %6s %10s %9s %9s %9s %9s %10s %6s %6s\n", "workload", "clients",
+              "conns", "ops", "secs", "ops/s", "p50 us", "p99 us", "p99.9 us", "fsyncs/s",
+              "puts/fsync", "keeld", "bench");
+}
+
+std::string cpu_percent(double cpu_s, double secs) {
+  if (cpu_s < 0 || secs <= 0) return "?";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.0f%%", 100.0 * cpu_s / secs);
+  return buf;
 }
 
 void print_row(Result& r) {
@@ -611,10 +666,11 @@ void print_row(Result& r) {
       per = buf;
     }
   }
-  std::printf("%-20s %7u %5u %9llu %6.2f %10.0f %9.1f %9.1f %9.1f %9s %10s\n", r.name.c_str(),
-              r.clients, r.conns, static_cast<unsigned long long>(r.ops), r.secs, rate,
-              percentile_us(r.lat_ns, 0.50), percentile_us(r.lat_ns, 0.99),
-              percentile_us(r.lat_ns, 0.999), fs.c_str(), per.c_str());
+  std::printf("%-20s %7u %5u %9llu %6.2f %10.0f %9.1f %9.1f %9.1f %9s %10s %6s %6s\n",
+              r.name.c_str(), r.clients, r.conns, static_cast<unsigned long long>(r.ops), r.secs,
+              rate, percentile_us(r.lat_ns, 0.50), percentile_us(r.lat_ns, 0.99),
+              percentile_us(r.lat_ns, 0.999), fs.c_str(), per.c_str(),
+              cpu_percent(r.keeld_cpu, r.secs).c_str(), cpu_percent(r.bench_cpu, r.secs).c_str());
   if (r.errors > 0) {
     std::printf("  ^ %llu failed; first: %s\n", static_cast<unsigned long long>(r.errors),
                 r.first_error.c_str());
@@ -624,14 +680,14 @@ void print_row(Result& r) {
 
 int run(const Options& o, const std::string& socket, pid_t pid) {
   auto io = kj::setupAsyncIo();
-  Bench bench(o, socket, io);
+  Bench bench(o, socket, pid, io);
   Memory before = memory_of(pid);
 
   std::printf("kv_bench: keeld pid %d on %s; %zu-byte keys, %zu-byte values, %llu keys; %s\n",
               static_cast<int>(pid), socket.c_str(), kKeyBytes, kValueBytes,
               static_cast<unsigned long long>(o.keys),
               o.ops > 0 ? (std::to_string(o.ops) + " ops per workload").c_str()
-                        : (std::to_string(o.seconds) + " s per workload").c_str());
+                        : (kj::str(o.seconds).cStr() + std::string(" s per workload")).c_str());
   {
     auto conns = bench.open(1);
     bench.prefill(*conns[0]);
@@ -643,12 +699,22 @@ int run(const Options& o, const std::string& socket, pid_t pid) {
     errors += r.errors;
     ops += r.ops;
   };
-  record(bench.puts(1));
-  record(bench.puts(o.clients));
-  record(bench.gets(1));
-  record(bench.gets(o.clients));
-  record(bench.watch());
+  auto wanted = [&](const char* w) {
+    return ("," + o.only + ",").find(std::string(",") + w + ",") != std::string::npos;
+  };
+  if (wanted("put")) {
+    record(bench.puts(1));
+    record(bench.puts(o.clients));
+  }
+  if (wanted("get")) {
+    record(bench.gets(1));
+    record(bench.gets(o.clients));
+  }
+  if (wanted("watch")) record(bench.watch());
   Memory after = memory_of(pid);
+  std::printf(
+      "latency: per request, from send to reply (watch: put sent -> event received)\n"
+      "keeld, bench: CPU used by each process during the workload (100%% = one core)\n");
   std::printf("keeld RSS: before %s (peak %s), after %s (peak %s)\n", mib(before.rss_kib).c_str(),
               mib(before.hwm_kib).c_str(), mib(after.rss_kib).c_str(), mib(after.hwm_kib).c_str());
   if (errors > 0) {
