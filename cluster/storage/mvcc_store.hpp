@@ -72,13 +72,16 @@ class LogStore {
   // and the hard state if given, in one WiredTiger transaction committed with sync=on.
   virtual Status append(const std::vector<LogEntry>& entries,
                         const HardState* hard_state = nullptr) = 0;
-  // Entries in [lo, hi), at most max_bytes of data (at least one entry if any).
+  // Entries in [lo, hi), at most max_bytes of data (at least one entry if any). Errors:
+  // compacted (lo < first_index()), invalid_argument (hi > last_index() + 1).
   virtual Result<std::vector<LogEntry>> entries(uint64_t lo, uint64_t hi,
                                                 size_t max_bytes = SIZE_MAX) = 0;
   virtual uint64_t first_index() const = 0;
   virtual uint64_t last_index() const = 0;
   virtual HardState hard_state() const = 0;
   // Drops entries below `index` (they are applied and covered by the state). Not synced.
+  // An index past last_index() + 1 empties the log: first_index() = index and
+  // last_index() = index - 1 (as after installing a snapshot).
   virtual Status compact_prefix(uint64_t index) = 0;
 };
 
@@ -90,6 +93,7 @@ class Reader {
   // future_revision (revision > current), invalid_argument (result not key-ordered and
   // larger than max_response_bytes: the message asks for a limit).
   // Memory stays within about max_response_bytes whatever the size of the range.
+  // skip_count: count is not computed (0), so a page can stop as soon as it is full.
   virtual Result<RangeResponse> range(const RangeRequest& request, size_t max_response_bytes,
                                       bool skip_count = false) = 0;
 
