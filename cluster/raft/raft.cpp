@@ -298,9 +298,12 @@ void RawNode::step(Message m) {
       r.type = MessageType::app_resp;
       r.to = m.from;
       send(std::move(r));
-    } else if (m.type == MessageType::pre_vote) {
+    } else if (m.type == MessageType::pre_vote || m.type == MessageType::vote) {
+      // Figure 2: a stale candidate learns the current term from the rejection. Without it,
+      // a candidate whose configuration lists no member that contacts it could stay in an old
+      // term forever while the only member that could elect it ignores its requests.
       Message r;
-      r.type = MessageType::pre_vote_resp;
+      r.type = m.type == MessageType::vote ? MessageType::vote_resp : MessageType::pre_vote_resp;
       r.to = m.from;
       r.term = term_;
       r.reject = true;

@@ -126,6 +126,7 @@ class Sim {
   void maybe_snapshot(SimNode& n);
   void released(SimNode& n, const ReadState& rs);
   void check_node(SimNode& n);
+  void note_commit(SimNode& n);
   void rebuild_chain(SimNode& n);
 
   void nemesis();
@@ -155,6 +156,8 @@ class Sim {
 
   // Checker state.
   std::map<uint64_t, NodeId> leader_of_term_;
+  std::map<uint64_t, uint64_t> committed_by_term_;  // term -> highest index its leader committed
+  std::map<uint64_t, uint64_t> committed_term_at_;  // index -> term of the entry committed there
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> chain_of_;  // (index, term) -> prefix hash
   std::vector<uint64_t> applied_hash_{0};  // state machine hash after applying index i
   std::vector<uint64_t> applied_term_{0};
@@ -520,6 +523,7 @@ void Sim::check_node(SimNode& n) {
   r.check_invariants();
   stats_.max_term = std::max(stats_.max_term, r.term());
   if (r.role() != Role::leader) return;
+  note_commit(n);
   auto [it, inserted] = leader_of_term_.emplace(r.term(), n.id);
   if (!inserted) {
     if (it->second != n.id) {
@@ -530,17 +534,36 @@ void Sim::check_node(SimNode& n) {
   }
   ++stats_.leaders;
   ev("leader", n.id, r.term(), r.last_index());
-  // Leader completeness (§5.4): the new leader holds every entry committed so far.
-  const uint64_t a = applied_hash_.size() - 1;
-  if (a == 0) return;
-  if (r.last_index() < a) {
-    fail("leader completeness: leader " + std::to_string(n.id) + " lacks committed index " +
-         std::to_string(a));
+  // Leader completeness (§5.4): the leader of term T holds every entry committed in a term
+  // before T. (A leader of an older term may still be elected late, e.g. on a delayed vote;
+  // it need not hold what later terms committed.)
+  uint64_t required = 0;
+  for (auto c = committed_by_term_.begin(); c != committed_by_term_.end() && c->first < r.term();
+       ++c) {
+    required = std::max(required, c->second);
   }
-  auto t = r.log_term(a);
-  if (t && *t != applied_term_[a]) {
+  if (required == 0) return;
+  if (r.last_index() < required) {
+    fail("leader completeness: leader " + std::to_string(n.id) + " of term " +
+         std::to_string(r.term()) + " lacks committed index " + std::to_string(required));
+  }
+  auto t = r.log_term(required);
+  if (t && *t != committed_term_at_[required]) {
     fail("leader completeness: leader " + std::to_string(n.id) + " has another entry at " +
-         std::to_string(a));
+         std::to_string(required));
+  }
+}
+
+void Sim::note_commit(SimNode& n) {
+  RawNode& r = *n.raft;
+  uint64_t& known = committed_by_term_[r.term()];
+  if (r.commit_index() <= known) return;
+  known = r.commit_index();
+  auto t = r.log_term(known);
+  if (!t) fail("leader's commit index is compacted");
+  auto [it, inserted] = committed_term_at_.emplace(known, *t);
+  if (!inserted && it->second != *t) {
+    fail("two different entries committed at index " + std::to_string(known));
   }
 }
 
@@ -741,7 +764,12 @@ void Sim::liveness() {
       why += " role=" + std::string(to_string(np->raft->role())) +
              " term=" + std::to_string(np->raft->term()) +
              " commit=" + std::to_string(np->raft->commit_index()) +
-             " last=" + std::to_string(np->raft->last_index());
+             " last=" + std::to_string(np->raft->last_index()) + " voters=";
+      for (NodeId v : np->raft->conf_state().voters)
+        why += std::to_string(v) + ",";
+      why += " learners=";
+      for (NodeId v : np->raft->conf_state().learners)
+        why += std::to_string(v) + ",";
     }
   }
   fail(why);

@@ -202,3 +202,23 @@ TEST_CASE("partition: a minority leader cannot commit - the majority side can",
   c.tick_all(3);
   REQUIRE(c.member(1).applied.empty());
 }
+
+TEST_CASE("5.2: a stale candidate learns the current term from a rejected vote", "[raft][5.2]") {
+  // Found by the simulator (soak seed 30360, pre-vote off): a candidate whose configuration
+  // (uncommitted entry) lists only a member that is at a higher term kept asking in its old term
+  // and was ignored forever. Figure 2: the reply carries currentTerm.
+  Cluster c(3, 0, [](Config& cfg) { cfg.pre_vote = false; });
+  c.storage(3).set_hard_state(HardState{7, kNoNode, 0});
+  c.restart(3);
+  c.raft(1).campaign();  // term 1
+  auto msgs = c.take();
+  for (auto& m : msgs)
+    if (m.to == 3) c.deliver(m);
+  for (auto& m : c.take())
+    if (m.to == 1) c.deliver(m);
+  REQUIRE(c.raft(1).term() == 7);
+  REQUIRE(c.raft(1).role() == Role::follower);
+  c.elect(1);
+  REQUIRE(c.raft(1).role() == Role::leader);
+  REQUIRE(c.raft(1).term() == 8);
+}
