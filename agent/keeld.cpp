@@ -150,6 +150,9 @@ int main(int argc, char** argv) {
   eo.cache_size_mb = config.cache_size_mb;
   eo.log_file_max_mb = config.log_file_max_mb;
   eo.compaction_batch_rows = config.compaction_batch_rows;
+  // Ranges inside a txn are paged like top-level ones. Part of apply, so every replica must
+  // use the same value.
+  eo.txn_range_max_bytes = config.limits.max_response_bytes;
   auto engine = keel::storage::open_engine(eo);
   if (!engine) return fail(engine.error().message);
 

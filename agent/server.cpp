@@ -254,29 +254,93 @@ struct Server::Impl {
       if (*upto < w->next_revision) return;  // nothing visible yet
       w->next_revision = *upto + 1;
       if (events.empty()) continue;
-      auto req = w->client.eventsRequest();
-      req.initHeader().setRevision(*upto);
-      auto list = req.initEvents(events.size());
-      for (size_t i = 0; i < events.size(); ++i)
-        to_rpc(events[i], list[i]);
-      w->busy = true;
-      tasks.add(req.send().then(
-          [this, w]() {
-            w->busy = false;
-            pump(w);
-          },
-          [this, w](kj::Exception&& e) { drop(w, e); }));
+      std::vector<const storage::Event*> refs;
+      refs.reserve(events.size());
+      for (const auto& e : events)
+        refs.push_back(&e);
+      send_events(w, *upto, refs);
     }
   }
 
+  static bool in_range(const Watch& w, const std::string& key) {
+    if (w.range_end.empty()) return key == w.key;
+    if (key < w.key) return false;
+    return w.range_end == std::string(1, '\0') || key < w.range_end;
+  }
+
+  void send_events(const std::shared_ptr<Watch>& w, int64_t upto,
+                   const std::vector<const storage::Event*>& events) {
+    auto req = w->client.eventsRequest();
+    req.initHeader().setRevision(upto);
+    auto list = req.initEvents(events.size());
+    for (size_t i = 0; i < events.size(); ++i) {
+      const storage::Event& e = *events[i];
+      list[i].setType(e.type == storage::EventType::del ? rpc::EventType::DELETE
+                                                        : rpc::EventType::PUT);
+      to_rpc(e.kv, list[i].initKv());
+      // A shared read fetches prev_kv when any watcher of the group wants it.
+      if (w->prev_kv && e.prev_kv) to_rpc(*e.prev_kv, list[i].initPrevKv());
+    }
+    w->busy = true;
+    tasks.add(req.send().then(
+        [this, w]() {
+          w->busy = false;
+          pump(w);
+        },
+        [this, w](kj::Exception&& e) { drop(w, e); }));
+  }
+
+  // Watchers idle at the same next revision (the usual case: all caught up) share one read
+  // of the new history, filtered per watcher here, instead of one store scan each.
   void pump_all() {
-    // Copy: pump may remove watches.
-    std::vector<std::shared_ptr<Watch>> all;
-    all.reserve(watches.size());
-    for (auto& [id, w] : watches)
-      all.push_back(w);
-    for (auto& w : all)
+    int64_t current = store.current_revision();
+    std::map<int64_t, std::vector<std::shared_ptr<Watch>>> idle_at;
+    std::vector<std::shared_ptr<Watch>> caught_up;  // may owe a progress notification
+    for (auto& [id, w] : watches) {
+      if (w->busy || w->dead) continue;
+      if (w->next_revision <= current) {
+        idle_at[w->next_revision].push_back(w);
+      } else if (w->progress_wanted) {
+        caught_up.push_back(w);
+      }
+    }
+    for (auto& w : caught_up)
       pump(w);
+    for (auto& [from, group] : idle_at) {
+      if (group.size() == 1) {
+        pump(group[0]);
+        continue;
+      }
+      bool want_prev = false;
+      for (auto& w : group)
+        want_prev = want_prev || w->prev_kv;
+      std::vector<storage::Event> events;
+      const std::string all(1, '\0');
+      auto upto = reader->events(from, current, all, all, want_prev, config.watch_batch_bytes,
+                                 [&](const storage::Event& e) {
+                                   events.push_back(e);
+                                   return true;
+                                 });
+      if (!upto) {
+        for (auto& w : group)
+          cancel_watch(w, upto.error());
+        continue;
+      }
+      for (auto& w : group) {
+        if (w->dead || w->busy || w->next_revision != from) continue;
+        std::vector<const storage::Event*> mine;
+        for (const auto& e : events) {
+          bool wanted = e.type == storage::EventType::put ? !w->no_put : !w->no_delete;
+          if (wanted && in_range(*w, e.kv.key)) mine.push_back(&e);
+        }
+        w->next_revision = *upto + 1;
+        if (!mine.empty()) {
+          send_events(w, *upto, mine);
+        } else {
+          pump(w);  // the shared read stopped at batch_bytes, or a progress is wanted
+        }
+      }
+    }
   }
 
   kj::Promise<void> signal_loop(int64_t seen) {
