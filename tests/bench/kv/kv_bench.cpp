@@ -65,18 +65,20 @@ struct Options {
 
 [[noreturn]] void usage(const char* argv0, const char* why) {
   if (why) std::fprintf(stderr, "kv_bench: %s\n", why);
-  std::fprintf(stderr,
-               "usage: %s [--socket PATH] [--keeld PATH] [--seconds S | --ops N] [--clients N]\n"
-               "          [--conns N] [--keys N] [--only put,get,watch] [--smoke]\n"
-               "  --socket PATH  use the agent serving PATH instead of starting keeld\n"
-               "  --seconds S    duration of each workload (default 5)\n"
-               "  --ops N        a fixed number of operations per workload instead\n"
-               "  --clients N    concurrent clients of the concurrent workloads (default 64)\n"
-               "  --conns N      connections they share (default: one per client)\n"
-               "  --keys N       key space (default 10000)\n"
-               "  --only LIST    workloads to run, of put,get,watch (default all)\n"
-               "  --smoke        a few hundred ops per workload; checks only that all succeed\n",
-               argv0);
+  std::fprintf(
+      stderr,
+      "usage: %s [--socket PATH] [--keeld PATH] [--seconds S | --ops N] [--clients N]\n"
+      "          [--conns N] [--keys N] [--only put,get,watch] [--smoke]\n"
+      "  --socket PATH  use the agent serving PATH instead of starting keeld (it writes keys\n"
+      "                 k0000000.. and w0000000.. there and leaves them)\n"
+      "  --seconds S    duration of each workload (default 5)\n"
+      "  --ops N        a fixed number of operations per workload instead\n"
+      "  --clients N    concurrent clients of the concurrent workloads (default 64)\n"
+      "  --conns N      connections they share (default: one per client)\n"
+      "  --keys N       key space (default 10000)\n"
+      "  --only LIST    workloads to run, of put,get,watch (default all)\n"
+      "  --smoke        a few hundred ops per workload; checks only that all succeed\n",
+      argv0);
   std::exit(2);
 }
 
