@@ -128,3 +128,54 @@ TEST_CASE("the socket is created 0660 and every connection knows its peer", "[in
   CHECK(status->peer_pid == static_cast<int64_t>(getpid()));
   CHECK(status->connections >= 1);
 }
+
+TEST_CASE("ranges larger than a reply page are fetched page by page at one revision",
+          "[integration][keelctl][paging]") {
+  TempDir dir;
+  Keeld keeld(dir.path, "[limits]\nmax_response_bytes = 4096\n");
+  REQUIRE(keeld.start());
+  auto c = keeld.client();
+  REQUIRE(c);
+  constexpr int kKeys = 2000;
+  std::string expected;
+  for (int i = 0; i < kKeys; ++i) {
+    char key[32];
+    std::snprintf(key, sizeof(key), "page/%05d", i);
+    storage::PutRequest p;
+    p.key = key;
+    p.value = std::string(100, 'v');
+    REQUIRE(c->put(p).ok());
+    expected += std::string(key) + "\n";
+  }
+  // One RPC returns one page and says where to continue.
+  storage::RangeRequest all;
+  all.key = "page/";
+  all.range_end = storage::prefix_end("page/");
+  auto first = c->range(all);
+  REQUIRE(first.ok());
+  CHECK(first->count == kKeys);
+  CHECK(first->more);
+  CHECK_FALSE(first->continue_key.empty());
+  CHECK(first->kvs.size() < 100);
+
+  auto r = keelctl(keeld.socket(), {"get", "page/", "--prefix", "--keys-only"});
+  CHECK(r.status == 0);
+  CHECK(r.out == expected);
+  r = keelctl(keeld.socket(), {"get", "page/", "--prefix", "--limit", "150", "--keys-only"});
+  CHECK(r.out == expected.substr(0, 150 * 11));
+  r = keelctl(keeld.socket(), {"get", "page/", "--prefix", "--count-only"});
+  CHECK(r.out == std::to_string(kKeys) + "\n");
+  // Sorting by something other than the key must fit in one page.
+  r = keelctl(keeld.socket(), {"get", "page/", "--prefix", "--sort-by", "VERSION"});
+  CHECK(r.status == 1);
+  CHECK_THAT(r.err, Catch::Contains("limit"));
+}
+
+TEST_CASE("the socket mode is configurable", "[integration]") {
+  TempDir dir;
+  Keeld keeld(dir.path, "socket_mode = \"0600\"\n");
+  REQUIRE(keeld.start());
+  struct stat st {};
+  REQUIRE(stat(keeld.socket().c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+}

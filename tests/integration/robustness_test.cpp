@@ -206,6 +206,16 @@ TEST_CASE("start-up: stale socket replaced, live socket, locked data dir, bad co
   CHECK(keeld.client()->put(put("still", "serving")).ok());
 
   TempDir bad;
+  // A data directory that is a regular file.
+  std::string file = bad.path + "/not-a-dir";
+  {
+    std::FILE* f = std::fopen(file.c_str(), "w");
+    std::fclose(f);
+  }
+  Keeld unusable(bad.path);
+  CHECK(unusable.start_expect_exit({"--data-dir", file}) == 1);
+  CHECK_THAT(unusable.log(), Catch::Contains(file));
+
   Keeld typo(bad.path, "[limits]\nmax_key_byte = 10\n");
   CHECK(typo.start_expect_exit() == 1);
   CHECK_THAT(typo.log(), Catch::Contains("unknown key limits.max_key_byte"));

@@ -128,6 +128,10 @@ TEST_CASE("prev_kv, filters, deletes and resuming from the last revision", "[int
            }).ok());
   CHECK(rest[0].kv.mod_revision == 4);
   CHECK(rest[1].kv.mod_revision == 5);
+  // Ended watches are gone from the agent.
+  auto status = c->status();
+  REQUIRE(status.ok());
+  CHECK(status->watchers == 0);
 }
 
 TEST_CASE("a compacted start revision is refused with the compact revision",
