@@ -220,7 +220,7 @@ void ops_body(Writer& w, const std::vector<RequestOp>& ops) {
 }
 std::vector<RequestOp> parse_ops(Parser& p) {
   std::vector<RequestOp> ops;
-  size_t n = p.count(5);  // the smallest op (a delete) is 4 bytes plus its tag
+  size_t n = p.count(4);  // the smallest op: a tag and a delete of empty keys (3 bytes)
   ops.reserve(n);
   for (size_t i = 0; i < n && p.ok(); i++) {
     switch (p.u8()) {
@@ -283,7 +283,7 @@ Result<Command> decode_command(std::string_view bytes) {
       break;
     case kTxn: {
       TxnRequest txn;
-      size_t n = p.count(7);  // the smallest compare is 7 bytes
+      size_t n = p.count(6);  // the smallest compare (empty keys and value) is 6 bytes
       txn.compare.reserve(n);
       for (size_t i = 0; i < n && p.ok(); i++)
         txn.compare.push_back(parse_compare(p));
