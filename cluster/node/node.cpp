@@ -144,6 +144,22 @@ void Node::process(std::vector<Proposal>& batch) {
     apply.emplace_back(entries[i].index, &batch[i].command);
   auto results = store_.apply(apply);
   KEEL_ASSERT(results.size() == batch.size(), "apply returned a result per command");
+  // `internal` is the store failing, never a command's own outcome. The entries are
+  // committed in the log but not applied; applying later batches on top would skip them, so
+  // refuse writes from here on: a restart re-applies the log from the applied index.
+  for (const auto& r : results) {
+    if (!r.ok() && r.error().code == ErrorCode::internal) {
+      failed_ = make_error(ErrorCode::internal,
+                           "the store could not apply committed writes (" + r.error().message +
+                               "); writes are refused until restart, which applies them");
+      for (auto& p : batch) {
+        p.done(make_error(ErrorCode::internal,
+                          "outcome unknown: the write is logged and will be applied at restart; " +
+                              r.error().message));
+      }
+      return;
+    }
+  }
   {
     std::lock_guard lock(mu_);
     stats_.committed_index = index;

@@ -49,7 +49,8 @@ class Node {
 
   // Queues a validated command. `done` runs exactly once, on the node thread: with the
   // command's result, or shutting_down if the node stops first, or internal if the log
-  // cannot be written (the node then refuses further writes; reads continue).
+  // cannot be written or the store cannot apply (the node then refuses further writes until
+  // restart; reads continue).
   void propose(storage::Command command, Completion done);
 
   // Finishes every proposal queued so far, then joins the node thread. Later proposals
