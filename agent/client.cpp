@@ -153,35 +153,34 @@ Result<storage::RangeResponse> Client::range_all(
   return summary;
 }
 
-Result<storage::PutResponse> Client::put(const storage::PutRequest& request) {
-  return call<storage::PutResponse>([&]() -> Result<storage::PutResponse> {
-    auto req = impl_->keel.putRequest();
+namespace {
+// One unary KV call: fill the request, send, map the reply or its error.
+template <typename Response, typename Request, typename Send>
+Result<Response> unary(Client::Impl& impl, const Request& request, Send&& make) {
+  return call<Response>([&]() -> Result<Response> {
+    auto req = make(impl.keel);
     to_rpc(request, req.initRequest());
-    auto resp = req.send().wait(impl_->io.waitScope);
+    auto resp = req.send().wait(impl.io.waitScope);
     if (resp.hasError()) return from_rpc(resp.getError());
     return from_rpc(resp.getResponse());
   });
+}
+}  // namespace
+
+Result<storage::PutResponse> Client::put(const storage::PutRequest& request) {
+  return unary<storage::PutResponse>(*impl_, request,
+                                     [](rpc::Keel::Client& k) { return k.putRequest(); });
 }
 
 Result<storage::DeleteRangeResponse> Client::delete_range(
     const storage::DeleteRangeRequest& request) {
-  return call<storage::DeleteRangeResponse>([&]() -> Result<storage::DeleteRangeResponse> {
-    auto req = impl_->keel.deleteRangeRequest();
-    to_rpc(request, req.initRequest());
-    auto resp = req.send().wait(impl_->io.waitScope);
-    if (resp.hasError()) return from_rpc(resp.getError());
-    return from_rpc(resp.getResponse());
-  });
+  return unary<storage::DeleteRangeResponse>(
+      *impl_, request, [](rpc::Keel::Client& k) { return k.deleteRangeRequest(); });
 }
 
 Result<storage::TxnResponse> Client::txn(const storage::TxnRequest& request) {
-  return call<storage::TxnResponse>([&]() -> Result<storage::TxnResponse> {
-    auto req = impl_->keel.txnRequest();
-    to_rpc(request, req.initRequest());
-    auto resp = req.send().wait(impl_->io.waitScope);
-    if (resp.hasError()) return from_rpc(resp.getError());
-    return from_rpc(resp.getResponse());
-  });
+  return unary<storage::TxnResponse>(*impl_, request,
+                                     [](rpc::Keel::Client& k) { return k.txnRequest(); });
 }
 
 Result<int64_t> Client::compact(int64_t revision, bool physical) {

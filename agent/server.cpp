@@ -435,35 +435,11 @@ class KeelImpl final : public rpc::Keel::Server {
     return kj::READY_NOW;
   }
 
-  kj::Promise<void> put(PutContext ctx) override {
-    auto params = ctx.getParams();
-    if (auto e = oversized(params, impl_.limits.max_request_bytes)) {
-      return fail(ctx.getResults(), *e);
-    }
-    auto req = from_rpc(params.getRequest());
-    if (!req) return fail(ctx.getResults(), req.error());
-    return write<storage::PutResponse>(ctx, Command(std::move(req).value()));
-  }
-
+  kj::Promise<void> put(PutContext ctx) override { return write_call<storage::PutResponse>(ctx); }
   kj::Promise<void> deleteRange(DeleteRangeContext ctx) override {
-    auto params = ctx.getParams();
-    if (auto e = oversized(params, impl_.limits.max_request_bytes)) {
-      return fail(ctx.getResults(), *e);
-    }
-    auto req = from_rpc(params.getRequest());
-    if (!req) return fail(ctx.getResults(), req.error());
-    return write<storage::DeleteRangeResponse>(ctx, Command(std::move(req).value()));
+    return write_call<storage::DeleteRangeResponse>(ctx);
   }
-
-  kj::Promise<void> txn(TxnContext ctx) override {
-    auto params = ctx.getParams();
-    if (auto e = oversized(params, impl_.limits.max_request_bytes)) {
-      return fail(ctx.getResults(), *e);
-    }
-    auto req = from_rpc(params.getRequest());
-    if (!req) return fail(ctx.getResults(), req.error());
-    return write<storage::TxnResponse>(ctx, Command(std::move(req).value()));
-  }
+  kj::Promise<void> txn(TxnContext ctx) override { return write_call<storage::TxnResponse>(ctx); }
 
   kj::Promise<void> compact(CompactContext ctx) override {
     auto params = ctx.getParams();
@@ -535,6 +511,18 @@ class KeelImpl final : public rpc::Keel::Server {
   static kj::Promise<void> fail(Results results, const Error& error) {
     to_rpc(error, results.initError());
     return kj::READY_NOW;
+  }
+
+  // Put, DeleteRange and Txn: size check, conversion, validation, then the node.
+  template <typename Response, typename Context>
+  kj::Promise<void> write_call(Context ctx) {
+    auto params = ctx.getParams();
+    if (auto e = oversized(params, impl_.limits.max_request_bytes)) {
+      return fail(ctx.getResults(), *e);
+    }
+    auto req = from_rpc(params.getRequest());
+    if (!req) return fail(ctx.getResults(), req.error());
+    return write<Response>(ctx, Command(std::move(req).value()));
   }
 
   template <typename Response, typename Context>
