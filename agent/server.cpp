@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <thread>
@@ -84,6 +85,7 @@ struct Server::Impl {
         tasks(error_handler) {}
 
   ~Impl() {
+    inflight->on_zero = nullptr;
     for (auto& t : compaction_waiters)
       t.join();
   }
@@ -102,8 +104,15 @@ struct Server::Impl {
   std::map<int64_t, std::shared_ptr<Watch>> watches;
   int64_t next_watch_id = 1;
 
+  // Calls whose reply is not sent yet. Shared with the calls themselves: Cap'n Proto may
+  // keep a call's promise alive until the event loop is destroyed, after this Impl.
+  struct Inflight {
+    uint64_t count = 0;
+    std::function<void()> on_zero;  // set by shutdown(); cleared by ~Impl
+  };
+  std::shared_ptr<Inflight> inflight = std::make_shared<Inflight>();
+
   uint64_t connections = 0;
-  uint64_t inflight = 0;
   bool stopping = false;
   kj::Own<kj::PromiseFulfiller<void>> drained;
   std::vector<std::thread> compaction_waiters;
@@ -128,9 +137,9 @@ struct Server::Impl {
 
   // Counts a call until its promise settles, so shutdown can wait for the replies.
   kj::Promise<void> track(kj::Promise<void> p) {
-    ++inflight;
-    return p.attach(kj::defer([this] {
-      if (--inflight == 0 && drained.get() != nullptr) drained->fulfill();
+    ++inflight->count;
+    return p.attach(kj::defer([counter = inflight] {
+      if (--counter->count == 0 && counter->on_zero) counter->on_zero();
     }));
   }
 
@@ -615,10 +624,11 @@ kj::Promise<void> Server::shutdown(uint64_t deadline_ms) {
   s.node.stop();  // finishes queued writes; their replies resolve below
   s.signal_task = nullptr;
   kj::Promise<void> drained = kj::READY_NOW;
-  if (s.inflight > 0) {
+  if (s.inflight->count > 0) {
     auto paf = kj::newPromiseAndFulfiller<void>();
     s.drained = kj::mv(paf.fulfiller);
     drained = kj::mv(paf.promise);
+    s.inflight->on_zero = [&s] { s.drained->fulfill(); };
   }
   // Replies to canceled watchers and drained calls still need a few event-loop turns to be
   // written; the deadline bounds a peer that does not read.

@@ -147,7 +147,9 @@ TEST_CASE("SIGTERM during a burst of writes finishes what was acknowledged",
   while (acked_now < 500 && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  CHECK(keeld.terminate() == 0);
+  int status = keeld.terminate();
+  INFO("keeld log:\n" << keeld.log());
+  CHECK(status == 0);
   for (auto& w : writers)
     w.join();
   REQUIRE(keeld.start());
