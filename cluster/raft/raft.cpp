@@ -842,9 +842,7 @@ ProposeResult RawNode::append_proposal(Entry e) {
   return result;
 }
 
-ProposeResult RawNode::propose(std::string data) {
-  Entry e;
-  e.data = std::move(data);
+ProposeResult RawNode::propose_entry(Entry e) {
   if (role_ != Role::leader) {
     if (lead_ == kNoNode || !cfg_.forward_proposals) return {ProposeStatus::not_leader};
     Message m;
@@ -859,22 +857,17 @@ ProposeResult RawNode::propose(std::string data) {
   return r;
 }
 
+ProposeResult RawNode::propose(std::string data) {
+  Entry e;
+  e.data = std::move(data);
+  return propose_entry(std::move(e));
+}
+
 ProposeResult RawNode::propose_conf_change(const ConfChange& cc) {
   Entry e;
   e.type = EntryType::conf_change;
   e.data = encode_conf_change(cc, nullptr);
-  if (role_ != Role::leader) {
-    if (lead_ == kNoNode || !cfg_.forward_proposals) return {ProposeStatus::not_leader};
-    Message m;
-    m.type = MessageType::prop;
-    m.to = lead_;
-    m.entries.push_back(std::move(e));
-    send(std::move(m));
-    return {ProposeStatus::forwarded};
-  }
-  auto r = append_proposal(std::move(e));
-  KEEL_RAFT_CHECK();
-  return r;
+  return propose_entry(std::move(e));
 }
 
 ReadResult RawNode::read_index(std::string context) {

@@ -193,6 +193,8 @@ class RawNode {
   TransferResult handle_transfer(NodeId to);
   void tally(const Message& m);
 
+  // Appends on the leader; elsewhere forwards to the leader (or answers not_leader).
+  ProposeResult propose_entry(Entry e);
   ProposeResult append_proposal(Entry e);
   bool send_append(NodeId to, bool send_if_empty);
   void send_snapshot(NodeId to, Progress& pr);

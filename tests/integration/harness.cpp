@@ -168,6 +168,13 @@ std::unique_ptr<client::Client> Keeld::client() const {
   return std::move(c).value();
 }
 
+storage::PutRequest put(std::string key, std::string value) {
+  storage::PutRequest p;
+  p.key = std::move(key);
+  p.value = std::move(value);
+  return p;
+}
+
 Run keelctl(const std::string& socket, const std::vector<std::string>& args,
             const std::string& input, int timeout_s) {
   int in_pipe[2], out_pipe[2], err_pipe[2];

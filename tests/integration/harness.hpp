@@ -43,6 +43,9 @@ class Keeld {
   pid_t pid_ = -1;
 };
 
+// A put of key = value, the request most tests build.
+storage::PutRequest put(std::string key, std::string value);
+
 struct Run {
   int status = -1;
   std::string out;

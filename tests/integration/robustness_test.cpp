@@ -50,13 +50,6 @@ bool closed_by_peer(int fd) {
   return false;
 }
 
-PutRequest put(std::string k, std::string v) {
-  PutRequest p;
-  p.key = std::move(k);
-  p.value = std::move(v);
-  return p;
-}
-
 }  // namespace
 
 TEST_CASE("every limit and malformed request gets its typed error", "[integration][limits]") {

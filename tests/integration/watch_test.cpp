@@ -16,14 +16,7 @@ using namespace keel;
 using namespace keel::test;
 using namespace keel::storage;
 
-namespace {
-PutRequest put(std::string k, std::string v) {
-  PutRequest p;
-  p.key = std::move(k);
-  p.value = std::move(v);
-  return p;
-}
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("concurrent writes reach a watcher in revision order, each exactly once",
           "[integration][watch]") {
