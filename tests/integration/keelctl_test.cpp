@@ -86,6 +86,7 @@ TEST_CASE("put, get, del, txn, compact and watch through keelctl", "[integration
   r = keelctl(s, {"status"});
   CHECK(r.status == 0);
   CHECK_THAT(r.out, Catch::Contains("compact_revision: 4"));
+  CHECK_THAT(r.out, Catch::Contains("you: uid " + std::to_string(getuid())));
 
   CHECK(keeld.terminate() == 0);
 }
