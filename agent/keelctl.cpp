@@ -393,34 +393,22 @@ int main(int argc, char** argv) {
       auto r = c->status();
       if (!r) return report(r.error());
       const auto& st = *r;
-      if (g.json()) {
-        std::printf(
-            "{\"version\":\"%s\",\"data_dir\":\"%s\",\"revision\":%lld,"
-            "\"compact_revision\":%lld,\"applied_index\":%llu,\"log_syncs\":%llu,"
-            "\"log_entries\":%llu,\"watchers\":%llu,\"connections\":%llu,"
-            "\"peer_uid\":%lld,\"peer_pid\":%lld}\n",
-            st.version.c_str(), st.data_dir.c_str(), static_cast<long long>(st.revision),
-            static_cast<long long>(st.compact_revision),
-            static_cast<unsigned long long>(st.applied_index),
-            static_cast<unsigned long long>(st.log_syncs),
-            static_cast<unsigned long long>(st.log_entries),
-            static_cast<unsigned long long>(st.watchers),
-            static_cast<unsigned long long>(st.connections), static_cast<long long>(st.peer_uid),
-            static_cast<long long>(st.peer_pid));
-      } else {
-        std::printf(
-            "version: %s\ndata_dir: %s\nrevision: %lld\ncompact_revision: %lld\n"
-            "applied_index: %llu\nlog_syncs: %llu\nlog_entries: %llu\nwatchers: %llu\n"
-            "connections: %llu\nyou: uid %lld pid %lld\n",
-            st.version.c_str(), st.data_dir.c_str(), static_cast<long long>(st.revision),
-            static_cast<long long>(st.compact_revision),
-            static_cast<unsigned long long>(st.applied_index),
-            static_cast<unsigned long long>(st.log_syncs),
-            static_cast<unsigned long long>(st.log_entries),
-            static_cast<unsigned long long>(st.watchers),
-            static_cast<unsigned long long>(st.connections), static_cast<long long>(st.peer_uid),
-            static_cast<long long>(st.peer_pid));
-      }
+      const char* fmt =
+          g.json() ? "{\"version\":\"%s\",\"data_dir\":\"%s\",\"revision\":%lld,"
+                     "\"compact_revision\":%lld,\"applied_index\":%llu,\"log_syncs\":%llu,"
+                     "\"log_entries\":%llu,\"watchers\":%llu,\"connections\":%llu,"
+                     "\"peer_uid\":%lld,\"peer_pid\":%lld}\n"
+                   : "version: %s\ndata_dir: %s\nrevision: %lld\ncompact_revision: %lld\n"
+                     "applied_index: %llu\nlog_syncs: %llu\nlog_entries: %llu\nwatchers: %llu\n"
+                     "connections: %llu\nyou: uid %lld pid %lld\n";
+      std::printf(fmt, st.version.c_str(), st.data_dir.c_str(), static_cast<long long>(st.revision),
+                  static_cast<long long>(st.compact_revision),
+                  static_cast<unsigned long long>(st.applied_index),
+                  static_cast<unsigned long long>(st.log_syncs),
+                  static_cast<unsigned long long>(st.log_entries),
+                  static_cast<unsigned long long>(st.watchers),
+                  static_cast<unsigned long long>(st.connections),
+                  static_cast<long long>(st.peer_uid), static_cast<long long>(st.peer_pid));
       return 0;
     }
   } catch (const UsageError& e) {

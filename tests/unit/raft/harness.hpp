@@ -200,6 +200,18 @@ class Cluster {
   std::set<MessageType> dropped_types_;
 };
 
+// Gives member `id` a log whose entries have the given terms (index 1..n) and a hard state
+// term, then restarts it from that storage.
+inline void seed_log(Cluster& c, NodeId id, const std::vector<uint64_t>& terms, uint64_t term) {
+  std::vector<Entry> ents;
+  for (size_t i = 0; i < terms.size(); ++i) {
+    ents.push_back(Entry{i + 1, terms[i], EntryType::normal, "e" + std::to_string(i + 1)});
+  }
+  c.storage(id).append(ents);
+  c.storage(id).set_hard_state(HardState{term, kNoNode, 0});
+  c.restart(id);
+}
+
 inline std::vector<std::string> datas(const std::vector<Entry>& ents) {
   std::vector<std::string> out;
   for (const Entry& e : ents)

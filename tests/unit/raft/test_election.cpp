@@ -6,21 +6,9 @@
 
 using namespace keel::raft;
 using keel::raft::test::Cluster;
+using keel::raft::test::seed_log;
 
-namespace {
-
-// Gives member `id` a log whose entries have the given terms (index 1..n) and a hard state term.
-void seed_log(Cluster& c, NodeId id, const std::vector<uint64_t>& terms, uint64_t term) {
-  std::vector<Entry> ents;
-  for (size_t i = 0; i < terms.size(); ++i) {
-    ents.push_back(Entry{i + 1, terms[i], EntryType::normal, "e" + std::to_string(i + 1)});
-  }
-  c.storage(id).append(ents);
-  c.storage(id).set_hard_state(HardState{term, kNoNode, 0});
-  c.restart(id);
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("5.2: a follower that hears nothing campaigns and wins a majority", "[raft][5.2]") {
   Cluster c(3);

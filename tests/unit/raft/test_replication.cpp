@@ -7,18 +7,9 @@
 using namespace keel::raft;
 using keel::raft::test::Cluster;
 using keel::raft::test::datas;
+using keel::raft::test::seed_log;
 
 namespace {
-
-void seed_log(Cluster& c, NodeId id, const std::vector<uint64_t>& terms, uint64_t term) {
-  std::vector<Entry> ents;
-  for (size_t i = 0; i < terms.size(); ++i) {
-    ents.push_back(Entry{i + 1, terms[i], EntryType::normal, "e" + std::to_string(i + 1)});
-  }
-  c.storage(id).append(ents);
-  c.storage(id).set_hard_state(HardState{term, kNoNode, 0});
-  c.restart(id);
-}
 
 Message app_resp(NodeId from, NodeId to, uint64_t term, uint64_t index) {
   Message m;
