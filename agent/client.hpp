@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::client {
 

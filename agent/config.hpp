@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::agent {
 

@@ -3,7 +3,7 @@
 // converts Cap'n Proto types; everything below it sees keel::storage types.
 #include <capnp/keel.capnp.h>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::agent {
 

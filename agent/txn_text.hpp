@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::agent {
 

@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::storage {
 

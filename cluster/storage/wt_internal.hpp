@@ -21,7 +21,7 @@
 #include <string>
 #include <string_view>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 #include "cluster/storage/mvcc_store.hpp"
 
 namespace keel::storage::wt {

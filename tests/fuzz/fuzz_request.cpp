@@ -26,7 +26,7 @@
 #include <cstring>
 
 #include "agent/convert.hpp"
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 // Valid commands round-tripped so far (the replay driver reports it).
 uint64_t fuzz_request_valid_commands = 0;

@@ -11,7 +11,7 @@
 // error, and every failure is ErrorCode::invalid_argument.
 #include <cstring>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::storage {
 namespace {

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <set>
 
-#include "cluster/storage/kv_types.hpp"
+#include "cluster/model/kv_types.hpp"
 
 namespace keel::storage {
 namespace {

@@ -10,7 +10,7 @@
 #include <variant>
 #include <vector>
 
-#include "cluster/storage/result.hpp"
+#include "cluster/model/result.hpp"
 
 namespace keel::storage {
 
