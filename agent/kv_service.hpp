@@ -1,0 +1,64 @@
+#pragma once
+// The KV service: the handlers of the Keel interface (range, put, deleteRange, txn, compact,
+// watch, status) on the KJ event-loop thread. Reads are served from the service's own
+// WiredTiger read view; writes go to the node thread (Node::propose) and come back through a
+// cross-thread promise fulfiller; watches are registered with the watch hub.
+//
+// Lifetime: held by std::shared_ptr. Every capability it hands out (one bootstrap per
+// connection) holds a counted reference, never a raw one, and after close() every call is
+// answered with shutting_down without touching the engine or the node, so a call that Cap'n
+// Proto keeps alive past shutdown can never reach freed memory.
+#include <capnp/capability.h>
+#include <kj/async.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "agent/config.hpp"
+#include "agent/peer.hpp"
+#include "agent/watch_hub.hpp"
+#include "cluster/node/node.hpp"
+
+namespace keel::agent {
+
+class KvService : public std::enable_shared_from_this<KvService> {
+ public:
+  KvService(const Config& config, storage::Engine& engine, node::Node& node,
+            std::shared_ptr<WatchHub> hub);
+  ~KvService();
+  KvService(const KvService&) = delete;
+  KvService& operator=(const KvService&) = delete;
+
+  // The bootstrap capability of one connection from `peer`.
+  capnp::Capability::Client connect(const Peer& peer);
+
+  // What `status` reports as connections (the listener's count).
+  void set_connection_count(std::function<uint64_t()> count) { connections_ = std::move(count); }
+
+  // Resolves once every call counted so far has replied.
+  kj::Promise<void> drained();
+
+  // Every later call gets shutting_down; the engine and node are never touched again. Call
+  // before they are destroyed.
+  void close();
+
+  struct Calls;  // in-flight bookkeeping (kv_service.cpp)
+
+ private:
+  friend class KeelImpl;
+
+  const Config config_;
+  const storage::Limits limits_;
+  storage::Engine* engine_;                  // null after close()
+  node::Node* node_;                         // null after close()
+  std::unique_ptr<storage::Reader> reader_;  // this thread's read view
+  std::shared_ptr<WatchHub> hub_;
+  std::function<uint64_t()> connections_;
+  std::shared_ptr<Calls> calls_;
+  std::vector<std::thread> compaction_waiters_;
+};
+
+}  // namespace keel::agent

@@ -1,0 +1,156 @@
+#include "agent/listener.hpp"
+
+#include <capnp/rpc-twoparty.h>
+#include <errno.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace keel::agent {
+
+namespace {
+
+// A socket file left by a dead agent is replaced; a live agent makes start-up fail.
+Status prepare_socket_path(const std::string& path) {
+  if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return make_error(ErrorCode::invalid_argument,
+                      "socket path " + path + " is longer than " +
+                          std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes");
+  }
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return ok_status();
+    return make_error(ErrorCode::internal, "cannot stat " + path + ": " + std::strerror(errno));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return make_error(ErrorCode::invalid_argument,
+                      path + " exists and is not a socket; refusing to replace it");
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return make_error(ErrorCode::internal, std::string("socket: ") + std::strerror(errno));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  int err = errno;
+  ::close(fd);
+  if (rc == 0) {
+    return make_error(ErrorCode::invalid_argument,
+                      "another agent is serving on " + path + "; stop it first");
+  }
+  if (err != ECONNREFUSED && err != ENOENT) {
+    return make_error(ErrorCode::internal, "cannot probe " + path + ": " + std::strerror(err));
+  }
+  spdlog::info("replacing stale socket {}", path);
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return make_error(ErrorCode::internal, "cannot remove " + path + ": " + std::strerror(errno));
+  }
+  return ok_status();
+}
+
+class Connection {
+ public:
+  Connection(kj::Own<kj::AsyncIoStream> stream, capnp::Capability::Client bootstrap,
+             capnp::ReaderOptions options)
+      : stream_(kj::mv(stream)),
+        network_(*stream_, capnp::rpc::twoparty::Side::SERVER, options),
+        rpc_(capnp::makeRpcServer(network_, kj::mv(bootstrap))) {}
+  kj::Promise<void> on_disconnect() { return network_.onDisconnect(); }
+
+ private:
+  kj::Own<kj::AsyncIoStream> stream_;
+  capnp::TwoPartyVatNetwork network_;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_;
+};
+
+}  // namespace
+
+void Listener::ErrorHandler::taskFailed(kj::Exception&& e) {
+  if (e.getType() == kj::Exception::Type::DISCONNECTED) {
+    spdlog::debug("connection task ended: {}", e.getDescription().cStr());
+  } else {
+    spdlog::warn("connection task failed: {}", e.getDescription().cStr());
+  }
+}
+
+Result<std::unique_ptr<Listener>> Listener::bind(ListenerOptions options, kj::AsyncIoContext& io,
+                                                 Bootstrap bootstrap) {
+  const std::string& path = options.path;
+  if (auto st = prepare_socket_path(path); !st) return std::move(st).error();
+  kj::Own<kj::ConnectionReceiver> receiver;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                 receiver = io.provider->getNetwork()
+                                .parseAddress(kj::str("unix:", path.c_str()))
+                                .wait(io.waitScope)
+                                ->listen();
+               })) {
+    return make_error(ErrorCode::internal,
+                      "cannot listen on " + path + ": " + e->getDescription().cStr());
+  }
+  if (chmod(path.c_str(), options.mode) != 0) {
+    return make_error(ErrorCode::internal, "cannot chmod " + path + ": " + std::strerror(errno));
+  }
+  return std::unique_ptr<Listener>(
+      new Listener(std::move(options), kj::mv(receiver), std::move(bootstrap)));
+}
+
+Listener::Listener(ListenerOptions options, kj::Own<kj::ConnectionReceiver> receiver,
+                   Bootstrap bootstrap)
+    : options_(std::move(options)),
+      receiver_(kj::mv(receiver)),
+      bootstrap_(std::move(bootstrap)),
+      tasks_(kj::heap<kj::TaskSet>(error_handler_)) {}
+
+Listener::~Listener() {
+  close();
+}
+
+void Listener::start() {
+  if (receiver_.get() == nullptr) return;
+  accept_task_ = accept_loop().eagerlyEvaluate([](kj::Exception&& e) {
+    spdlog::error("accepting connections failed: {}", e.getDescription().cStr());
+  });
+}
+
+kj::Promise<void> Listener::accept_loop() {
+  return receiver_->acceptAuthenticated().then([this](kj::AuthenticatedStream&& accepted) {
+    Peer peer;
+    KJ_IF_MAYBE (local,
+                 kj::dynamicDowncastIfAvailable<kj::LocalPeerIdentity>(*accepted.peerIdentity)) {
+      auto creds = local->getCredentials();
+      KJ_IF_MAYBE (pid, creds.pid) {
+        peer.pid = *pid;
+      }
+      KJ_IF_MAYBE (uid, creds.uid) {
+        peer.uid = *uid;
+      }
+    }
+    spdlog::debug("connection from uid {} pid {}", peer.uid, peer.pid);
+    auto conn =
+        kj::heap<Connection>(kj::mv(accepted.stream), bootstrap_(peer), options_.reader_options);
+    ++connections_;
+    auto done = conn->on_disconnect();
+    tasks_->add(done.attach(kj::mv(conn), kj::defer([this] { --connections_; })));
+    return accept_loop();
+  });
+}
+
+void Listener::stop() {
+  accept_task_ = nullptr;
+  receiver_ = nullptr;
+}
+
+void Listener::close() {
+  if (closed_) return;
+  closed_ = true;
+  stop();
+  tasks_ = nullptr;  // drops every connection
+  unlink(options_.path.c_str());
+}
+
+}  // namespace keel::agent
