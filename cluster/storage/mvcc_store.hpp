@@ -43,6 +43,7 @@ struct EngineStats {
 };
 
 class Engine;
+class RaftStorage;  // raft_storage.hpp
 
 // Opens (creating if needed) the data directory. Errors: a directory that cannot be created
 // or read, or one locked by another process, give ErrorCode::internal with a message that
@@ -143,7 +144,10 @@ class Engine {
  public:
   virtual ~Engine() = default;
   virtual MvccStore& store() = 0;
+  // The old raft log (table raftlog); RaftStorage replaces it.
   virtual LogStore& log() = 0;
+  // The raft::LogStorage of this member (raft_storage.hpp).
+  virtual RaftStorage& raft() = 0;
   virtual EngineStats stats() const = 0;
   virtual const std::string& dir() const = 0;
 };

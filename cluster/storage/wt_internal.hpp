@@ -11,7 +11,9 @@
 //   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
 //   current  raw user key -> Record without key: the live keys, for reads at the current
 //            revision (one cursor search per point read)
-//   raftlog  be64(index) -> varint(term) data
+//   raftlog  be64(index) -> varint(term) data (the old LogStore; replaced by raft_entries)
+//   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp,
+//            which also keeps its rows "raft_*" in meta)
 #include <wiredtiger.h>
 
 #include <atomic>
@@ -22,6 +24,7 @@
 #include <string_view>
 
 #include "cluster/model/kv_types.hpp"
+#include "cluster/raft/types.hpp"
 #include "cluster/storage/mvcc_store.hpp"
 
 namespace keel::storage::wt {
@@ -72,6 +75,29 @@ inline bool get_varint(std::string_view* in, uint64_t* v) {
     if (!(b & 0x80)) return true;
   }
   return false;
+}
+
+// A configuration: varint(#voters) varint(id)... varint(#learners) varint(id)...
+inline void put_conf(std::string& out, const raft::ConfState& conf) {
+  put_varint(out, conf.voters.size());
+  for (uint64_t id : conf.voters)
+    put_varint(out, id);
+  put_varint(out, conf.learners.size());
+  for (uint64_t id : conf.learners)
+    put_varint(out, id);
+}
+inline bool get_conf(std::string_view* in, raft::ConfState* conf) {
+  for (auto* ids : {&conf->voters, &conf->learners}) {
+    uint64_t n = 0;
+    if (!get_varint(in, &n) || n > in->size()) return false;
+    ids->clear();
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t id = 0;
+      if (!get_varint(in, &id) || (!ids->empty() && id <= ids->back())) return false;
+      ids->push_back(id);
+    }
+  }
+  return true;
 }
 
 inline std::string history_key(int64_t revision, uint32_t sub) {
