@@ -221,17 +221,20 @@ inline KeyValue record_kv(Record&& r) {
   return kv;
 }
 
-// The "state" row of meta: what apply() changes atomically with the data.
+// The "state" row of meta: what apply() changes atomically with the data. The applied
+// configuration was added later: a row without it decodes with an empty one.
 struct State {
   int64_t revision = 1;
   int64_t compact_revision = 0;
   uint64_t applied_index = 0;
+  raft::ConfState conf;  // the raft configuration as of applied_index
 };
 inline std::string encode_state(const State& s) {
   std::string out;
   put_varint(out, static_cast<uint64_t>(s.revision));
   put_varint(out, static_cast<uint64_t>(s.compact_revision));
   put_varint(out, s.applied_index);
+  put_conf(out, s.conf);
   return out;
 }
 inline bool decode_state(std::string_view in, State* s) {
@@ -240,6 +243,8 @@ inline bool decode_state(std::string_view in, State* s) {
   s->revision = static_cast<int64_t>(a);
   s->compact_revision = static_cast<int64_t>(b);
   s->applied_index = c;
+  s->conf = raft::ConfState{};
+  if (!in.empty() && (!get_conf(&in, &s->conf) || !in.empty())) return false;
   return true;
 }
 
