@@ -116,6 +116,7 @@ class StoreImpl : public MvccStore {
     revision_ = state.revision;
     compact_revision_ = state.compact_revision;
     applied_index_ = state.applied_index;
+    applied_conf_ = state.conf;
 
     target_ = state.compact_revision;
     set_key(s_.meta, "compaction");
@@ -136,8 +137,15 @@ class StoreImpl : public MvccStore {
     return ok_status();
   }
 
+  using MvccStore::apply;
   std::vector<Result<CommandResult>> apply(
-      const std::vector<std::pair<uint64_t, const Command*>>& entries) override {
+      const std::vector<std::pair<uint64_t, const Command*>>& entries, uint64_t applied_index,
+      const raft::ConfState* conf) override {
+    if (applied_index != 0) {
+      KEEL_ASSERT(applied_index >= applied_index_.load(), "apply: applied index goes back");
+      for (const auto& e : entries)
+        KEEL_ASSERT(e.first <= applied_index, "apply: a command after the applied index");
+    }
     applied_batches_->fetch_add(1, std::memory_order_relaxed);
     // Commands known to fail after they had written: the batch is rolled back and re-run
     // without them (WiredTiger has no savepoints), which keeps every command atomic.
@@ -145,7 +153,11 @@ class StoreImpl : public MvccStore {
     for (;;) {
       std::vector<Result<CommandResult>> results;
       results.reserve(entries.size());
-      State state{revision_.load(), compact_revision_.load(), applied_index_.load()};
+      State state{revision_.load(), compact_revision_.load(), applied_index_.load(), {}};
+      {
+        std::lock_guard lk(conf_mu_);
+        state.conf = conf != nullptr ? *conf : applied_conf_;
+      }
       int ret = s_.session->begin_transaction(s_.session, nullptr);
       if (ret != 0) return all_failed(entries.size(), wt_error("begin_transaction", ret));
       bool restart = false;
@@ -168,6 +180,7 @@ class StoreImpl : public MvccStore {
         s_.session->rollback_transaction(s_.session, nullptr);
         continue;
       }
+      if (applied_index != 0) state.applied_index = applied_index;
       ret = put_row(s_.meta, "state", encode_state(state));
       if (ret == 0)
         ret = s_.session->commit_transaction(s_.session, nullptr);
@@ -178,6 +191,10 @@ class StoreImpl : public MvccStore {
       revision_.store(state.revision);
       compact_revision_.store(state.compact_revision);
       applied_index_.store(state.applied_index);
+      if (conf != nullptr) {
+        std::lock_guard lk(conf_mu_);
+        applied_conf_ = std::move(state.conf);
+      }
       if (compacted) {
         {
           std::lock_guard lk(mu_);
@@ -190,6 +207,10 @@ class StoreImpl : public MvccStore {
   }
 
   uint64_t applied_index() const override { return applied_index_.load(); }
+  raft::ConfState applied_conf() const override {
+    std::lock_guard lk(conf_mu_);
+    return applied_conf_;
+  }
   int64_t current_revision() const override { return revision_.load(); }
   int64_t compact_revision() const override { return compact_revision_.load(); }
 
@@ -518,6 +539,8 @@ class StoreImpl : public MvccStore {
   std::atomic<int64_t> revision_{1};
   std::atomic<int64_t> compact_revision_{0};
   std::atomic<uint64_t> applied_index_{0};
+  mutable std::mutex conf_mu_;  // applied_conf_ is read from any thread
+  raft::ConfState applied_conf_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cluster/model/kv_types.hpp"
+#include "cluster/raft/types.hpp"
 
 namespace keel::storage {
 
@@ -43,6 +44,7 @@ struct EngineStats {
 };
 
 class Engine;
+class RaftStorage;  // raft_storage.hpp
 
 // Opens (creating if needed) the data directory. Errors: a directory that cannot be created
 // or read, or one locked by another process, give ErrorCode::internal with a message that
@@ -118,16 +120,33 @@ class MvccStore {
   virtual ~MvccStore() = default;
 
   // Applies committed commands in order, as one WiredTiger transaction (not synced), and
-  // records `entries.back().first` as applied_index(). Each command either fully applies or
-  // has no effect and yields its error (key_not_found for ignore_value/ignore_lease on a
-  // missing key, future_revision/compacted for Compact, invalid_argument for a command that
-  // fails validation against the store's current state). Deterministic: no clocks, no
-  // randomness; the same commands on the same state give the same results on every replica.
-  // Index 0 entries are allowed (they do not move applied_index()).
+  // records the batch's raft position in the same transaction, so that state, applied index
+  // and applied configuration can never disagree after a crash:
+  //   applied_index: the raft index of the batch's last entry, command or not (the leader's
+  //     empty no-op and conf changes are entries too). 0 = the last non-zero command index
+  //     (or unchanged if there is none). When non-zero it must be >= every command's index
+  //     and >= applied_index() (asserted).
+  //   conf: when not null, the configuration as of applied_index (pass it when a conf
+  //     change is in the batch); becomes applied_conf().
+  // `commands` may be empty (a batch of no-ops/conf changes only).
+  // Each command either fully applies or has no effect and yields its error (key_not_found
+  // for ignore_value/ignore_lease on a missing key, future_revision/compacted for Compact,
+  // invalid_argument for a command that fails validation against the store's current
+  // state). Deterministic: no clocks, no randomness; the same commands on the same state
+  // give the same results on every replica. Index 0 commands are allowed (they do not move
+  // applied_index()).
   virtual std::vector<Result<CommandResult>> apply(
-      const std::vector<std::pair<uint64_t, const Command*>>& entries) = 0;
+      const std::vector<std::pair<uint64_t, const Command*>>& commands, uint64_t applied_index,
+      const raft::ConfState* conf) = 0;
+  // The same, with applied_index() = the last non-zero command index, conf unchanged.
+  std::vector<Result<CommandResult>> apply(
+      const std::vector<std::pair<uint64_t, const Command*>>& entries) {
+    return apply(entries, 0, nullptr);
+  }
 
   virtual uint64_t applied_index() const = 0;
+  // The raft configuration as of applied_index() (empty until an apply() passed one).
+  virtual raft::ConfState applied_conf() const = 0;
   virtual int64_t current_revision() const = 0;  // 1 on a new store (etcd starts at 1)
   virtual int64_t compact_revision() const = 0;  // 0 when never compacted
 
@@ -143,7 +162,10 @@ class Engine {
  public:
   virtual ~Engine() = default;
   virtual MvccStore& store() = 0;
+  // The old raft log (table raftlog); RaftStorage replaces it.
   virtual LogStore& log() = 0;
+  // The raft::LogStorage of this member (raft_storage.hpp).
+  virtual RaftStorage& raft() = 0;
   virtual EngineStats stats() const = 0;
   virtual const std::string& dir() const = 0;
 };

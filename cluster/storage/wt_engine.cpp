@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "cluster/storage/raft_storage.hpp"
 #include "cluster/storage/wt_internal.hpp"
 
 namespace keel::storage {
@@ -25,8 +26,8 @@ int on_wt_message(WT_EVENT_HANDLER*, WT_SESSION*, const char* message) {
 }
 WT_EVENT_HANDLER event_handler = {on_wt_error, on_wt_message, nullptr, nullptr};
 
-constexpr const char* kTables[] = {"table:meta", "table:current", "table:index", "table:history",
-                                   "table:raftlog"};
+constexpr const char* kTables[] = {"table:meta",    "table:current", "table:index",
+                                   "table:history", "table:raftlog", "table:raft_entries"};
 
 }  // namespace
 
@@ -262,6 +263,7 @@ class EngineImpl : public Engine {
   ~EngineImpl() override {
     store_.reset();
     log_.reset();
+    raft_.reset();
     if (conn_ != nullptr) conn_->close(conn_, nullptr);
   }
 
@@ -294,6 +296,9 @@ class EngineImpl : public Engine {
     auto log = std::make_unique<LogImpl>(&log_syncs_, &log_entries_);
     if (auto st = log->open(conn_); !st) return st;
     log_ = std::move(log);
+    auto raft = RaftStorage::open(conn_, &log_syncs_, &log_entries_);
+    if (!raft) return std::move(raft).error();
+    raft_ = std::move(raft).value();
     auto store = make_store(conn_, options, &applied_batches_);
     if (!store) return std::move(store).error();
     store_ = std::move(store).value();
@@ -302,6 +307,7 @@ class EngineImpl : public Engine {
 
   MvccStore& store() override { return *store_; }
   LogStore& log() override { return *log_; }
+  RaftStorage& raft() override { return *raft_; }
   EngineStats stats() const override {
     return EngineStats{log_syncs_.load(), log_entries_.load(), applied_batches_.load()};
   }
@@ -311,6 +317,7 @@ class EngineImpl : public Engine {
   std::string dir_;
   WT_CONNECTION* conn_ = nullptr;
   std::unique_ptr<LogImpl> log_;
+  std::unique_ptr<RaftStorage> raft_;
   std::unique_ptr<MvccStore> store_;
   std::atomic<uint64_t> log_syncs_{0};
   std::atomic<uint64_t> log_entries_{0};

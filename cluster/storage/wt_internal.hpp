@@ -11,7 +11,9 @@
 //   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
 //   current  raw user key -> Record without key: the live keys, for reads at the current
 //            revision (one cursor search per point read)
-//   raftlog  be64(index) -> varint(term) data
+//   raftlog  be64(index) -> varint(term) data (the old LogStore; replaced by raft_entries)
+//   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp,
+//            which also keeps its rows "raft_*" in meta)
 #include <wiredtiger.h>
 
 #include <atomic>
@@ -22,6 +24,7 @@
 #include <string_view>
 
 #include "cluster/model/kv_types.hpp"
+#include "cluster/raft/types.hpp"
 #include "cluster/storage/mvcc_store.hpp"
 
 namespace keel::storage::wt {
@@ -72,6 +75,29 @@ inline bool get_varint(std::string_view* in, uint64_t* v) {
     if (!(b & 0x80)) return true;
   }
   return false;
+}
+
+// A configuration: varint(#voters) varint(id)... varint(#learners) varint(id)...
+inline void put_conf(std::string& out, const raft::ConfState& conf) {
+  put_varint(out, conf.voters.size());
+  for (uint64_t id : conf.voters)
+    put_varint(out, id);
+  put_varint(out, conf.learners.size());
+  for (uint64_t id : conf.learners)
+    put_varint(out, id);
+}
+inline bool get_conf(std::string_view* in, raft::ConfState* conf) {
+  for (auto* ids : {&conf->voters, &conf->learners}) {
+    uint64_t n = 0;
+    if (!get_varint(in, &n) || n > in->size()) return false;
+    ids->clear();
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t id = 0;
+      if (!get_varint(in, &id) || (!ids->empty() && id <= ids->back())) return false;
+      ids->push_back(id);
+    }
+  }
+  return true;
 }
 
 inline std::string history_key(int64_t revision, uint32_t sub) {
@@ -195,17 +221,20 @@ inline KeyValue record_kv(Record&& r) {
   return kv;
 }
 
-// The "state" row of meta: what apply() changes atomically with the data.
+// The "state" row of meta: what apply() changes atomically with the data. The applied
+// configuration was added later: a row without it decodes with an empty one.
 struct State {
   int64_t revision = 1;
   int64_t compact_revision = 0;
   uint64_t applied_index = 0;
+  raft::ConfState conf;  // the raft configuration as of applied_index
 };
 inline std::string encode_state(const State& s) {
   std::string out;
   put_varint(out, static_cast<uint64_t>(s.revision));
   put_varint(out, static_cast<uint64_t>(s.compact_revision));
   put_varint(out, s.applied_index);
+  put_conf(out, s.conf);
   return out;
 }
 inline bool decode_state(std::string_view in, State* s) {
@@ -214,6 +243,8 @@ inline bool decode_state(std::string_view in, State* s) {
   s->revision = static_cast<int64_t>(a);
   s->compact_revision = static_cast<int64_t>(b);
   s->applied_index = c;
+  s->conf = raft::ConfState{};
+  if (!in.empty() && (!get_conf(&in, &s->conf) || !in.empty())) return false;
   return true;
 }
 

@@ -1,0 +1,140 @@
+#pragma once
+// raft::LogStorage on WiredTiger: the Raft log, hard state, compaction point, latest
+// snapshot metadata and the member's cluster identity, in the engine's data directory.
+//
+// Tables (see wt_internal.hpp):
+//   raft_entries  be64(index) -> varint(term) u8(type) data
+//   meta          "raft_hardstate" -> varint(term) varint(vote) varint(commit)
+//                 "raft_compacted" -> varint(index) varint(term): the compaction point,
+//                                     first_index() - 1 and its term
+//                 "raft_snapshot"  -> varint(index) varint(term) conf varint(len) data
+//                 "raft_identity"  -> varint(cluster id) varint(member id)
+//
+// Threads: one thread (the node thread) calls everything, reads included. The const reads
+// the core makes (hard_state, snapshot, first/last_index, term) are served from memory;
+// entries() reads WiredTiger through this object's own session (or its tail cache).
+//
+// Durability: persist(), set_hard_state(), append(), apply_snapshot(), bootstrap() and
+// set_identity() commit one WiredTiger transaction each with sync=on (one fdatasync per
+// Ready). create_snapshot() commits without sync: WiredTiger's journal is replayed in order
+// on recovery, so if that commit survives a crash, every transaction committed before it on
+// this connection survives too -- in particular the (unsynced) MvccStore::apply batches that
+// the snapshot covers. A compaction can therefore never outlive the applied state it relies
+// on, as long as the node applies before it calls create_snapshot().
+//
+// Errors: a WiredTiger failure on the write path (a failed fsync, a full disk) leaves the
+// log in an unknown state and cannot be recovered from in-process. Every write and read
+// method therefore prints the failed operation and WiredTiger's message to stderr and
+// aborts (KEEL_ASSERT style); the process restarts and recovers from what is durable.
+// Misuse by the caller (an append with a gap, an out-of-date snapshot) is a bug and
+// aborts too, as it does in raft::MemoryStorage. Only bootstrap() and set_identity() report
+// expected refusals as a Status.
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cluster/model/result.hpp"
+#include "cluster/raft/raft.hpp"
+#include "cluster/raft/storage.hpp"
+
+struct __wt_connection;
+struct __wt_session;
+struct __wt_cursor;
+
+namespace keel::storage {
+
+class RaftStorage final : public raft::LogStorage {
+ public:
+  // Opens the storage on `conn` (table:raft_entries and table:meta must exist). Used by
+  // open_engine; `syncs` and `appended` count synced commits and appended entries.
+  static Result<std::unique_ptr<RaftStorage>> open(__wt_connection* conn,
+                                                   std::atomic<uint64_t>* syncs,
+                                                   std::atomic<uint64_t>* appended);
+  ~RaftStorage() override;
+  RaftStorage(const RaftStorage&) = delete;
+  RaftStorage& operator=(const RaftStorage&) = delete;
+
+  // ---- raft::LogStorage reads (memory only, except entries()) ---------------------------
+  raft::HardState hard_state() const override { return hs_; }
+  std::shared_ptr<const raft::Snapshot> snapshot() const override { return snap_; }
+  uint64_t first_index() const override { return offset_ + 1; }
+  uint64_t last_index() const override { return offset_ + terms_.size() - 1; }
+  std::optional<uint64_t> term(uint64_t index) const override;
+  void entries(uint64_t lo, uint64_t hi, uint64_t max_bytes,
+               std::vector<raft::Entry>* out) const override;
+
+  // ---- raft::LogStorage writes (each one synced transaction) ---------------------------
+  void set_hard_state(const raft::HardState& hs) override;
+  void append(const std::vector<raft::Entry>& entries) override;
+  void apply_snapshot(std::shared_ptr<const raft::Snapshot> snap) override;
+  // Not synced; see "Durability" above.
+  void create_snapshot(uint64_t index, const raft::ConfState& conf, std::string data,
+                       uint64_t compact_to) override;
+
+  // What one Ready asks to persist, in ONE transaction committed with sync=on: rd.snapshot
+  // (replaces the whole log), then rd.entries (truncate-and-append), then rd.hard_state.
+  // Does nothing if the Ready carries none of them.
+  void persist(const raft::Ready& rd);
+
+  // ---- life cycle -------------------------------------------------------------------------
+  // True once bootstrap() ran or anything was persisted (a joining member that received a
+  // snapshot is initialized too).
+  bool initialized() const { return initialized_; }
+  // A fresh member: a snapshot at index 0 whose configuration is `initial` (empty for a
+  // member that will be added later). Synced. Error (invalid_argument) if initialized().
+  Status bootstrap(const raft::ConfState& initial);
+
+  // The cluster this data directory belongs to and this member's id in it, so that keeld
+  // refuses a data directory of another cluster. Synced. Setting the same identity again is
+  // a no-op; a different one is refused (invalid_argument) and changes nothing.
+  Status set_identity(uint64_t cluster_id, uint64_t member_id);
+  std::optional<std::pair<uint64_t, uint64_t>> identity() const { return identity_; }
+
+  // Bytes held by the tail cache of recently appended entries (tests, metrics).
+  uint64_t tail_cache_bytes() const { return tail_bytes_; }
+
+ private:
+  RaftStorage(std::atomic<uint64_t>* syncs, std::atomic<uint64_t>* appended);
+
+  // The three steps of a write, inside an open transaction; the in-memory state is updated
+  // as they go (the commit that follows either succeeds or aborts the process).
+  void write_snapshot(const raft::Snapshot& snap);
+  void write_entries(const std::vector<raft::Entry>& entries);
+  void write_hard_state(const raft::HardState& hs);
+  void write_snapshot_row(const raft::Snapshot& snap);
+  void write_compacted_row();
+  void remove_entries(uint64_t lo, uint64_t hi);  // [lo, hi)
+  void begin();
+  void commit(bool sync);
+  void mark_initialized();
+
+  void tail_push(const raft::Entry& e);
+  void tail_truncate_from(uint64_t index);
+  void tail_drop_below(uint64_t index);
+
+  std::atomic<uint64_t>* syncs_;
+  std::atomic<uint64_t>* appended_;
+  __wt_session* session_ = nullptr;
+  mutable __wt_cursor* entries_cursor_ = nullptr;  // reads and writes (node thread only)
+  __wt_cursor* meta_cursor_ = nullptr;
+
+  raft::HardState hs_;
+  std::shared_ptr<const raft::Snapshot> snap_;
+  uint64_t offset_ = 0;         // the compaction point: first_index() - 1
+  std::deque<uint64_t> terms_;  // terms of [offset_, last_index()]; terms_[0] = its term
+  bool initialized_ = false;
+  std::optional<std::pair<uint64_t, uint64_t>> identity_;
+
+  // The most recently appended entries, [last_index() - tail_.size() + 1, last_index()].
+  std::deque<raft::Entry> tail_;
+  uint64_t tail_bytes_ = 0;
+  static constexpr uint64_t kTailMaxBytes = 4 << 20;
+  static constexpr size_t kTailMaxEntries = 4096;
+};
+
+}  // namespace keel::storage
