@@ -519,6 +519,10 @@ void Sim::apply_entry(SimNode& n, const Entry& e) {
     ev("conf_applied", e.index, vmask, lmask);
     for (auto& [id, np] : nodes_) {
       if (result.contains(id)) {
+        if (np->decommissioned) {
+          fail("membership: the change at " + std::to_string(e.index) + " re-adds member " +
+               std::to_string(id) + ", removed (and shut down) by an earlier committed change");
+        }
         np->ever_member = true;
       } else if (np->ever_member) {
         decommission(*np);
@@ -726,7 +730,14 @@ void Sim::clients() {
 }
 
 void Sim::conf_change() {
-  const ConfState cur = committed_conf();
+  // A change that names an existing member (promote, demote, remove) is proposed on the leader
+  // only, chosen from the leader's latest configuration: the leader appends it only if no other
+  // change is pending, so it applies to exactly that configuration. Chosen from the committed one
+  // and forwarded, it could race the member's removal and re-add a removed (decommissioned) ID:
+  // seed 68061 added back a removed learner as a voter that never came back, and the cluster lost
+  // its quorum for good (apply_entry now fails such a change by name).
+  SimNode* l = leader();
+  const ConfState cur = l ? l->raft->conf_state() : committed_conf();
   ConfChange cc;
   const uint64_t op = rng_.below(5);
   auto pick = [&](const std::vector<NodeId>& v) { return v[rng_.below(v.size())]; };
@@ -743,8 +754,9 @@ void Sim::conf_change() {
   } else {
     return;
   }
-  SimNode* n = leader();
-  if (!n) n = random_up(true);
+  const bool names_member = cc.node != next_id_;
+  SimNode* n = l;
+  if (!n && !names_member) n = random_up(true);
   if (!n) return;
   const auto r = n->raft->propose_conf_change(cc);
   ev("conf_propose", n->id, static_cast<uint64_t>(cc.type), cc.node,
