@@ -32,7 +32,8 @@ void print_stats(uint64_t seed, const keel::sim::SimResult& r) {
   const auto& s = r.stats;
   std::printf(
       "seed %llu: %s ticks=%llu events=%llu max_term=%llu leaders=%llu acked=%llu reads=%llu "
-      "crashes=%llu confs=%llu snaps=%llu transfers=%llu liveness_ticks=%llu hash=%016llx\n",
+      "crashes=%llu confs=%llu snaps=%llu transfers=%llu liveness_ticks=%llu early=%d "
+      "hash=%016llx\n",
       static_cast<unsigned long long>(seed), r.ok ? "ok" : "FAILED",
       static_cast<unsigned long long>(s.ticks), static_cast<unsigned long long>(s.events),
       static_cast<unsigned long long>(s.max_term), static_cast<unsigned long long>(s.leaders),
@@ -41,7 +42,7 @@ void print_stats(uint64_t seed, const keel::sim::SimResult& r) {
       static_cast<unsigned long long>(s.conf_changes),
       static_cast<unsigned long long>(s.snapshots_installed),
       static_cast<unsigned long long>(s.transfers),
-      static_cast<unsigned long long>(s.liveness_ticks),
+      static_cast<unsigned long long>(s.liveness_ticks), s.leader_sends_first ? 1 : 0,
       static_cast<unsigned long long>(r.trace_hash));
 }
 
@@ -121,7 +122,8 @@ int main(int argc, char** argv) {
 
   if (seeds == 0) seeds = 1;
   uint64_t failures = 0, acked = 0, reads = 0, crashes = 0, confs = 0, leaders = 0;
-  uint64_t max_live = 0;
+  uint64_t max_live = 0, early_seeds = 0, early_sends = 0, sent_unwritten = 0;
+  uint64_t crashes_at[5] = {};
   for (uint64_t s = from; s < from + seeds; ++s) {
     g_seed = s;
     const auto r = keel::sim::run_seed({s, nullptr});
@@ -130,6 +132,11 @@ int main(int argc, char** argv) {
     crashes += r.stats.crashes;
     confs += r.stats.conf_changes;
     leaders += r.stats.leaders;
+    early_seeds += r.stats.leader_sends_first ? 1 : 0;
+    early_sends += r.stats.early_sends;
+    sent_unwritten += r.stats.crashes_sent_unwritten;
+    for (int p = 1; p < 5; ++p)
+      crashes_at[p] += r.stats.crashes_at[p];
     if (r.stats.liveness_ticks > max_live) max_live = r.stats.liveness_ticks;
     if (verbose) print_stats(s, r);
     if (!r.ok) {
@@ -152,5 +159,15 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(reads), static_cast<unsigned long long>(crashes),
       static_cast<unsigned long long>(confs), static_cast<unsigned long long>(leaders),
       static_cast<unsigned long long>(max_live));
+  std::printf(
+      "leader sends first in %llu seeds (%llu early sends); crashes inside a Ready: "
+      "write/sync %llu, after sync %llu, after send %llu (%llu before the write), after apply "
+      "%llu\n",
+      static_cast<unsigned long long>(early_seeds), static_cast<unsigned long long>(early_sends),
+      static_cast<unsigned long long>(crashes_at[1]),
+      static_cast<unsigned long long>(crashes_at[2]),
+      static_cast<unsigned long long>(crashes_at[3]),
+      static_cast<unsigned long long>(sent_unwritten),
+      static_cast<unsigned long long>(crashes_at[4]));
   return failures == 0 ? 0 : 1;
 }

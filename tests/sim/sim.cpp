@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "cluster/raft/driver.hpp"
 #include "cluster/raft/raft.hpp"
 #include "cluster/raft/rand.hpp"
 
@@ -103,6 +104,8 @@ struct ReadReq {
   bool released = false;
 };
 
+class SimReady;
+
 class Sim {
  public:
   explicit Sim(const SimOptions& opt) : opt_(opt), rng_(opt.seed) {}
@@ -119,7 +122,12 @@ class Sim {
   void send(Message m);
   void deliver_due();
   void tick_due();
+  friend class SimReady;
   void process_ready(SimNode& n);
+  bool ready_crash(SimNode& n, int point);
+  bool persist(SimNode& n, const Ready& rd);
+  bool send_all(SimNode& n, std::vector<Message>& messages, bool persisted);
+  bool apply(SimNode& n, const Ready& rd);
   void persisted(SimNode& n, const Ready& rd);
   void apply_entry(SimNode& n, const Entry& e);
   void install_snapshot(SimNode& n, const Snapshot& s);
@@ -143,6 +151,7 @@ class Sim {
   SimOptions opt_;
   Rng rng_;
   Swarm sw_;
+  DriveOptions drive_;
   uint64_t now_ = 0;
   uint64_t seq_ = 0;
   uint64_t hash_ = 1469598103934665603ULL;
@@ -219,6 +228,11 @@ void Sim::draw_swarm() {
   sw_.snapshot_every = rng_.between(3, 60);
   sw_.snapshot_keep = rng_.between(0, 10);
   sw_.chaos_ticks = rng_.between(200, 1500);
+  // Both orders run: the leader's early send (thesis §10.2.1) in most seeds, persist-then-send
+  // in the rest.
+  drive_.leader_sends_first = rng_.chance(750000);
+  stats_.leader_sends_first = drive_.leader_sends_first;
+  ev("drive", drive_.leader_sends_first ? 1 : 0);
   ev("swarm", static_cast<uint64_t>(sw_.voters), static_cast<uint64_t>(sw_.learners), sw_.drop_ppm,
      sw_.crash_ppm);
 }
@@ -359,41 +373,87 @@ void Sim::tick_due() {
   }
 }
 
+// The simulator's side of the shared Ready loop (raft::drive_ready): "persist" writes to the
+// live storage, may crash before the sync, syncs to the durable storage, may crash after it;
+// "send" queues on the simulated network and may crash after it (before the write when the
+// leader sends first); "apply" may crash after applying. A crash returns false: drive_ready
+// stops at once, without advance(), and must not touch the (destroyed) RawNode again.
+class SimReady final : public ReadyHandler {
+ public:
+  SimReady(Sim& sim, SimNode& n) : sim_(sim), n_(n) {}
+  bool persist(const Ready& rd) override {
+    if (sent_) ++sim_.stats_.early_sends;  // this Ready's messages overtook its write
+    persisted_ = true;
+    return sim_.persist(n_, rd);
+  }
+  bool send(std::vector<Message>& messages) override {
+    if (messages.empty()) return true;
+    sent_ = true;
+    return sim_.send_all(n_, messages, persisted_);
+  }
+  bool apply(const Ready& rd) override { return sim_.apply(n_, rd); }
+  bool advanced() override {
+    sent_ = persisted_ = false;
+    sim_.maybe_snapshot(n_);
+    sim_.check_node(n_);
+    return n_.up;
+  }
+
+ private:
+  Sim& sim_;
+  SimNode& n_;
+  bool sent_ = false;       // this Ready's messages are out
+  bool persisted_ = false;  // this Ready's write is done
+};
+
+bool Sim::ready_crash(SimNode& n, int point) {
+  if (!chaos_ || !rng_.chance(sw_.ready_crash_ppm)) return false;
+  ++stats_.crashes_at[point];
+  crash(n, point);
+  return true;
+}
+
+bool Sim::persist(SimNode& n, const Ready& rd) {
+  // drive_ready calls persist only when the Ready writes something.
+  // 1. write (not yet durable)
+  if (rd.snapshot) n.live.apply_snapshot(rd.snapshot);
+  n.live.append(rd.entries);
+  if (rd.hard_state) n.live.set_hard_state(*rd.hard_state);
+  if (ready_crash(n, 1)) return false;
+  // ... sync: now durable
+  if (rd.snapshot) n.durable.apply_snapshot(rd.snapshot);
+  n.durable.append(rd.entries);
+  if (rd.hard_state) n.durable.set_hard_state(*rd.hard_state);
+  persisted(n, rd);
+  return !ready_crash(n, 2);
+}
+
+bool Sim::send_all(SimNode& n, std::vector<Message>& messages, bool persisted) {
+  for (Message& m : messages)
+    send(std::move(m));
+  // Point 3 is "after send"; when the leader sent first, the Ready's write has not happened.
+  if (!ready_crash(n, 3)) return true;
+  if (!persisted) ++stats_.crashes_sent_unwritten;
+  return false;
+}
+
+bool Sim::apply(SimNode& n, const Ready& rd) {
+  if (rd.snapshot) install_snapshot(n, *rd.snapshot);
+  for (const Entry& e : rd.committed_entries) {
+    apply_entry(n, e);
+    if (!n.up) return false;  // decommissioned by its own removal
+  }
+  for (const ReadState& rs : rd.read_states)
+    released(n, rs);
+  if (rd.committed_entries.empty()) return true;
+  return !ready_crash(n, 4);
+}
+
 void Sim::process_ready(SimNode& n) {
   for (int guard = 0; n.up && n.raft->has_ready(); ++guard) {
-    if (guard > 10000) fail("ready loop does not converge");
-    Ready rd = n.raft->ready();
-    const bool wrote = rd.snapshot || !rd.entries.empty() || rd.hard_state;
-    // 1. write (not yet durable)
-    if (rd.snapshot) n.live.apply_snapshot(rd.snapshot);
-    n.live.append(rd.entries);
-    if (rd.hard_state) n.live.set_hard_state(*rd.hard_state);
-    if (wrote && chaos_ && rng_.chance(sw_.ready_crash_ppm)) return crash(n, 1);
-    // ... sync: now durable
-    if (rd.snapshot) n.durable.apply_snapshot(rd.snapshot);
-    n.durable.append(rd.entries);
-    if (rd.hard_state) n.durable.set_hard_state(*rd.hard_state);
-    persisted(n, rd);
-    if (wrote && chaos_ && rng_.chance(sw_.ready_crash_ppm)) return crash(n, 2);
-    // 2. send
-    const bool sent = !rd.messages.empty();
-    for (Message& m : rd.messages)
-      send(std::move(m));
-    if (sent && chaos_ && rng_.chance(sw_.ready_crash_ppm)) return crash(n, 3);
-    // 3. apply
-    if (rd.snapshot) install_snapshot(n, *rd.snapshot);
-    for (const Entry& e : rd.committed_entries) {
-      apply_entry(n, e);
-      if (!n.up) return;  // decommissioned by its own removal
-    }
-    for (const ReadState& rs : rd.read_states)
-      released(n, rs);
-    if (!rd.committed_entries.empty() && chaos_ && rng_.chance(sw_.ready_crash_ppm))
-      return crash(n, 4);
-    // 4. advance
-    n.raft->advance(rd);
-    maybe_snapshot(n);
-    check_node(n);
+    if (guard > 200) fail("ready loop does not converge");  // 200 calls of 64 cycles
+    SimReady handler(*this, n);
+    if (!drive_ready(*n.raft, handler, drive_)) return;
   }
 }
 
@@ -459,6 +519,10 @@ void Sim::apply_entry(SimNode& n, const Entry& e) {
     ev("conf_applied", e.index, vmask, lmask);
     for (auto& [id, np] : nodes_) {
       if (result.contains(id)) {
+        if (np->decommissioned) {
+          fail("membership: the change at " + std::to_string(e.index) + " re-adds member " +
+               std::to_string(id) + ", removed (and shut down) by an earlier committed change");
+        }
         np->ever_member = true;
       } else if (np->ever_member) {
         decommission(*np);
@@ -666,7 +730,14 @@ void Sim::clients() {
 }
 
 void Sim::conf_change() {
-  const ConfState cur = committed_conf();
+  // A change that names an existing member (promote, demote, remove) is proposed on the leader
+  // only, chosen from the leader's latest configuration: the leader appends it only if no other
+  // change is pending, so it applies to exactly that configuration. Chosen from the committed one
+  // and forwarded, it could race the member's removal and re-add a removed (decommissioned) ID:
+  // seed 68061 added back a removed learner as a voter that never came back, and the cluster lost
+  // its quorum for good (apply_entry now fails such a change by name).
+  SimNode* l = leader();
+  const ConfState cur = l ? l->raft->conf_state() : committed_conf();
   ConfChange cc;
   const uint64_t op = rng_.below(5);
   auto pick = [&](const std::vector<NodeId>& v) { return v[rng_.below(v.size())]; };
@@ -683,8 +754,9 @@ void Sim::conf_change() {
   } else {
     return;
   }
-  SimNode* n = leader();
-  if (!n) n = random_up(true);
+  const bool names_member = cc.node != next_id_;
+  SimNode* n = l;
+  if (!n && !names_member) n = random_up(true);
   if (!n) return;
   const auto r = n->raft->propose_conf_change(cc);
   ev("conf_propose", n->id, static_cast<uint64_t>(cc.type), cc.node,

@@ -25,6 +25,11 @@ struct SimStats {
   uint64_t snapshots_installed = 0;
   uint64_t transfers = 0;
   uint64_t liveness_ticks = 0;
+  bool leader_sends_first = false;      // drawn per seed (raft::DriveOptions)
+  uint64_t crashes_at[5] = {};          // crashes inside a Ready by point: 1 after write, before
+                                        // sync; 2 after sync; 3 after send; 4 after apply
+  uint64_t crashes_sent_unwritten = 0;  // point 3 reached before the Ready's write (early send)
+  uint64_t early_sends = 0;             // Readys whose messages went out before their write
 };
 
 struct SimResult {

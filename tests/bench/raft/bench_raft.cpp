@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/raft/driver.hpp"
 #include "cluster/raft/raft.hpp"
 
 using namespace keel::raft;
@@ -19,6 +20,31 @@ struct Member {
   std::unique_ptr<MemoryStorage> storage;
   std::unique_ptr<RawNode> raft;
   uint64_t applied = 0;
+};
+
+// The bench's side of the shared Ready loop (raft::drive_ready): in-memory storage, a queue.
+class Handler final : public ReadyHandler {
+ public:
+  Handler(Member& m, std::deque<Message>& queue) : m_(m), queue_(queue) {}
+  bool persist(const Ready& rd) override {
+    if (rd.snapshot) m_.storage->apply_snapshot(rd.snapshot);
+    m_.storage->append(rd.entries);
+    if (rd.hard_state) m_.storage->set_hard_state(*rd.hard_state);
+    return true;
+  }
+  bool send(std::vector<Message>& messages) override {
+    for (Message& msg : messages)
+      queue_.push_back(std::move(msg));
+    return true;
+  }
+  bool apply(const Ready& rd) override {
+    if (!rd.committed_entries.empty()) m_.applied = rd.committed_entries.back().index;
+    return true;
+  }
+
+ private:
+  Member& m_;
+  std::deque<Message>& queue_;
 };
 
 class Bench {
@@ -46,16 +72,10 @@ class Bench {
     for (;;) {
       bool any = false;
       for (auto& m : members_) {
+        Handler handler(m, queue_);
         while (m.raft->has_ready()) {
           any = true;
-          Ready rd = m.raft->ready();
-          if (rd.snapshot) m.storage->apply_snapshot(rd.snapshot);
-          m.storage->append(rd.entries);
-          if (rd.hard_state) m.storage->set_hard_state(*rd.hard_state);
-          for (Message& msg : rd.messages)
-            queue_.push_back(std::move(msg));
-          if (!rd.committed_entries.empty()) m.applied = rd.committed_entries.back().index;
-          m.raft->advance(rd);
+          drive_ready(*m.raft, handler);
         }
       }
       while (!queue_.empty()) {

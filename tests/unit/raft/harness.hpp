@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/raft/driver.hpp"
 #include "cluster/raft/raft.hpp"
 
 namespace keel::raft::test {
@@ -24,6 +25,52 @@ struct Member {
 };
 
 class Cluster {
+  // The harness's storage is synchronous (every write is durable at once) and messages only
+  // queue, so the order of persist and send is not observable here.
+  class Handler final : public ReadyHandler {
+   public:
+    Handler(Member& m, std::deque<Message>& queue) : m_(m), queue_(queue) {}
+    bool persist(const Ready& rd) override {
+      if (rd.snapshot) m_.storage->apply_snapshot(rd.snapshot);
+      m_.storage->append(rd.entries);
+      if (rd.hard_state) m_.storage->set_hard_state(*rd.hard_state);
+      return true;
+    }
+    bool send(std::vector<Message>& messages) override {
+      for (Message& msg : messages)
+        queue_.push_back(std::move(msg));
+      return true;
+    }
+    bool apply(const Ready& rd) override {
+      if (rd.snapshot) {
+        m_.applied_index = rd.snapshot->meta.index;
+        m_.applied_conf = rd.snapshot->meta.conf;
+      }
+      for (const Entry& e : rd.committed_entries) {
+        KEEL_RAFT_ASSERT(e.index == m_.applied_index + 1,
+                         "harness: committed entries out of order");
+        m_.applied_index = e.index;
+        if (e.type == EntryType::normal && !e.data.empty()) m_.applied.push_back(e);
+        if (e.type == EntryType::conf_change) {
+          ConfChange cc;
+          bool has = false;
+          decode_conf_change(e.data, &cc, &m_.applied_conf, &has);
+        }
+      }
+      for (const ReadState& rs : rd.read_states)
+        m_.reads.push_back(rs);
+      return true;
+    }
+    bool advanced() override {
+      m_.raft->check_invariants();
+      return true;
+    }
+
+   private:
+    Member& m_;
+    std::deque<Message>& queue_;
+  };
+
  public:
   using Tweak = std::function<void(Config&)>;
 
@@ -84,34 +131,12 @@ class Cluster {
   void drop_type(MessageType t) { dropped_types_.insert(t); }
   void allow_all_types() { dropped_types_.clear(); }
 
-  // Runs one member's Ready loop: persist, queue messages, apply, advance.
+  // Runs one member's Ready loop (raft::drive_ready): persist, queue messages, apply, advance.
   void flush(NodeId id) {
     Member& m = members_.at(id);
+    Handler handler(m, queue_);
     while (m.up && m.raft->has_ready()) {
-      Ready rd = m.raft->ready();
-      if (rd.snapshot) m.storage->apply_snapshot(rd.snapshot);
-      m.storage->append(rd.entries);
-      if (rd.hard_state) m.storage->set_hard_state(*rd.hard_state);
-      for (Message& msg : rd.messages)
-        queue_.push_back(std::move(msg));
-      if (rd.snapshot) {
-        m.applied_index = rd.snapshot->meta.index;
-        m.applied_conf = rd.snapshot->meta.conf;
-      }
-      for (const Entry& e : rd.committed_entries) {
-        REQUIRE_INDEX(e.index == m.applied_index + 1);
-        m.applied_index = e.index;
-        if (e.type == EntryType::normal && !e.data.empty()) m.applied.push_back(e);
-        if (e.type == EntryType::conf_change) {
-          ConfChange cc;
-          bool has = false;
-          decode_conf_change(e.data, &cc, &m.applied_conf, &has);
-        }
-      }
-      for (ReadState& rs : rd.read_states)
-        m.reads.push_back(std::move(rs));
-      m.raft->advance(rd);
-      m.raft->check_invariants();
+      drive_ready(*m.raft, handler);
     }
   }
   void flush_all() {
@@ -188,10 +213,6 @@ class Cluster {
   }
 
  private:
-  static void REQUIRE_INDEX(bool ok) {
-    KEEL_RAFT_ASSERT(ok, "harness: committed entries out of order");
-  }
-
   Tweak tweak_;
   ConfState boot_;
   std::map<NodeId, Member> members_;
