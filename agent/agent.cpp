@@ -75,6 +75,7 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   lo.path = config.effective_socket_path();
   lo.mode = config.socket_mode;
   lo.reader_options = reader_options(config.limits);
+  lo.max_connections = config.max_connections;
   std::weak_ptr<KvService> weak = p->service;
   auto listener = Listener::bind(lo, io, [weak](const Peer& peer) -> capnp::Capability::Client {
     if (auto s = weak.lock()) return s->connect(peer);
