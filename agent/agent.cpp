@@ -69,12 +69,14 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   wo.progress_interval_ms = config.watch_progress_interval_ms;
   p->hub = std::make_shared<WatchHub>(wo, store, p->signal, io.provider->getTimer());
 
-  p->service = std::make_shared<KvService>(config, *p->engine, *p->node, p->hub);
+  p->service =
+      std::make_shared<KvService>(config, *p->engine, *p->node, p->hub, io.provider->getTimer());
 
   ListenerOptions lo;
   lo.path = config.effective_socket_path();
   lo.mode = config.socket_mode;
   lo.reader_options = reader_options(config.limits);
+  lo.max_connections = config.max_connections;
   std::weak_ptr<KvService> weak = p->service;
   auto listener = Listener::bind(lo, io, [weak](const Peer& peer) -> capnp::Capability::Client {
     if (auto s = weak.lock()) return s->connect(peer);
@@ -113,6 +115,7 @@ kj::Promise<void> Agent::shutdown(uint64_t deadline_ms) {
   p_->listener->stop();
   p_->hub->cancel_all(make_error(ErrorCode::shutting_down, "the agent is shutting down"));
   p_->node->stop();  // finishes queued writes; their replies resolve below
+  p_->service->stop_waiting_for_compaction();
   // Replies to canceled watchers and drained calls still need a few event-loop turns to be
   // written; the deadline bounds a peer that does not read.
   return p_->service->drained()

@@ -87,6 +87,7 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
       {"limits.max_response_bytes",
        size_setter("limits.max_response_bytes", c.limits.max_response_bytes, 4096)},
       {"limits.max_watchers", size_setter("limits.max_watchers", c.limits.max_watchers, 0)},
+      {"limits.max_connections", size_setter("limits.max_connections", c.max_connections, 1)},
       {"storage.cache_size_mb", size_setter("storage.cache_size_mb", c.cache_size_mb, 1)},
       {"storage.log_file_max_mb", size_setter("storage.log_file_max_mb", c.log_file_max_mb, 1)},
       {"storage.compaction_batch_rows",

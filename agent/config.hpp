@@ -16,6 +16,7 @@ struct Config {
   std::string log_level = "info";  // trace, debug, info, warn, error, critical, off
 
   storage::Limits limits;
+  size_t max_connections = 1024;  // limits.max_connections: connections open at once
 
   size_t cache_size_mb = 256;
   size_t log_file_max_mb = 16;

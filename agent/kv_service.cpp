@@ -118,17 +118,16 @@ class KeelImpl final : public rpc::Keel::Server {
               results.initResponse().initHeader().setRevision(
                   std::get<storage::CompactResponse>(r.value()).revision);
               if (!physical || s->engine_ == nullptr) return kj::READY_NOW;
-              // Physical deletion runs on the store's compaction thread; wait for it off the
-              // event loop.
-              auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-              auto f = std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>(
-                  kj::mv(paf.fulfiller));
-              storage::MvccStore* store = &s->engine_->store();
-              s->compaction_waiters_.emplace_back([store, f] {
-                store->wait_compaction_idle();
-                (*f)->fulfill();
+              // Physical deletion runs on the store's compaction thread; the event loop checks
+              // on it, so no thread waits and shutdown never does.
+              return s->wait_compaction().then([ctx](bool done) mutable {
+                if (done) return;
+                Error e =
+                    make_error(ErrorCode::shutting_down,
+                               "the compaction is recorded but the agent shut down before "
+                               "its history was physically removed; that resumes at start-up");
+                to_rpc(e, ctx.getResults().initError());
               });
-              return kj::mv(paf.promise);
             });
     return track(kj::mv(p));
   }
@@ -238,14 +237,15 @@ class KeelImpl final : public rpc::Keel::Server {
 };
 
 KvService::KvService(const Config& config, storage::Engine& engine, node::Node& node,
-                     std::shared_ptr<WatchHub> hub)
+                     std::shared_ptr<WatchHub> hub, kj::Timer& timer)
     : config_(config),
       limits_(config.limits),
       engine_(&engine),
       node_(&node),
       reader_(engine.store().reader()),
       hub_(std::move(hub)),
-      calls_(std::make_shared<Calls>()) {}
+      calls_(std::make_shared<Calls>()),
+      timer_(timer) {}
 
 KvService::~KvService() {
   close();
@@ -262,10 +262,38 @@ kj::Promise<void> KvService::drained() {
   return kj::mv(paf.promise);
 }
 
-void KvService::close() {
-  for (auto& t : compaction_waiters_)
-    t.join();
+kj::Promise<bool> KvService::wait_compaction() {
+  if (engine_ == nullptr || compaction_waits_stopped_) return false;
+  if (engine_->store().compaction_idle()) return true;
+  auto paf = kj::newPromiseAndFulfiller<bool>();
+  compaction_waiters_.push_back(kj::mv(paf.fulfiller));
+  if (compaction_waiters_.size() == 1)
+    compaction_poll_ = poll_compaction().eagerlyEvaluate(nullptr);
+  return kj::mv(paf.promise);
+}
+
+kj::Promise<void> KvService::poll_compaction() {
+  return timer_.afterDelay(10 * kj::MILLISECONDS).then([this]() -> kj::Promise<void> {
+    if (engine_ == nullptr || !engine_->store().compaction_idle()) return poll_compaction();
+    auto waiters = std::move(compaction_waiters_);
+    compaction_waiters_.clear();
+    for (auto& w : waiters)
+      w->fulfill(true);
+    return kj::READY_NOW;
+  });
+}
+
+void KvService::stop_waiting_for_compaction() {
+  compaction_waits_stopped_ = true;
+  auto waiters = std::move(compaction_waiters_);
   compaction_waiters_.clear();
+  for (auto& w : waiters)
+    w->fulfill(false);
+  compaction_poll_ = nullptr;
+}
+
+void KvService::close() {
+  stop_waiting_for_compaction();
   calls_->on_zero = nullptr;
   reader_.reset();
   engine_ = nullptr;

@@ -11,10 +11,11 @@
 #include <capnp/capability.h>
 #include <kj/async.h>
 
+#include <kj/timer.h>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <thread>
+
 #include <vector>
 
 #include "agent/config.hpp"
@@ -27,7 +28,7 @@ namespace keel::agent {
 class KvService : public std::enable_shared_from_this<KvService> {
  public:
   KvService(const Config& config, storage::Engine& engine, node::Node& node,
-            std::shared_ptr<WatchHub> hub);
+            std::shared_ptr<WatchHub> hub, kj::Timer& timer);
   ~KvService();
   KvService(const KvService&) = delete;
   KvService& operator=(const KvService&) = delete;
@@ -37,6 +38,10 @@ class KvService : public std::enable_shared_from_this<KvService> {
 
   // What `status` reports as connections (the listener's count).
   void set_connection_count(std::function<uint64_t()> count) { connections_ = std::move(count); }
+
+  // Answers every `compact --physical` still waiting for the compactor with shutting_down
+  // (the compaction is recorded; physical deletion resumes at the next start).
+  void stop_waiting_for_compaction();
 
   // Resolves once every call counted so far has replied.
   kj::Promise<void> drained();
@@ -58,7 +63,14 @@ class KvService : public std::enable_shared_from_this<KvService> {
   std::shared_ptr<WatchHub> hub_;
   std::function<uint64_t()> connections_;
   std::shared_ptr<Calls> calls_;
-  std::vector<std::thread> compaction_waiters_;
+  // `compact --physical` calls waiting for the compactor: polled on the event loop (no
+  // thread per call), failed by stop_waiting_for_compaction().
+  kj::Promise<bool> wait_compaction();  // false: shutting down first
+  kj::Promise<void> poll_compaction();
+  kj::Timer& timer_;
+  std::vector<kj::Own<kj::PromiseFulfiller<bool>>> compaction_waiters_;  // true = done
+  kj::Promise<void> compaction_poll_ = nullptr;
+  bool compaction_waits_stopped_ = false;
 };
 
 }  // namespace keel::agent

@@ -95,14 +95,15 @@ Result<std::unique_ptr<Listener>> Listener::bind(ListenerOptions options, kj::As
   if (chmod(path.c_str(), options.mode) != 0) {
     return make_error(ErrorCode::internal, "cannot chmod " + path + ": " + std::strerror(errno));
   }
-  return std::unique_ptr<Listener>(
-      new Listener(std::move(options), kj::mv(receiver), std::move(bootstrap)));
+  return std::unique_ptr<Listener>(new Listener(std::move(options), kj::mv(receiver),
+                                                io.provider->getTimer(), std::move(bootstrap)));
 }
 
 Listener::Listener(ListenerOptions options, kj::Own<kj::ConnectionReceiver> receiver,
-                   Bootstrap bootstrap)
+                   kj::Timer& timer, Bootstrap bootstrap)
     : options_(std::move(options)),
       receiver_(kj::mv(receiver)),
+      timer_(timer),
       bootstrap_(std::move(bootstrap)),
       tasks_(kj::heap<kj::TaskSet>(error_handler_)) {}
 
@@ -131,6 +132,10 @@ kj::Promise<void> Listener::accept_loop() {
       }
     }
     spdlog::debug("connection from uid {} pid {}", peer.uid, peer.pid);
+    if (connections_ >= options_.max_connections) {
+      refuse(kj::mv(accepted.stream), peer);
+      return accept_loop();
+    }
     auto conn =
         kj::heap<Connection>(kj::mv(accepted.stream), bootstrap_(peer), options_.reader_options);
     ++connections_;
@@ -138,6 +143,21 @@ kj::Promise<void> Listener::accept_loop() {
     tasks_->add(done.attach(kj::mv(conn), kj::defer([this] { --connections_; })));
     return accept_loop();
   });
+}
+
+// Over the limit: the peer's calls fail with an OVERLOADED exception that says why, and the
+// connection is closed once the peer hangs up or after a second, whichever comes first.
+void Listener::refuse(kj::Own<kj::AsyncIoStream> stream, const Peer& peer) {
+  ++refused_;
+  std::string why = "too many connections: " + std::to_string(connections_) + " open; limit is " +
+                    std::to_string(options_.max_connections) + " (limits.max_connections)";
+  spdlog::warn("connection from uid {} pid {} refused: {} ({} refused since start)", peer.uid,
+               peer.pid, why, refused_);
+  capnp::Capability::Client refused(
+      kj::Exception(kj::Exception::Type::OVERLOADED, __FILE__, __LINE__, kj::str(why.c_str())));
+  auto conn = kj::heap<Connection>(kj::mv(stream), kj::mv(refused), options_.reader_options);
+  auto done = conn->on_disconnect().exclusiveJoin(timer_.afterDelay(1 * kj::SECONDS));
+  tasks_->add(done.attach(kj::mv(conn)));
 }
 
 void Listener::stop() {

@@ -21,6 +21,9 @@ struct ListenerOptions {
   std::string path;
   uint32_t mode = 0660;
   capnp::ReaderOptions reader_options;
+  // Connections open at once; one more is accepted, told why (its calls fail with an
+  // OVERLOADED exception naming limits.max_connections), logged, and closed.
+  size_t max_connections = 1024;
 };
 
 class Listener {
@@ -41,8 +44,10 @@ class Listener {
   const std::string& path() const { return options_.path; }
 
  private:
-  Listener(ListenerOptions options, kj::Own<kj::ConnectionReceiver> receiver, Bootstrap bootstrap);
+  Listener(ListenerOptions options, kj::Own<kj::ConnectionReceiver> receiver, kj::Timer& timer,
+           Bootstrap bootstrap);
   kj::Promise<void> accept_loop();
+  void refuse(kj::Own<kj::AsyncIoStream> stream, const Peer& peer);
 
   class ErrorHandler final : public kj::TaskSet::ErrorHandler {
    public:
@@ -51,9 +56,11 @@ class Listener {
 
   const ListenerOptions options_;
   kj::Own<kj::ConnectionReceiver> receiver_;
+  kj::Timer& timer_;
   Bootstrap bootstrap_;
   kj::Promise<void> accept_task_ = nullptr;
   uint64_t connections_ = 0;
+  uint64_t refused_ = 0;  // refused since start (for the log)
   bool closed_ = false;
   ErrorHandler error_handler_;
   kj::Own<kj::TaskSet> tasks_;  // one per connection

@@ -225,6 +225,11 @@ class StoreImpl : public MvccStore {
     cv_.wait(lk, [&] { return stop_ || done_ >= target_; });
   }
 
+  bool compaction_idle() override {
+    std::lock_guard lk(mu_);
+    return stop_ || done_ >= target_;
+  }
+
  private:
   static std::vector<Result<CommandResult>> all_failed(size_t n, const Error& e) {
     std::vector<Result<CommandResult>> v;

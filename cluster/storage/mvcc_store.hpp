@@ -156,6 +156,9 @@ class MvccStore {
   // Blocks until physical deletion of compacted history has caught up with
   // compact_revision() (tests and shutdown use it).
   virtual void wait_compaction_idle() = 0;
+  // Whether wait_compaction_idle() would return at once. Never blocks (the agent checks it
+  // on its event loop instead of parking a thread in wait_compaction_idle()).
+  virtual bool compaction_idle() = 0;
 };
 
 class Engine {

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "harness.hpp"
@@ -166,4 +167,67 @@ TEST_CASE("SIGTERM during a burst of writes finishes what was acknowledged",
   // Every acknowledged write is there; at most one more per writer (applied, reply lost).
   CHECK(static_cast<size_t>(r->count) >= total);
   CHECK(static_cast<size_t>(r->count) <= total + kWriters);
+}
+
+TEST_CASE("SIGTERM during a slow compact --physical answers shutting_down and exits at once",
+          "[integration][durability][compaction]") {
+  TempDir dir;
+  // One row per compaction transaction: physical deletion of the history below takes long.
+  Keeld keeld(dir.path, "[limits]\nmax_txn_ops = 1000\n[storage]\ncompaction_batch_rows = 1\n");
+  REQUIRE(keeld.start());
+  int64_t rev = 0;
+  {
+    auto c = keeld.client();
+    REQUIRE(c);
+    for (int round = 0; round < 40; ++round) {
+      storage::TxnRequest t;
+      for (int i = 0; i < 1000; ++i) {
+        storage::PutRequest p;
+        p.key = "k" + std::to_string(i);
+        p.value = std::to_string(round);
+        t.success.push_back(p);
+      }
+      auto r = c->txn(t);
+      REQUIRE(r.ok());
+      rev = r->revision;
+    }
+  }
+  std::atomic<bool> returned{false};
+  std::optional<Result<int64_t>> result;
+  std::thread caller([&] {
+    auto c = keeld.client();
+    if (c) result.emplace(c->compact(rev, /*physical=*/true));
+    returned = true;
+  });
+  // Wait (bounded) until the compaction is recorded: the call then waits for the compactor.
+  auto status = keeld.client();
+  REQUIRE(status);
+  bool recorded = false;
+  for (int i = 0; i < 500 && !recorded; ++i) {
+    auto st = status->status();
+    recorded = st.ok() && st->compact_revision == rev;
+    if (!recorded) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bool still_waiting = !returned;
+  status.reset();
+  int exit_status = keeld.terminate();
+  caller.join();
+  REQUIRE(recorded);
+  CHECK(exit_status == 0);
+  REQUIRE(result.has_value());
+  if (still_waiting) {
+    // The reply is a typed shutting_down, not a dropped connection after a hung shutdown.
+    REQUIRE_FALSE(result->ok());
+    CHECK(result->error().code == ErrorCode::shutting_down);
+  } else {
+    WARN("the compaction finished before SIGTERM; the shutdown path was not exercised");
+  }
+  CHECK_THAT(keeld.log(), Catch::Contains("stopped"));
+  // The compaction resumes at the next start and completes.
+  REQUIRE(keeld.start());
+  auto c = keeld.client();
+  REQUIRE(c);
+  auto again = c->compact(rev, true);
+  REQUIRE_FALSE(again.ok());  // already compacted at rev
+  CHECK(again.error().code == ErrorCode::compacted);
 }

@@ -216,3 +216,52 @@ TEST_CASE("start-up: stale socket replaced, live socket, locked data dir, bad co
   CHECK(missing.start_expect_exit({"--config", bad.path + "/nope.toml"}) == 1);
   CHECK_THAT(missing.log(), Catch::Contains("does not exist"));
 }
+
+TEST_CASE("a connection over limits.max_connections is told why, logged and closed",
+          "[integration][limits]") {
+  TempDir dir;
+  Keeld keeld(dir.path, "[limits]\nmax_connections = 2\n");
+  REQUIRE(keeld.start());
+  auto c1 = keeld.client();
+  REQUIRE(c1);
+  // start() probed the socket; wait (bounded) until the agent has seen that probe hang up.
+  uint64_t open = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto st = c1->status();
+    REQUIRE(st.ok());
+    open = st->connections;
+    if (open == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE(open == 1);
+  auto c2 = keeld.client();
+  REQUIRE(c2);
+  auto both = c2->status();
+  REQUIRE(both.ok());
+  CHECK(both->connections == 2);
+
+  auto c3 = keeld.client();
+  REQUIRE(c3);  // the socket accepts; the agent refuses the calls
+  auto refused = c3->status();
+  REQUIRE_FALSE(refused.ok());
+  CHECK_THAT(refused.error().message, Catch::Contains("too many connections"));
+  CHECK_THAT(refused.error().message, Catch::Contains("limits.max_connections"));
+  // The refused connection is closed by the agent.
+  int fd = raw_connect(keeld.socket());
+  REQUIRE(fd >= 0);
+  CHECK(closed_by_peer(fd));
+  close(fd);
+  CHECK_THAT(keeld.log(), Catch::Contains("refused: too many connections"));
+
+  // The open ones are unaffected; a slot freed by a client that leaves is usable again.
+  CHECK(c1->put(put("k", "v")).ok());
+  c2.reset();
+  c3.reset();
+  bool admitted = false;
+  for (int i = 0; i < 100 && !admitted; ++i) {  // the agent sees the hang-up asynchronously
+    auto c4 = keeld.client();
+    admitted = c4 && c4->status().ok();
+    if (!admitted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(admitted);
+}

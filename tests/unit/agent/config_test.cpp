@@ -45,6 +45,7 @@ max_request_bytes = 3000
 max_txn_ops = 4
 max_response_bytes = 5000
 max_watchers = 6
+max_connections = 12
 [storage]
 cache_size_mb = 7
 log_file_max_mb = 8
@@ -66,6 +67,7 @@ batch_bytes = 2048
   CHECK(c.limits.max_txn_ops == 4);
   CHECK(c.limits.max_response_bytes == 5000);
   CHECK(c.limits.max_watchers == 6);
+  CHECK(c.max_connections == 12);
   CHECK(c.cache_size_mb == 7);
   CHECK(c.log_file_max_mb == 8);
   CHECK(c.compaction_batch_rows == 9);

@@ -58,6 +58,7 @@ TEST_CASE("compaction: edges", "[compaction]") {
   CHECK(below.error().code == ErrorCode::compacted);
   CHECK(below.error().compact_revision == 5);
   s.store().wait_compaction_idle();
+  CHECK(s.store().compaction_idle());
   auto at = s.range(all_keys(5));
   REQUIRE(at.kvs.size() == 1);  // a@3; b was deleted at 5
   CHECK(at.kvs[0] == KeyValue{"a", "2", 2, 3, 2, 0});
