@@ -4,14 +4,84 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <exception>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "harness.hpp"
 
 using namespace keel;
 using namespace keel::test;
+
+namespace {
+
+// Catch2 v2 is not thread-safe: worker threads never call REQUIRE, CHECK or INFO. They
+// record what they saw in plain data, and the test's main thread asserts after joining.
+// If the main thread leaves early (a failed REQUIRE throws), the destructor runs `unblock`
+// (which must make every worker return: a stop flag, kill -9 of keeld so blocked calls fail)
+// and joins, so no std::thread is ever destroyed joinable.
+class Workers {
+ public:
+  explicit Workers(std::function<void()> unblock) : unblock_(std::move(unblock)) {}
+  Workers(const Workers&) = delete;
+  Workers& operator=(const Workers&) = delete;
+  ~Workers() {
+    if (threads_.empty()) return;
+    unblock_();
+    for (auto& t : threads_)
+      t.join();
+  }
+
+  template <typename F>
+  void spawn(F f) {
+    threads_.emplace_back([this, f = std::move(f)]() mutable {
+      try {
+        f();
+      } catch (const std::exception& e) {
+        std::lock_guard lk(mu_);
+        errors_.push_back(e.what());
+      }
+      ++finished_;
+    });
+  }
+
+  // Waits (bounded) for every worker to return; past the deadline runs `unblock` first.
+  // Returns whether they all returned by themselves in time.
+  bool join_within(std::chrono::seconds deadline) {
+    auto until = std::chrono::steady_clock::now() + deadline;
+    while (finished_ < threads_.size() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    bool in_time = finished_ == threads_.size();
+    if (!in_time) unblock_();
+    for (auto& t : threads_)
+      t.join();
+    threads_.clear();
+    return in_time;
+  }
+
+  // Exceptions that escaped a worker (after join_within).
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::function<void()> unblock_;
+  std::vector<std::thread> threads_;
+  std::atomic<size_t> finished_{0};
+  std::mutex mu_;
+  std::vector<std::string> errors_;
+};
+
+std::string describe(const Error& e) {
+  return std::string(error_code_name(e.code)) + ": " + e.message;
+}
+
+}  // namespace
 
 TEST_CASE("kill -9 during a burst of concurrent writes loses no acknowledged write",
           "[integration][durability]") {
@@ -26,18 +96,31 @@ TEST_CASE("kill -9 during a burst of concurrent writes loses no acknowledged wri
     REQUIRE(keeld.start());
     std::atomic<int> acked_now{0};
     std::atomic<bool> stop{false};
-    std::vector<std::thread> writers;
+    std::atomic<bool> killed{false};
+    // failure[t]: why writer t stopped before keeld was killed (empty: it did not).
+    std::vector<std::string> failure(kWriters);
+    Workers writers([&] {
+      stop = true;
+      keeld.kill9();
+    });
     for (int t = 0; t < kWriters; ++t) {
-      writers.emplace_back([&, t] {
+      writers.spawn([&, t] {
         auto c = client::Client::connect(keeld.socket());
-        if (!c) return;
+        if (!c) {
+          failure[t] = "connect: " + describe(c.error());
+          return;
+        }
         for (int i = 0; !stop; ++i) {
           storage::PutRequest p;
           // Keys repeat across rounds so that later rounds overwrite earlier values.
           p.key = "w" + std::to_string(t) + "/" + std::to_string(i % 500);
           p.value = "round" + std::to_string(round) + "-" + std::to_string(i);
           auto r = (*c)->put(p);
-          if (!r) return;  // the agent died under us
+          if (!r) {
+            // After the kill the agent died under us; before it, any error is a failure.
+            if (!killed) failure[t] = "put " + p.key + ": " + describe(r.error());
+            return;
+          }
           acked[t][p.key] = p.value;
           ++acked_now;
         }
@@ -47,11 +130,16 @@ TEST_CASE("kill -9 during a burst of concurrent writes loses no acknowledged wri
     while (acked_now < 1500 && std::chrono::steady_clock::now() < until) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
-    REQUIRE(acked_now >= 1500);
+    killed = true;
     keeld.kill9();
     stop = true;
-    for (auto& w : writers)
-      w.join();
+    CHECK(writers.join_within(std::chrono::seconds(60)));
+    CHECK(writers.errors().empty());
+    for (int t = 0; t < kWriters; ++t) {
+      INFO("round " << round << ", writer " << t);
+      CHECK(failure[t] == "");
+    }
+    REQUIRE(acked_now >= 1500);
   }
 
   REQUIRE(keeld.start());
@@ -122,21 +210,24 @@ TEST_CASE("SIGTERM during a burst of writes finishes what was acknowledged",
   REQUIRE(keeld.start());
   constexpr int kWriters = 4;
   std::vector<std::vector<std::string>> acked(kWriters);
+  // refusal[t]: the error that ended writer t (none if it finished all its puts).
+  std::vector<std::optional<Error>> refusal(kWriters);
   std::atomic<int> acked_now{0};
-  std::vector<std::thread> writers;
+  Workers writers([&] { keeld.kill9(); });
   for (int t = 0; t < kWriters; ++t) {
-    writers.emplace_back([&, t] {
+    writers.spawn([&, t] {
       auto c = client::Client::connect(keeld.socket());
-      if (!c) return;
+      if (!c) {
+        refusal[t] = c.error();
+        return;
+      }
       for (int i = 0; i < 100000; ++i) {
         storage::PutRequest p;
         p.key = "t" + std::to_string(t) + "/" + std::to_string(i);
         p.value = "v";
         auto r = (*c)->put(p);
         if (!r) {
-          // Refused because the agent is stopping, or the connection closed: both fine.
-          CHECK((r.error().code == ErrorCode::shutting_down ||
-                 r.error().code == ErrorCode::internal));
+          refusal[t] = r.error();
           return;
         }
         acked[t].push_back(p.key);
@@ -149,12 +240,25 @@ TEST_CASE("SIGTERM during a burst of writes finishes what was acknowledged",
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   int status = keeld.terminate();
-  INFO("keeld log:\n" << keeld.log());
-  CHECK(status == 0);
-  for (auto& w : writers)
-    w.join();
+  {
+    INFO("keeld log:\n" << keeld.log());
+    CHECK(status == 0);
+  }
+  // keeld has exited (terminate() waits, or kills it), so every writer's next put fails.
+  CHECK(writers.join_within(std::chrono::seconds(60)));
+  CHECK(writers.errors().empty());
+  for (int t = 0; t < kWriters; ++t) {
+    INFO("writer " << t);
+    REQUIRE(refusal[t].has_value());
+    INFO(describe(*refusal[t]));
+    // Refused because the agent is stopping, or the connection closed: both fine.
+    CHECK(
+        (refusal[t]->code == ErrorCode::shutting_down || refusal[t]->code == ErrorCode::internal));
+  }
+  CHECK(acked_now >= 500);
   REQUIRE(keeld.start());
   auto c = keeld.client();
+  REQUIRE(c);
   storage::RangeRequest all;
   all.key = "t";
   all.range_end = storage::prefix_end("t");

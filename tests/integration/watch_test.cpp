@@ -6,9 +6,15 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
+#include <functional>
 #include <future>
+#include <mutex>
 #include <set>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "harness.hpp"
 
@@ -16,7 +22,69 @@ using namespace keel;
 using namespace keel::test;
 using namespace keel::storage;
 
-namespace {}  // namespace
+namespace {
+
+// Catch2 v2 is not thread-safe: worker threads never call REQUIRE, CHECK or INFO. They
+// record what they saw in plain data, and the test's main thread asserts after joining.
+// If the main thread leaves early (a failed REQUIRE throws), the destructor runs `unblock`
+// (which must make every worker return: a stop flag, kill -9 of keeld so blocked calls fail)
+// and joins, so no std::thread is ever destroyed joinable.
+class Workers {
+ public:
+  explicit Workers(std::function<void()> unblock) : unblock_(std::move(unblock)) {}
+  Workers(const Workers&) = delete;
+  Workers& operator=(const Workers&) = delete;
+  ~Workers() {
+    if (threads_.empty()) return;
+    unblock_();
+    for (auto& t : threads_)
+      t.join();
+  }
+
+  template <typename F>
+  void spawn(F f) {
+    threads_.emplace_back([this, f = std::move(f)]() mutable {
+      try {
+        f();
+      } catch (const std::exception& e) {
+        std::lock_guard lk(mu_);
+        errors_.push_back(e.what());
+      }
+      ++finished_;
+    });
+  }
+
+  // Waits (bounded) for every worker to return; past the deadline runs `unblock` first.
+  // Returns whether they all returned by themselves in time.
+  bool join_within(std::chrono::seconds deadline) {
+    auto until = std::chrono::steady_clock::now() + deadline;
+    while (finished_ < threads_.size() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    bool in_time = finished_ == threads_.size();
+    if (!in_time) unblock_();
+    for (auto& t : threads_)
+      t.join();
+    threads_.clear();
+    return in_time;
+  }
+
+  // Exceptions that escaped a worker (after join_within).
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::function<void()> unblock_;
+  std::vector<std::thread> threads_;
+  std::atomic<size_t> finished_{0};
+  std::mutex mu_;
+  std::vector<std::string> errors_;
+};
+
+std::string describe(const Error& e) {
+  return std::string(error_code_name(e.code)) + ": " + e.message;
+}
+
+}  // namespace
 
 TEST_CASE("concurrent writes reach a watcher in revision order, each exactly once",
           "[integration][watch]") {
@@ -31,9 +99,15 @@ TEST_CASE("concurrent writes reach a watcher in revision order, each exactly onc
 
   std::vector<Event> seen;
   std::vector<int64_t> headers;
-  std::thread watcher([&] {
+  std::string watch_failure;                         // why the watch ended, if not ok
+  std::vector<std::string> write_failure(kWriters);  // writer t's first failed put
+  Workers workers([&] { keeld.kill9(); });           // a blocked watch returns when keeld dies
+  workers.spawn([&] {
     auto wc = keeld.client();
-    REQUIRE(wc);
+    if (!wc) {
+      watch_failure = "cannot connect";
+      return;
+    }
     client::WatchOptions o;
     o.key = "w/";
     o.range_end = prefix_end("w/");
@@ -43,20 +117,33 @@ TEST_CASE("concurrent writes reach a watcher in revision order, each exactly onc
       seen.insert(seen.end(), events.begin(), events.end());
       return seen.size() < kTotal;
     });
-    CHECK(st.ok());
+    if (!st) watch_failure = describe(st.error());
   });
-  std::vector<std::thread> writers;
   for (int t = 0; t < kWriters; ++t) {
-    writers.emplace_back([&, t] {
+    workers.spawn([&, t] {
       auto wc = keeld.client();
+      if (!wc) {
+        write_failure[t] = "cannot connect";
+        return;
+      }
       for (int i = 0; i < kPerWriter; ++i) {
-        REQUIRE(wc->put(put("w/" + std::to_string(t) + "/" + std::to_string(i), "v")).ok());
+        std::string key = "w/" + std::to_string(t) + "/" + std::to_string(i);
+        auto r = wc->put(put(key, "v"));
+        if (!r) {
+          write_failure[t] = "put " + key + ": " + describe(r.error());
+          return;
+        }
       }
     });
   }
-  for (auto& w : writers)
-    w.join();
-  watcher.join();
+  // A watcher that misses an event would wait for ever: bounded, then keeld is killed.
+  CHECK(workers.join_within(std::chrono::seconds(120)));
+  CHECK(workers.errors().empty());
+  for (int t = 0; t < kWriters; ++t) {
+    INFO("writer " << t);
+    CHECK(write_failure[t] == "");
+  }
+  CHECK(watch_failure == "");
 
   REQUIRE(seen.size() == kTotal);
   std::set<std::string> keys;
@@ -74,6 +161,7 @@ TEST_CASE("prev_kv, filters, deletes and resuming from the last revision", "[int
   Keeld keeld(dir.path);
   REQUIRE(keeld.start());
   auto c = keeld.client();
+  REQUIRE(c);
   REQUIRE(c->put(put("cfg", "v1")).ok());  // rev 2
   REQUIRE(c->put(put("cfg", "v2")).ok());  // rev 3
   DeleteRangeRequest del;
@@ -134,6 +222,7 @@ TEST_CASE("a compacted start revision is refused with the compact revision",
   Keeld keeld(dir.path);
   REQUIRE(keeld.start());
   auto c = keeld.client();
+  REQUIRE(c);
   for (int i = 0; i < 10; ++i)
     REQUIRE(c->put(put("k", std::to_string(i))).ok());  // revs 2..11
   REQUIRE(c->compact(8, true).ok());
@@ -159,6 +248,7 @@ TEST_CASE("progress notifications report the revision the watcher is synced to",
   Keeld keeld(dir.path, "[watch]\nprogress_interval_ms = 50\n");
   REQUIRE(keeld.start());
   auto c = keeld.client();
+  REQUIRE(c);
   REQUIRE(c->put(put("other", "x")).ok());  // rev 2
   client::WatchOptions o;
   o.key = "quiet";
@@ -191,6 +281,7 @@ TEST_CASE("a watcher that stops reading does not grow the agent's memory",
     unsetenv("ASAN_OPTIONS");
   REQUIRE(started);
   auto c = keeld.client();
+  REQUIRE(c);
   auto start = c->status();
   REQUIRE(start.ok());
 
@@ -198,10 +289,24 @@ TEST_CASE("a watcher that stops reading does not grow the agent's memory",
   const std::string value(64 * 1024, 'x');  // 125 MiB of events in all
   std::promise<void> release;
   auto released = release.get_future().share();
+  bool released_once = false;
+  auto release_watcher = [&] {
+    if (!released_once) release.set_value();
+    released_once = true;
+  };
   std::atomic<int> received{0};
   std::atomic<bool> in_order{true};
-  std::thread slow([&] {
+  std::string watch_failure;
+  Workers workers([&] {
+    release_watcher();
+    keeld.kill9();
+  });
+  workers.spawn([&] {
     auto wc = keeld.client();
+    if (!wc) {
+      watch_failure = "cannot connect";
+      return;
+    }
     client::WatchOptions o;
     o.key = "big/";
     o.range_end = prefix_end("big/");
@@ -219,7 +324,7 @@ TEST_CASE("a watcher that stops reading does not grow the agent's memory",
       received += static_cast<int>(ev.size());
       return received < kPuts;
     });
-    CHECK(st.ok());
+    if (!st) watch_failure = describe(st.error());
   });
 
   long rss_before = keeld.rss_kib();
@@ -235,8 +340,10 @@ TEST_CASE("a watcher that stops reading does not grow the agent's memory",
   get.key = "big/1";
   CHECK(c->range(get).ok());
 
-  release.set_value();
-  slow.join();
+  release_watcher();
+  CHECK(workers.join_within(std::chrono::seconds(120)));
+  CHECK(workers.errors().empty());
+  CHECK(watch_failure == "");
   CHECK(received == kPuts);
   CHECK(in_order);
 }
@@ -247,6 +354,7 @@ TEST_CASE("watchers with different ranges and filters each get exactly their eve
   Keeld keeld(dir.path);
   REQUIRE(keeld.start());
   auto c = keeld.client();
+  REQUIRE(c);
   auto start = c->status();
   REQUIRE(start.ok());
   const int64_t from = start->revision + 1;
@@ -266,7 +374,6 @@ TEST_CASE("watchers with different ranges and filters each get exactly their eve
   };
   std::vector<std::vector<Event>> got(specs.size());
   std::vector<size_t> want_counts(specs.size(), 0);
-  std::atomic<int> finished{0};
 
   // Write first-come operations on three prefixes, deletes mixed in; count what each spec
   // must see so each watcher knows when it is done.
@@ -295,10 +402,15 @@ TEST_CASE("watchers with different ranges and filters each get exactly their eve
       want_counts[s] += matches(specs[s], is_put, key);
   }
 
-  std::vector<std::thread> watchers;
+  std::vector<std::string> watch_failure(specs.size());
+  Workers watchers([&] { keeld.kill9(); });  // a blocked watch returns when keeld dies
   for (size_t s = 0; s < specs.size(); ++s) {
-    watchers.emplace_back([&, s] {
+    watchers.spawn([&, s] {
       auto wc = keeld.client();
+      if (!wc) {
+        watch_failure[s] = "cannot connect";
+        return;
+      }
       client::WatchOptions o;
       o.key = specs[s].key;
       o.range_end = specs[s].range_end;
@@ -310,8 +422,7 @@ TEST_CASE("watchers with different ranges and filters each get exactly their eve
         got[s].insert(got[s].end(), ev.begin(), ev.end());
         return got[s].size() < want_counts[s];
       });
-      CHECK(st.ok());
-      ++finished;
+      if (!st) watch_failure[s] = describe(st.error());
     });
   }
   for (auto& [is_put, key] : ops) {
@@ -323,8 +434,14 @@ TEST_CASE("watchers with different ranges and filters each get exactly their eve
       REQUIRE(c->delete_range(d).ok());
     }
   }
-  for (auto& w : watchers)
-    w.join();
+  // A watcher that misses an event would wait for ever: bounded, then keeld is killed.
+  CHECK(watchers.join_within(std::chrono::seconds(120)));
+  CHECK(watchers.errors().empty());
+  for (size_t s = 0; s < specs.size(); ++s) {
+    INFO("watcher " << s << " on " << specs[s].key);
+    CHECK(watch_failure[s] == "");
+  }
+  REQUIRE(keeld.pid() > 0);
 
   // The reference: the whole history from one watcher.
   std::vector<Event> history;
@@ -357,6 +474,7 @@ TEST_CASE("compaction that overtakes a lagging watcher cancels it with the compa
   Keeld keeld(dir.path, "[watch]\nbatch_bytes = 1024\n");
   REQUIRE(keeld.start());
   auto c = keeld.client();
+  REQUIRE(c);
   auto start = c->status();
   REQUIRE(start.ok());
   // Far more than Cap'n Proto's stream window, so the server must wait for the watcher.
@@ -367,10 +485,22 @@ TEST_CASE("compaction that overtakes a lagging watcher cancels it with the compa
 
   std::promise<void> release;
   auto released = release.get_future().share();
+  bool released_once = false;
+  auto release_watcher = [&] {
+    if (!released_once) release.set_value();
+    released_once = true;
+  };
   std::vector<Event> got;
   Status end = ok_status();
-  std::thread watcher([&] {
+  bool connected = false;
+  Workers workers([&] {
+    release_watcher();
+    keeld.kill9();
+  });
+  workers.spawn([&] {
     auto wc = keeld.client();
+    if (!wc) return;
+    connected = true;
     client::WatchOptions o;
     o.key = "lag";
     o.start_revision = start->revision + 1;
@@ -389,8 +519,10 @@ TEST_CASE("compaction that overtakes a lagging watcher cancels it with the compa
   auto now = c->status();
   REQUIRE(now.ok());
   REQUIRE(c->compact(now->revision, true).ok());
-  release.set_value();
-  watcher.join();
+  release_watcher();
+  CHECK(workers.join_within(std::chrono::seconds(120)));
+  CHECK(workers.errors().empty());
+  REQUIRE(connected);
 
   REQUIRE_FALSE(end.ok());
   CHECK(end.error().code == ErrorCode::compacted);
