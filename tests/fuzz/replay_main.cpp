@@ -5,50 +5,30 @@
 //
 //   fuzz_request_replay [--iterations N] [--seed S] [PATH...]   PATH: corpus dir or file
 //   fuzz_request_replay --write-corpus DIR                      writes the seed corpus
-#include <fcntl.h>
-#include <signal.h>
-#include <unistd.h>
-
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "agent/convert.hpp"
+#include "replay_util.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 extern uint64_t fuzz_request_valid_commands;
 
 namespace {
 
 namespace rpc = keel::rpc;
-using Bytes = std::vector<uint8_t>;
-
-// splitmix64: tiny, good enough, identical everywhere.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : s_(seed) {}
-  uint64_t next() {
-    uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  uint64_t below(uint64_t n) { return n == 0 ? 0 : next() % n; }
-  bool chance(unsigned one_in) { return below(one_in) == 0; }
-
- private:
-  uint64_t s_;
-};
+using keel::fuzz::Bytes;
+using keel::fuzz::mutate;
+using keel::fuzz::Rng;
+using keel::fuzz::run;
 
 std::string random_key(Rng& rng) {
   static const char alphabet[] = {'a', 'b', 'c', 'k', '/', '\0', '\xff', 'z'};
@@ -216,88 +196,6 @@ Bytes encoded_command(Rng& rng) {
   return Bytes(s.begin(), s.end());
 }
 
-void mutate(Rng& rng, Bytes& b) {
-  static const uint8_t interesting[] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0xfe, 0x40, 0x10};
-  size_t rounds = 1 + rng.below(4);
-  for (size_t i = 0; i < rounds; i++) {
-    switch (rng.below(7)) {
-      case 0:
-        if (!b.empty()) b[rng.below(b.size())] ^= static_cast<uint8_t>(1u << rng.below(8));
-        break;
-      case 1:
-        if (!b.empty()) b[rng.below(b.size())] = static_cast<uint8_t>(rng.next());
-        break;
-      case 2:
-        if (!b.empty()) b[rng.below(b.size())] = interesting[rng.below(sizeof(interesting))];
-        break;
-      case 3: {  // insert a few bytes
-        size_t at = rng.below(b.size() + 1), n = 1 + rng.below(8);
-        for (size_t k = 0; k < n; k++) {
-          b.insert(b.begin() + static_cast<ptrdiff_t>(at), static_cast<uint8_t>(rng.next()));
-        }
-        break;
-      }
-      case 4:  // erase a range
-        if (!b.empty()) {
-          size_t at = rng.below(b.size()), n = 1 + rng.below(b.size() - at);
-          b.erase(b.begin() + static_cast<ptrdiff_t>(at),
-                  b.begin() + static_cast<ptrdiff_t>(at + n));
-        }
-        break;
-      case 5:  // truncate
-        b.resize(rng.below(b.size() + 1));
-        break;
-      default:  // duplicate a chunk at the end
-        if (!b.empty()) {
-          size_t at = rng.below(b.size()), n = 1 + rng.below(std::min<size_t>(16, b.size() - at));
-          Bytes chunk(b.begin() + static_cast<ptrdiff_t>(at),
-                      b.begin() + static_cast<ptrdiff_t>(at + n));
-          b.insert(b.end(), chunk.begin(), chunk.end());
-        }
-        break;
-    }
-  }
-}
-
-Bytes read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-// The input being run, for the SIGABRT handler: a property violation (abort) dumps it to
-// stderr and to ./fuzz_request_replay-crash.bin, which the libFuzzer binary can replay.
-const Bytes* g_current = nullptr;
-char g_label[160] = "";
-
-void on_abort(int) {
-  static const char hex[] = "0123456789abcdef";
-  auto say = [](const char* s) { (void)!write(2, s, std::strlen(s)); };
-  say("fuzz_request_replay: failing input (");
-  say(g_label);
-  say("), written to fuzz_request_replay-crash.bin:\n");
-  if (g_current) {
-    for (size_t i = 0; i < g_current->size(); i++) {
-      char pair[3] = {hex[(*g_current)[i] >> 4], hex[(*g_current)[i] & 15],
-                      (i % 32 == 31) ? '\n' : ' '};
-      (void)!write(2, pair, 3);
-    }
-    say("\n");
-    int fd = open("fuzz_request_replay-crash.bin", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      (void)!write(fd, g_current->data(), g_current->size());
-      close(fd);
-    }
-  }
-  signal(SIGABRT, SIG_DFL);  // abort() raises again and ends the process
-}
-
-void run(const Bytes& b, const std::string& label) {
-  g_current = &b;
-  std::snprintf(g_label, sizeof(g_label), "%s", label.c_str());
-  LLVMFuzzerTestOneInput(b.data(), b.size());
-  g_current = nullptr;
-}
-
 // The checked-in seeds: one valid request of each kind, a tiny-limits txn that fails
 // validation, and one raw encoded command.
 int write_corpus(const std::filesystem::path& dir) {
@@ -395,26 +293,8 @@ int main(int argc, char** argv) {
 
   std::vector<Bytes> corpus;
   std::vector<std::string> corpus_names;
-  for (const auto& p : paths) {
-    if (std::filesystem::is_directory(p)) {
-      std::vector<std::filesystem::path> files;
-      for (const auto& e : std::filesystem::directory_iterator(p)) {
-        if (e.is_regular_file()) files.push_back(e.path());
-      }
-      std::sort(files.begin(), files.end());  // deterministic order
-      for (const auto& f : files) {
-        corpus.push_back(read_file(f));
-        corpus_names.push_back(f.string());
-      }
-    } else if (std::filesystem::is_regular_file(p)) {
-      corpus.push_back(read_file(p));
-      corpus_names.push_back(p.string());
-    } else {
-      std::fprintf(stderr, "%s: no such file or directory\n", p.c_str());
-      return 2;
-    }
-  }
-  signal(SIGABRT, on_abort);
+  if (!keel::fuzz::load_corpus(paths, &corpus, &corpus_names)) return 2;
+  keel::fuzz::install_crash_handler("fuzz_request_replay");
   for (size_t i = 0; i < corpus.size(); i++)
     run(corpus[i], corpus_names[i]);
 
