@@ -150,6 +150,11 @@ Result<storage::RangeResponse> Client::range_all(
     current = std::move(next).value();
   }
   summary.more = current.more;
+  // The agent counts only the keys a cut page returns; every key of an unfiltered range
+  // without a limit has now been seen.
+  bool filtered = request.min_mod_revision || request.max_mod_revision ||
+                  request.min_create_revision || request.max_create_revision;
+  if (!request.count_only && request.limit == 0 && !filtered) summary.count = returned;
   return summary;
 }
 

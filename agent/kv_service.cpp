@@ -89,8 +89,7 @@ class KeelImpl final : public rpc::Keel::Server {
     auto req = from_rpc(params.getRequest());
     if (!req) return fail(results, req.error());
     if (auto st = storage::validate(*req, s_->limits_); !st) return fail(results, st.error());
-    auto resp = s_->reader_->range(*req, s_->limits_.max_response_bytes,
-                                   params.getRequest().getSkipCount());
+    auto resp = read_range(*req, params.getRequest().getSkipCount());
     if (!resp) return fail(results, resp.error());
     to_rpc(*resp, results.initResponse());
     return kj::READY_NOW;
@@ -183,6 +182,34 @@ class KeelImpl final : public rpc::Keel::Server {
   static kj::Promise<void> fail(Results results, const Error& error) {
     to_rpc(error, results.initError());
     return kj::READY_NOW;
+  }
+
+  // A key-ordered page is never counted past what it scanned: counting the rest of a large
+  // range would stall every connection and watch on this thread. count is exact when the
+  // reply holds the whole range or with count_only; a reply cut by limit or page size counts
+  // the keys it returns (README: where keel differs from etcd).
+  Result<storage::RangeResponse> read_range(const storage::RangeRequest& req, bool skip_count) {
+    auto& reader = *s_->reader_;
+    size_t page = s_->limits_.max_response_bytes;
+    bool key_ordered = req.sort_target == storage::SortTarget::key &&
+                       req.sort_order != storage::SortOrder::descend;
+    if (skip_count || req.count_only || !key_ordered) return reader.range(req, page, skip_count);
+    auto resp = reader.range(req, page, /*skip_count=*/true);
+    if (!resp) return resp;
+    bool filtered = req.min_mod_revision || req.max_mod_revision || req.min_create_revision ||
+                    req.max_create_revision;
+    if (resp->more || !filtered) {
+      resp->count = static_cast<int64_t>(resp->kvs.size());
+      return resp;
+    }
+    // The whole range was scanned for this reply already; count it (filters do not apply).
+    storage::RangeRequest count = req;
+    count.count_only = true;
+    count.revision = resp->revision;
+    auto counted = reader.range(count, page);
+    if (!counted) return std::move(counted).error();
+    resp->count = counted->count;
+    return resp;
   }
 
   kj::Promise<Result<CommandResult>> propose(Command command) {
