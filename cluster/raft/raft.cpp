@@ -810,14 +810,16 @@ ProposeResult RawNode::append_proposal(Entry e) {
     ConfChange cc;
     ConfState ignored;
     bool has_result = false;
-    if (!decode_conf_change(e.data, &cc, &ignored, &has_result)) return {ProposeStatus::invalid};
+    std::string context;
+    if (!decode_conf_change(e.data, &cc, &ignored, &has_result, &context))
+      return {ProposeStatus::invalid};
     // Thesis §4.1 with the 2015 correction: one change at a time, and only after an entry of
     // this term committed (a previous leader's uncommitted change must not be built upon).
     if (conf_history_.back().index > log_.committed() || !committed_in_term())
       return {ProposeStatus::conf_change_pending};
     auto next = apply_conf_change(conf_, cc);
     if (!next) return {ProposeStatus::invalid};
-    e.data = encode_conf_change(cc, &*next);
+    e.data = encode_conf_change(cc, &*next, context);
   }
   const uint64_t bytes = e.data.size();
   if (cfg_.max_uncommitted_entries_size != 0 && uncommitted_bytes_ > 0 &&
@@ -863,10 +865,10 @@ ProposeResult RawNode::propose(std::string data) {
   return propose_entry(std::move(e));
 }
 
-ProposeResult RawNode::propose_conf_change(const ConfChange& cc) {
+ProposeResult RawNode::propose_conf_change(const ConfChange& cc, const std::string& context) {
   Entry e;
   e.type = EntryType::conf_change;
-  e.data = encode_conf_change(cc, nullptr);
+  e.data = encode_conf_change(cc, nullptr, context);
   return propose_entry(std::move(e));
 }
 

@@ -115,7 +115,8 @@ class RawNode {
   // Proposes a command (§5.3). See ProposeStatus.
   ProposeResult propose(std::string data);
   // Proposes a single-server membership change (thesis §4.1, README.md).
-  ProposeResult propose_conf_change(const ConfChange& cc);
+  // `context` is carried in the entry, opaque to the core.
+  ProposeResult propose_conf_change(const ConfChange& cc, const std::string& context = {});
   // Requests a linearizable read point for `context` (thesis §6.4); the answer arrives as a
   // ReadState with the same context in a later Ready. Contexts should be unique.
   ReadResult read_index(std::string context);

@@ -79,7 +79,8 @@ std::optional<ConfState> apply_conf_change(const ConfState& conf, const ConfChan
   return next;
 }
 
-std::string encode_conf_change(const ConfChange& cc, const ConfState* result) {
+std::string encode_conf_change(const ConfChange& cc, const ConfState* result,
+                               const std::string& context) {
   std::string out;
   out.push_back(static_cast<char>(cc.type));
   put_u64(&out, cc.node);
@@ -88,11 +89,13 @@ std::string encode_conf_change(const ConfChange& cc, const ConfState* result) {
     put_ids(&out, result->voters);
     put_ids(&out, result->learners);
   }
+  put_u64(&out, context.size());
+  out.append(context);
   return out;
 }
 
 bool decode_conf_change(const std::string& data, ConfChange* cc, ConfState* result,
-                        bool* has_result) {
+                        bool* has_result, std::string* context) {
   if (data.size() < 10) return false;
   const auto type = static_cast<uint8_t>(data[0]);
   if (type > static_cast<uint8_t>(ConfChangeType::remove_node)) return false;
@@ -104,7 +107,10 @@ bool decode_conf_change(const std::string& data, ConfChange* cc, ConfState* resu
     if (!get_ids(data, &pos, &result->voters) || !get_ids(data, &pos, &result->learners))
       return false;
   }
-  return pos == data.size();
+  uint64_t len = 0;
+  if (!get_u64(data, &pos, &len) || len != data.size() - pos) return false;
+  if (context) *context = data.substr(pos);
+  return true;
 }
 
 const char* to_string(MessageType t) {

@@ -63,10 +63,12 @@ std::optional<ConfState> apply_conf_change(const ConfState& conf, const ConfChan
 
 // Conf-change entry payload: the change and (once the leader appended it) the full resulting
 // configuration, so any member can read its configuration from the log alone.
-std::string encode_conf_change(const ConfChange& cc, const ConfState* result);
+// `context` is opaque to the core and carried in the entry (the driver's member data).
+std::string encode_conf_change(const ConfChange& cc, const ConfState* result,
+                               const std::string& context = {});
 // False if `data` is malformed. `has_result` tells whether `result` was filled.
 bool decode_conf_change(const std::string& data, ConfChange* cc, ConfState* result,
-                        bool* has_result);
+                        bool* has_result, std::string* context = nullptr);
 
 struct SnapshotMeta {
   uint64_t index = 0;  // last entry covered
