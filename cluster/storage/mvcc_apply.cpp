@@ -117,6 +117,15 @@ class StoreImpl : public MvccStore {
     compact_revision_ = state.compact_revision;
     applied_index_ = state.applied_index;
     applied_conf_ = state.conf;
+    set_key(s_.meta, "members");
+    ret = s_.meta->search(s_.meta);
+    if (ret == 0) {
+      std::string_view v = value_view(s_.meta);
+      applied_members_.assign(v.data(), v.size());
+    } else if (ret != WT_NOTFOUND) {
+      return wt_error("read meta members", ret);
+    }
+    s_.meta->reset(s_.meta);
 
     target_ = state.compact_revision;
     set_key(s_.meta, "compaction");
@@ -140,7 +149,7 @@ class StoreImpl : public MvccStore {
   using MvccStore::apply;
   std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& entries, uint64_t applied_index,
-      const raft::ConfState* conf) override {
+      const raft::ConfState* conf, const std::string* members) override {
     if (applied_index != 0) {
       KEEL_ASSERT(applied_index >= applied_index_.load(), "apply: applied index goes back");
       for (const auto& e : entries)
@@ -182,6 +191,7 @@ class StoreImpl : public MvccStore {
       }
       if (applied_index != 0) state.applied_index = applied_index;
       ret = put_row(s_.meta, "state", encode_state(state));
+      if (ret == 0 && members != nullptr) ret = put_row(s_.meta, "members", *members);
       if (ret == 0)
         ret = s_.session->commit_transaction(s_.session, nullptr);
       else
@@ -191,9 +201,10 @@ class StoreImpl : public MvccStore {
       revision_.store(state.revision);
       compact_revision_.store(state.compact_revision);
       applied_index_.store(state.applied_index);
-      if (conf != nullptr) {
+      if (conf != nullptr || members != nullptr) {
         std::lock_guard lk(conf_mu_);
-        applied_conf_ = std::move(state.conf);
+        if (conf != nullptr) applied_conf_ = std::move(state.conf);
+        if (members != nullptr) applied_members_ = *members;
       }
       if (compacted) {
         {
@@ -210,6 +221,10 @@ class StoreImpl : public MvccStore {
   raft::ConfState applied_conf() const override {
     std::lock_guard lk(conf_mu_);
     return applied_conf_;
+  }
+  std::string applied_members() const override {
+    std::lock_guard lk(conf_mu_);
+    return applied_members_;
   }
   int64_t current_revision() const override { return revision_.load(); }
   int64_t compact_revision() const override { return compact_revision_.load(); }
@@ -546,6 +561,7 @@ class StoreImpl : public MvccStore {
   std::atomic<uint64_t> applied_index_{0};
   mutable std::mutex conf_mu_;  // applied_conf_ is read from any thread
   raft::ConfState applied_conf_;
+  std::string applied_members_;  // the node's member list (opaque here), meta row "members"
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -128,6 +128,8 @@ class MvccStore {
   //     and >= applied_index() (asserted).
   //   conf: when not null, the configuration as of applied_index (pass it when a conf
   //     change is in the batch); becomes applied_conf().
+  //   members: when not null, an opaque blob (the node's member names and addresses as of
+  //     applied_index), stored in the same transaction; becomes applied_members().
   // `commands` may be empty (a batch of no-ops/conf changes only).
   // Each command either fully applies or has no effect and yields its error (key_not_found
   // for ignore_value/ignore_lease on a missing key, future_revision/compacted for Compact,
@@ -137,7 +139,7 @@ class MvccStore {
   // applied_index()).
   virtual std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& commands, uint64_t applied_index,
-      const raft::ConfState* conf) = 0;
+      const raft::ConfState* conf, const std::string* members = nullptr) = 0;
   // The same, with applied_index() = the last non-zero command index, conf unchanged.
   std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& entries) {
@@ -147,6 +149,8 @@ class MvccStore {
   virtual uint64_t applied_index() const = 0;
   // The raft configuration as of applied_index() (empty until an apply() passed one).
   virtual raft::ConfState applied_conf() const = 0;
+  // The blob last passed as `members` (empty if none).
+  virtual std::string applied_members() const = 0;
   virtual int64_t current_revision() const = 0;  // 1 on a new store (etcd starts at 1)
   virtual int64_t compact_revision() const = 0;  // 0 when never compacted
 
