@@ -42,6 +42,14 @@ const char* error_code_name(ErrorCode code) {
       return "internal";
     case ErrorCode::key_not_found:
       return "key_not_found";
+    case ErrorCode::unavailable:
+      return "unavailable";
+    case ErrorCode::overloaded:
+      return "overloaded";
+    case ErrorCode::outcome_unknown:
+      return "outcome_unknown";
+    case ErrorCode::removed:
+      return "removed";
   }
   return "unknown";
 }

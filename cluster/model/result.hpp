@@ -41,6 +41,11 @@ enum class ErrorCode : uint16_t {
   permission_denied,     // peer credentials do not allow this
   internal,              // storage or other failure that is not the caller's fault
   key_not_found,         // put with ignore_value/ignore_lease on a key that does not exist
+  unavailable,           // no leader could be reached within the wait; retry later
+  overloaded,            // a bound (named in the message) is full; retry later
+  outcome_unknown,  // the write may or may not have been applied (leader lost mid-flight); read
+                    // before retrying
+  removed,          // this member was removed from the cluster; talk to another member
 };
 
 const char* error_code_name(ErrorCode code);

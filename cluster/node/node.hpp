@@ -1,89 +1,138 @@
 #pragma once
-// The node: the single writer of the replicated state. Proposals go propose -> commit ->
-// apply, the shape Raft will keep: today the node is the only voter, so a command is
-// committed once its log entry is durable (fsync'd) on this node; the Raft issue puts the
-// consensus core between "appended" and "committed" without changing this interface.
+// The node: the Raft driver of one member. One node thread (an asio event loop) owns the
+// RawNode, the Raft log storage, the peer transport and the store's write side. Everything
+// else reaches it through the thread-safe calls below, which post work to that thread.
 //
-// Threads: propose() and stats() may be called from any thread. One node thread owns the
-// log and the store's write side; it appends every queued proposal as one batch (one fsync
-// for all of them: group commit), applies the batch as one WiredTiger transaction, then
-// calls the completions, in proposal order, on the node thread. Completions must be quick
-// and must not call back into the node synchronously (hand the result to another thread).
-#include <condition_variable>
+// Write path: propose() queues a validated command; the node thread drains the queue into the
+// RawNode (many proposals per Ready: group commit), runs the shared Ready loop (persist with
+// one fsync per Ready, send, apply, advance) and completes a proposal when the entry that
+// carries its (member id, request id) is applied on THIS member, so a client reads its own
+// writes from its own agent. Followers forward proposals to the leader (the core's `prop`).
+//
+// Outcomes (done runs exactly once, on the node thread; it must be quick and must not call
+// back into the node synchronously):
+//   the command's result                 applied (the result may itself be a typed error);
+//   unavailable                          no leader within options.leader_wait_ms: not applied;
+//   overloaded                           a bound (named in the message) is full: not applied;
+//   outcome_unknown                      forwarded, or appended by a leader that then lost its
+//                                        term, and not seen applied within the request timeout;
+//   shutting_down / removed / internal   as named.
+//
+// Reads: read_index() completes once this member has applied a linearizable read point
+// (ReadIndex, thesis §6.4); concurrent requests share one quorum round.
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <mutex>
-#include <thread>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
 
+#include "cluster/model/kv_types.hpp"
+#include "cluster/raft/types.hpp"
 #include "cluster/storage/mvcc_store.hpp"
 
 namespace keel::node {
 
-struct NodeOptions {
-  size_t max_batch_entries = 1024;           // proposals per log append / apply batch
-  size_t max_batch_bytes = 8 * 1024 * 1024;  // encoded bytes per batch
-  // Applied log entries kept before the log prefix is dropped (the store is the snapshot).
-  uint64_t log_retain_entries = 10000;
+// A member as every member knows it: from the bootstrap configuration or from the
+// membership-change entry that added it.
+struct Member {
+  raft::NodeId id = 0;
+  std::string name;
+  std::string peer_address;  // host:port the others dial
+  bool learner = false;
+  bool operator==(const Member&) const = default;
 };
 
-struct NodeStats {
-  uint64_t committed_index = 0;
+// Member ids and cluster ids are derived from names (etcd-style), so every member computes
+// the same ids from the same --initial-cluster and token.
+uint64_t cluster_id_of(const std::string& cluster_token);
+raft::NodeId member_id_of(uint64_t cluster_id, const std::string& name);
+
+struct NodeOptions {
+  std::string name = "default";
+  uint64_t cluster_id = 0;  // cluster_id_of(token)
+  raft::NodeId id = 0;      // member_id_of(cluster_id, name)
+  // Peer listener ("host:port"); empty = none (a single member with no peers).
+  std::string listen_peer;
+  // Bootstrap: the initial members (new cluster), or the members this one can reach to join
+  // (existing cluster). Ignored once the data directory holds Raft state.
+  std::vector<Member> initial_members;
+  bool join_existing = false;  // --initial-cluster-state existing
+
+  uint32_t tick_ms = 100;   // Raft tick
+  int election_ticks = 10;  // election timeout = election_ticks * tick_ms (randomized to 2x)
+  int heartbeat_ticks = 1;  // heartbeat interval in ticks
+  uint64_t seed = 0;        // election timeout randomization; 0 = from the member id
+
+  size_t max_batch_entries = 1024;            // proposals moved into the core per drain
+  size_t max_pending_proposals = 10000;       // queued + in flight; over it: overloaded
+  size_t max_pending_bytes = 64 << 20;        // encoded bytes queued + in flight
+  uint64_t max_uncommitted_bytes = 64 << 20;  // the core's uncommitted bound (leader)
+  size_t max_peer_frame_bytes = 64 << 20;     // transport frame limit
+  uint32_t leader_wait_ms = 3000;             // with no leader: wait this long, then unavailable
+  uint32_t request_timeout_ms = 10000;        // forwarded / term-lost writes: then outcome_unknown
+  // Applied entries kept before the log prefix is dropped. A member further behind than this
+  // needs a snapshot.
+  uint64_t log_retain_entries = 100000;
+};
+
+struct NodeStatus {
+  uint64_t cluster_id = 0;
+  raft::NodeId id = 0;
+  std::string name;
+  std::string role;  // leader | follower | candidate | pre_candidate | learner | removed
+  raft::NodeId leader = 0;
+  uint64_t term = 0;
+  uint64_t commit_index = 0;
   uint64_t applied_index = 0;
-  uint64_t batches = 0;
+  uint64_t last_index = 0;
+  int64_t revision = 0;
+  std::vector<Member> members;
+  // Totals since start.
+  uint64_t readies = 0;
   uint64_t proposals = 0;
+  uint64_t log_syncs = 0;
 };
 
 using Completion = std::function<void(Result<storage::CommandResult>)>;
 
+enum class MemberChange : uint8_t { add_learner, promote, remove };
+
 class Node {
  public:
-  // Recovers before returning: re-applies every logged entry above the store's applied index
-  // (entries that were durable but not applied when the process died). Errors: storage.
+  // Opens the Raft state in `engine` (bootstrapping a fresh data directory from options);
+  // refuses a data directory that belongs to another cluster or member. Errors: typed.
   static Result<std::unique_ptr<Node>> open(storage::Engine& engine, NodeOptions options);
   ~Node();  // stop()s
 
-  // Starts the node thread. on_applied(revision) runs on the node thread after every applied
-  // batch (watch hubs hook in here); it must not block.
-  void start(std::function<void(int64_t revision)> on_applied);
+  // Starts the peer listener and the node thread. on_applied(revision) runs on the node
+  // thread after every applied batch (watch hubs hook in here); it must not block.
+  Status start(std::function<void(int64_t revision)> on_applied);
 
-  // Queues a validated command. `done` runs exactly once, on the node thread: with the
-  // command's result, or shutting_down if the node stops first, or internal if the log
-  // cannot be written or the store cannot apply (the node then refuses further writes until
-  // restart; reads continue).
   void propose(storage::Command command, Completion done);
+  // done(ok) once a linearizable read of the local replica may be served; or unavailable,
+  // shutting_down, removed.
+  void read_index(std::function<void(Status)> done);
+  // Membership (single-server changes). done gets the membership after the change is applied
+  // on this member.
+  void change_member(MemberChange change, const std::string& name, const std::string& peer_address,
+                     std::function<void(Result<std::vector<Member>>)> done);
+  // This member's status and every other member's, asked over the peer connections; a member
+  // that does not answer within timeout_ms gets an `unavailable` entry.
+  void cluster_status(uint32_t timeout_ms,
+                      std::function<void(std::vector<Result<NodeStatus>>)> done);
 
-  // Finishes every proposal queued so far, then joins the node thread. Later proposals
-  // complete with shutting_down. Idempotent.
+  NodeStatus status() const;  // any thread
+
+  // Stops accepting proposals, waits (bounded) for the ones in flight, hands leadership to
+  // the most up-to-date voter if this member leads, then stops the thread. Idempotent.
   void stop();
 
-  NodeStats stats() const;
+  struct Impl;
 
  private:
-  struct Proposal {
-    storage::Command command;
-    std::string encoded;
-    Completion done;
-  };
-  Node(storage::Engine& engine, NodeOptions options);
-  Status recover();
-  void run();
-  void process(std::vector<Proposal>& batch);
-
-  storage::Engine& engine_;
-  storage::LogStore& log_;
-  storage::MvccStore& store_;
-  const NodeOptions options_;
-  std::function<void(int64_t)> on_applied_;
-
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Proposal> queue_;   // guarded by mu_
-  size_t queued_bytes_ = 0;      // guarded by mu_
-  bool stopping_ = false;        // guarded by mu_
-  NodeStats stats_;              // guarded by mu_
-  std::optional<Error> failed_;  // node thread only: set when the log could not be written
-  std::thread thread_;
+  explicit Node(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace keel::node

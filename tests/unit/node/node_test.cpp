@@ -1,14 +1,23 @@
-// The node's write path: propose -> durable log (group commit) -> apply -> completion, and
-// recovery of entries that were logged but not applied.
+// The node: the Raft driver on real WiredTiger storage and real loopback TCP. One member
+// (group commit, order, recovery) and three members in one process (election, forwarding,
+// read-your-writes on a follower, ReadIndex, leadership transfer at stop, membership).
+// Assertions run on the main thread only; node-thread completions fulfil futures.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <filesystem>
 #include <future>
 #include <thread>
 
 #include "cluster/node/node.hpp"
+#include "cluster/node/wire.hpp"
 
 using namespace keel;
 using namespace keel::storage;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -21,9 +30,9 @@ struct TempDir {
   ~TempDir() { std::filesystem::remove_all(path); }
 };
 
-std::unique_ptr<Engine> open_at(const TempDir& dir) {
+std::unique_ptr<Engine> open_at(const std::filesystem::path& dir) {
   EngineOptions o;
-  o.dir = dir.path.string();
+  o.dir = dir.string();
   o.cache_size_mb = 16;
   o.log_file_max_mb = 1;
   auto e = open_engine(o);
@@ -38,108 +47,380 @@ PutRequest put(std::string k, std::string v) {
   return p;
 }
 
+// A port that was free a moment ago (the test listens on it right after).
+uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+node::NodeOptions single(const std::string& name = "solo") {
+  node::NodeOptions o;
+  o.name = name;
+  o.cluster_id = node::cluster_id_of("test");
+  o.id = node::member_id_of(o.cluster_id, name);
+  o.initial_members = {{o.id, name, "127.0.0.1:1", false}};
+  o.tick_ms = 10;
+  return o;
+}
+
+Result<CommandResult> propose_wait(node::Node& n, Command c) {
+  std::promise<Result<CommandResult>> done;
+  auto f = done.get_future();
+  n.propose(std::move(c), [&done](Result<CommandResult> r) { done.set_value(std::move(r)); });
+  return f.get();
+}
+
+Status read_index_wait(node::Node& n) {
+  std::promise<Status> done;
+  auto f = done.get_future();
+  n.read_index([&done](Status s) { done.set_value(std::move(s)); });
+  return f.get();
+}
+
+// Polls `cond` until it holds or the deadline passes.
+template <typename F>
+bool eventually(F cond, std::chrono::milliseconds deadline = 10s) {
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return cond();
+}
+
+struct Cluster {
+  TempDir root;
+  std::vector<node::Member> members;
+  std::vector<std::unique_ptr<Engine>> engines;
+  std::vector<std::unique_ptr<node::Node>> nodes;
+  std::vector<node::NodeOptions> options;
+
+  explicit Cluster(int n) {
+    const uint64_t cid = node::cluster_id_of("three");
+    for (int i = 0; i < n; ++i) {
+      std::string name = "m" + std::to_string(i);
+      members.push_back(
+          {node::member_id_of(cid, name), name, "127.0.0.1:" + std::to_string(free_port()), false});
+    }
+    for (int i = 0; i < n; ++i) {
+      node::NodeOptions o;
+      o.name = members[i].name;
+      o.cluster_id = cid;
+      o.id = members[i].id;
+      o.listen_peer = members[i].peer_address;
+      o.initial_members = members;
+      o.tick_ms = 10;
+      o.election_ticks = 10;
+      o.leader_wait_ms = 2000;
+      o.request_timeout_ms = 3000;
+      options.push_back(o);
+      engines.push_back(open_at(root.path / o.name));
+      auto node = node::Node::open(*engines.back(), o);
+      REQUIRE(node.ok());
+      nodes.push_back(std::move(node).value());
+    }
+    for (auto& nd : nodes)
+      REQUIRE(nd->start(nullptr).ok());
+  }
+  ~Cluster() {
+    for (auto& nd : nodes)
+      if (nd) nd->stop();
+  }
+  // Index of the member everyone agrees leads, or -1.
+  int leader() const {
+    raft::NodeId lead = 0;
+    for (const auto& nd : nodes) {
+      if (!nd) continue;
+      auto s = nd->status();
+      if (s.leader == 0 || (lead != 0 && s.leader != lead)) return -1;
+      lead = s.leader;
+    }
+    for (size_t i = 0; i < nodes.size(); ++i)
+      if (nodes[i] && members[i].id == lead) return static_cast<int>(i);
+    return -1;
+  }
+  int wait_leader() {
+    int l = -1;
+    eventually([&] { return (l = leader()) >= 0; });
+    return l;
+  }
+};
+
 }  // namespace
 
-TEST_CASE("proposals from many threads are applied in one order and share fsyncs", "[node]") {
+TEST_CASE("one member: proposals from many threads are applied in one order and share fsyncs",
+          "[node]") {
   TempDir dir;
-  auto engine = open_at(dir);
-  auto node = node::Node::open(*engine, {});
+  auto engine = open_at(dir.path);
+  auto node = node::Node::open(*engine, single());
   REQUIRE(node.ok());
-  std::atomic<int64_t> last_applied_revision{0};
-  (*node)->start([&](int64_t rev) { last_applied_revision = rev; });
+  REQUIRE((*node)->start(nullptr).ok());
 
-  constexpr int kThreads = 8, kPerThread = 200;
+  constexpr int kThreads = 8, kPerThread = 100;
   std::vector<std::thread> threads;
   std::mutex mu;
   std::vector<int64_t> revisions;
+  int failures = 0;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
-        std::promise<Result<CommandResult>> done;
-        auto f = done.get_future();
-        (*node)->propose(put("k" + std::to_string(t) + "/" + std::to_string(i), "v"),
-                         [&done](Result<CommandResult> r) { done.set_value(std::move(r)); });
-        auto r = f.get();
-        REQUIRE(r.ok());
+        auto r = propose_wait(**node, put("k" + std::to_string(t) + "/" + std::to_string(i), "v"));
         std::lock_guard lock(mu);
+        if (!r.ok()) {
+          failures++;
+          continue;
+        }
         revisions.push_back(std::get<PutResponse>(r.value()).revision);
       }
     });
   }
   for (auto& t : threads)
     t.join();
+  const auto st = (*node)->status();
   (*node)->stop();
 
+  REQUIRE(failures == 0);
   std::sort(revisions.begin(), revisions.end());
   REQUIRE(revisions.size() == kThreads * kPerThread);
   // Every put got its own revision: 2 .. N+1 (a new store is at revision 1).
   for (size_t i = 0; i < revisions.size(); ++i)
     CHECK(revisions[i] == int64_t(i) + 2);
-  CHECK(last_applied_revision == kThreads * kPerThread + 1);
-  auto stats = (*node)->stats();
-  CHECK(stats.proposals == kThreads * kPerThread);
-  CHECK(stats.applied_index == kThreads * kPerThread);
-  // Group commit: with 8 concurrent writers, batches carry more than one proposal on average.
-  CHECK(stats.batches < stats.proposals);
-  CHECK(engine->stats().log_syncs == stats.batches);
+  // Group commit: with 8 concurrent writers, fewer fsyncs than writes.
+  CHECK(st.log_syncs < st.proposals);
+  CHECK(st.role == "leader");
 }
 
-TEST_CASE("entries logged but not applied are applied on open", "[node][recovery]") {
+TEST_CASE("one member: state and log survive a restart; the data dir refuses another cluster",
+          "[node][recovery]") {
   TempDir dir;
   {
-    auto engine = open_at(dir);
-    // As if the process died between the log fsync and the apply.
-    std::vector<LogEntry> entries;
-    for (uint64_t i = 1; i <= 5; ++i) {
-      entries.push_back(LogEntry{i, 1, encode_command(put("key" + std::to_string(i), "v"))});
-    }
-    REQUIRE(engine->log().append(entries).ok());
-    REQUIRE(engine->store().applied_index() == 0);
+    auto engine = open_at(dir.path);
+    auto node = node::Node::open(*engine, single());
+    REQUIRE(node.ok());
+    REQUIRE((*node)->start(nullptr).ok());
+    for (int i = 0; i < 10; ++i)
+      REQUIRE(propose_wait(**node, put("key" + std::to_string(i), "v")).ok());
+    (*node)->stop();
   }
-  auto engine = open_at(dir);
-  auto node = node::Node::open(*engine, {});
+  auto engine = open_at(dir.path);
+  {
+    auto other = single();
+    other.cluster_id = node::cluster_id_of("another");
+    other.id = node::member_id_of(other.cluster_id, other.name);
+    auto refused = node::Node::open(*engine, other);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().message.find("another cluster") != std::string::npos);
+  }
+  auto node = node::Node::open(*engine, single());
   REQUIRE(node.ok());
-  CHECK(engine->store().applied_index() == 5);
-  CHECK(engine->store().current_revision() == 6);
-  auto reader = engine->store().reader();
-  RangeRequest all;
-  all.key = "key";
-  all.range_end = prefix_end("key");
-  auto r = reader->range(all, 1 << 20);
+  REQUIRE((*node)->start(nullptr).ok());
+  auto r = propose_wait(**node, put("after", "restart"));
   REQUIRE(r.ok());
-  CHECK(r->count == 5);
-}
-
-TEST_CASE("a stopped node answers shutting_down and keeps what it committed", "[node]") {
-  TempDir dir;
-  auto engine = open_at(dir);
-  auto node = node::Node::open(*engine, {});
-  REQUIRE(node.ok());
-  (*node)->start(nullptr);
-  std::promise<Result<CommandResult>> first;
-  (*node)->propose(put("a", "1"), [&](Result<CommandResult> r) { first.set_value(std::move(r)); });
+  CHECK(std::get<PutResponse>(r.value()).revision == 12);
+  REQUIRE(read_index_wait(**node).ok());
   (*node)->stop();
-  REQUIRE(first.get_future().get().ok());  // queued before stop: finished
-  std::promise<Result<CommandResult>> late;
-  (*node)->propose(put("b", "2"), [&](Result<CommandResult> r) { late.set_value(std::move(r)); });
-  auto r = late.get_future().get();
-  REQUIRE_FALSE(r.ok());
-  CHECK(r.error().code == ErrorCode::shutting_down);
 }
 
-TEST_CASE("failed commands change nothing and do not move the revision", "[node]") {
+TEST_CASE("one member: a stopped node answers shutting_down; failed commands change nothing",
+          "[node]") {
   TempDir dir;
-  auto engine = open_at(dir);
-  auto node = node::Node::open(*engine, {});
+  auto engine = open_at(dir.path);
+  auto node = node::Node::open(*engine, single());
   REQUIRE(node.ok());
-  (*node)->start(nullptr);
+  REQUIRE((*node)->start(nullptr).ok());
   PutRequest p = put("missing", "");
   p.ignore_value = true;
-  std::promise<Result<CommandResult>> done;
-  (*node)->propose(p, [&](Result<CommandResult> r) { done.set_value(std::move(r)); });
-  auto r = done.get_future().get();
+  auto r = propose_wait(**node, p);
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().code == ErrorCode::key_not_found);
   CHECK(engine->store().current_revision() == 1);
   (*node)->stop();
+  auto late = propose_wait(**node, put("b", "2"));
+  REQUIRE_FALSE(late.ok());
+  CHECK(late.error().code == ErrorCode::shutting_down);
+}
+
+TEST_CASE("one member: over the pending-proposal bound a write gets overloaded naming the limit",
+          "[node][backpressure]") {
+  TempDir dir;
+  auto engine = open_at(dir.path);
+  auto o = single();
+  o.max_pending_proposals = 1;
+  auto node = node::Node::open(*engine, o);
+  REQUIRE(node.ok());
+  // Not started: the first proposal stays queued, so the second is over the bound.
+  std::promise<Result<CommandResult>> first;
+  (*node)->propose(put("a", "1"), [&](Result<CommandResult> r) { first.set_value(std::move(r)); });
+  auto second = propose_wait(**node, put("b", "2"));
+  REQUIRE_FALSE(second.ok());
+  CHECK(second.error().code == ErrorCode::overloaded);
+  CHECK(second.error().message.find("raft.max_pending_proposals") != std::string::npos);
+  (*node)->stop();
+  CHECK(first.get_future().get().error().code == ErrorCode::shutting_down);
+}
+
+TEST_CASE("three members: elect, write through a follower and read it there at once",
+          "[node][cluster]") {
+  Cluster c(3);
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  const int f = (l + 1) % 3;
+  // A follower forwards to the leader and answers once its own replica applied the write.
+  auto r = propose_wait(*c.nodes[f], put("via-follower", "1"));
+  REQUIRE(r.ok());
+  const int64_t rev = std::get<PutResponse>(r.value()).revision;
+  CHECK(c.engines[f]->store().current_revision() >= rev);
+  auto reader = c.engines[f]->store().reader();
+  RangeRequest get;
+  get.key = "via-follower";
+  auto got = reader->range(get, 1 << 20);
+  REQUIRE(got.ok());
+  REQUIRE(got->kvs.size() == 1);
+  CHECK(got->kvs[0].value == "1");
+  // Linearizable read point on a follower.
+  REQUIRE(read_index_wait(*c.nodes[f]).ok());
+  // Every member applies the same revision.
+  CHECK(eventually([&] {
+    for (auto& e : c.engines)
+      if (e->store().current_revision() != rev) return false;
+    return true;
+  }));
+}
+
+TEST_CASE("three members: every member's status over the peer connections", "[node][cluster]") {
+  Cluster c(3);
+  REQUIRE(c.wait_leader() >= 0);
+  std::promise<std::vector<Result<node::NodeStatus>>> done;
+  c.nodes[0]->cluster_status(2000, [&](auto all) { done.set_value(std::move(all)); });
+  auto all = done.get_future().get();
+  REQUIRE(all.size() == 3);
+  int leaders = 0;
+  for (auto& s : all) {
+    REQUIRE(s.ok());
+    CHECK(s->members.size() == 3);
+    if (s->role == "leader") leaders++;
+  }
+  CHECK(leaders == 1);
+  CHECK(all[0]->name == "m0");
+}
+
+TEST_CASE("three members: a stopping leader hands leadership over; no write is lost",
+          "[node][cluster][transfer]") {
+  Cluster c(3);
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  for (int i = 0; i < 20; ++i)
+    REQUIRE(propose_wait(*c.nodes[l], put("k" + std::to_string(i), "v")).ok());
+  c.nodes[l]->stop();
+  c.nodes[l].reset();
+  int next = -1;
+  REQUIRE(eventually([&] { return (next = c.leader()) >= 0; }));
+  CHECK(next != l);
+  auto r = propose_wait(*c.nodes[next], put("after", "transfer"));
+  REQUIRE(r.ok());
+  CHECK(std::get<PutResponse>(r.value()).revision == 22);
+}
+
+TEST_CASE("three members: with no quorum a write fails with a typed error, never success",
+          "[node][cluster][unavailable]") {
+  Cluster c(3);
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  const int f = (l + 1) % 3;
+  for (int i = 0; i < 3; ++i) {
+    if (i != f) {
+      c.nodes[i]->stop();
+      c.nodes[i].reset();
+    }
+  }
+  auto r = propose_wait(*c.nodes[f], put("lonely", "x"));
+  REQUIRE_FALSE(r.ok());
+  const auto code = r.error().code;
+  CHECK((code == ErrorCode::unavailable || code == ErrorCode::outcome_unknown));
+  auto read = read_index_wait(*c.nodes[f]);
+  REQUIRE_FALSE(read.ok());
+  CHECK(read.error().code == ErrorCode::unavailable);
+}
+
+TEST_CASE("three members: add a learner, promote it, remove an old voter",
+          "[node][cluster][member]") {
+  Cluster c(3);
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  REQUIRE(propose_wait(*c.nodes[l], put("before", "join")).ok());
+
+  // The new member joins an existing cluster: it knows the others, holds no configuration.
+  node::NodeOptions o = c.options[0];
+  o.name = "m3";
+  o.id = node::member_id_of(o.cluster_id, o.name);
+  o.listen_peer = "127.0.0.1:" + std::to_string(free_port());
+  o.join_existing = true;
+  o.initial_members = c.members;
+  o.initial_members.push_back({o.id, o.name, o.listen_peer, false});
+  auto engine = open_at(c.root.path / "m3");
+  auto joined = node::Node::open(*engine, o);
+  REQUIRE(joined.ok());
+  REQUIRE((*joined)->start(nullptr).ok());
+
+  auto change = [&](node::MemberChange kind, const std::string& name, const std::string& addr) {
+    std::promise<Result<std::vector<node::Member>>> done;
+    auto fut = done.get_future();
+    c.nodes[(l + 1) % 3]->change_member(kind, name, addr,
+                                        [&](auto r) { done.set_value(std::move(r)); });
+    return fut.get();
+  };
+  auto added = change(node::MemberChange::add_learner, "m3", o.listen_peer);
+  REQUIRE(added.ok());
+  CHECK(added->size() == 4);
+  CHECK(eventually([&] { return engine->store().current_revision() == 2; }));
+  REQUIRE(change(node::MemberChange::promote, "m3", "").ok());
+  const int removed = (l + 2) % 3;
+  auto after = change(node::MemberChange::remove, c.members[removed].name, "");
+  REQUIRE(after.ok());
+  CHECK(after->size() == 3);
+  CHECK(eventually([&] { return c.nodes[removed]->status().role == "removed"; }));
+  auto r = propose_wait(*c.nodes[removed], put("from", "removed"));
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::removed);
+  // The new voter serves writes.
+  REQUIRE(propose_wait(**joined, put("after", "change")).ok());
+  (*joined)->stop();
+}
+
+TEST_CASE("node wire formats round-trip and reject truncated input", "[node][wire]") {
+  node::wire::Origin o{7, 8, 9};
+  auto e = node::wire::encode_entry(o, "cmd");
+  node::wire::Origin back;
+  std::string_view cmd;
+  REQUIRE(node::wire::decode_entry(e, &back, &cmd));
+  CHECK(back == o);
+  CHECK(cmd == "cmd");
+  CHECK_FALSE(node::wire::decode_entry(e.substr(0, 10), &back, &cmd));
+  node::Member m{5, "name", "127.0.0.1:9", true};
+  auto ctx = node::wire::encode_member_context(o, m);
+  node::Member mb;
+  REQUIRE(node::wire::decode_member_context(ctx, &back, &mb));
+  CHECK(mb == m);
+  for (size_t n = 0; n < ctx.size(); ++n)
+    CHECK_FALSE(node::wire::decode_member_context(ctx.substr(0, n), &back, &mb));
+  node::NodeStatus s;
+  s.name = "x";
+  s.members = {m};
+  s.term = 3;
+  auto resp = node::wire::encode_status_response(42, s);
+  uint64_t seq = 0;
+  node::NodeStatus sb;
+  REQUIRE(node::wire::decode_status_response(resp, &seq, &sb));
+  CHECK(seq == 42);
+  CHECK(sb.term == 3);
+  CHECK(sb.members == s.members);
+  for (size_t n = 0; n < resp.size(); ++n)
+    CHECK_FALSE(node::wire::decode_status_response(resp.substr(0, n), &seq, &sb));
 }

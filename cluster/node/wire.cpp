@@ -1,0 +1,208 @@
+#include "cluster/node/wire.hpp"
+
+namespace keel::node::wire {
+
+namespace {
+
+constexpr char kEntryMagic = 'K';
+constexpr char kVersion = 1;
+constexpr size_t kMaxString = 1 << 16;  // names, addresses, roles
+constexpr size_t kMaxMembers = 1 << 16;
+
+void put_u64(std::string* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i)
+    out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void put_str(std::string* out, std::string_view s) {
+  put_u64(out, s.size());
+  out->append(s);
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  bool u64(uint64_t* v) {
+    if (in_.size() < 8) return false;
+    uint64_t r = 0;
+    for (int i = 0; i < 8; ++i)
+      r |= static_cast<uint64_t>(static_cast<unsigned char>(in_[i])) << (8 * i);
+    in_.remove_prefix(8);
+    *v = r;
+    return true;
+  }
+  bool i64(int64_t* v) {
+    uint64_t u = 0;
+    if (!u64(&u)) return false;
+    *v = static_cast<int64_t>(u);
+    return true;
+  }
+  bool byte(uint8_t* v) {
+    if (in_.empty()) return false;
+    *v = static_cast<uint8_t>(in_.front());
+    in_.remove_prefix(1);
+    return true;
+  }
+  bool str(std::string* s) {
+    uint64_t n = 0;
+    if (!u64(&n) || n > kMaxString || n > in_.size()) return false;
+    s->assign(in_.substr(0, n));
+    in_.remove_prefix(n);
+    return true;
+  }
+  bool origin(Origin* o) { return u64(&o->member) && u64(&o->nonce) && u64(&o->seq); }
+  bool member(Member* m) {
+    uint8_t learner = 0;
+    if (!u64(&m->id) || !str(&m->name) || !str(&m->peer_address) || !byte(&learner)) return false;
+    if (learner > 1) return false;
+    m->learner = learner == 1;
+    return true;
+  }
+  bool members(std::vector<Member>* out) {
+    uint64_t n = 0;
+    if (!u64(&n) || n > kMaxMembers) return false;
+    out->clear();
+    for (uint64_t i = 0; i < n; ++i) {
+      Member m;
+      if (!member(&m)) return false;
+      out->push_back(std::move(m));
+    }
+    return true;
+  }
+  std::string_view rest() const { return in_; }
+  bool done() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+void put_origin(std::string* out, const Origin& o) {
+  put_u64(out, o.member);
+  put_u64(out, o.nonce);
+  put_u64(out, o.seq);
+}
+void put_member(std::string* out, const Member& m) {
+  put_u64(out, m.id);
+  put_str(out, m.name);
+  put_str(out, m.peer_address);
+  out->push_back(m.learner ? 1 : 0);
+}
+void put_members(std::string* out, const std::vector<Member>& members) {
+  put_u64(out, members.size());
+  for (const auto& m : members)
+    put_member(out, m);
+}
+
+}  // namespace
+
+std::string encode_entry(const Origin& origin, std::string_view command) {
+  std::string out;
+  out.reserve(2 + 24 + command.size());
+  out.push_back(kEntryMagic);
+  out.push_back(kVersion);
+  put_origin(&out, origin);
+  out.append(command);
+  return out;
+}
+
+bool decode_entry(std::string_view data, Origin* origin, std::string_view* command) {
+  if (data.size() < 2 || data[0] != kEntryMagic || data[1] != kVersion) return false;
+  Reader r(data.substr(2));
+  if (!r.origin(origin)) return false;
+  *command = r.rest();
+  return true;
+}
+
+std::string encode_member_context(const Origin& origin, const Member& member) {
+  std::string out;
+  out.push_back(kVersion);
+  put_origin(&out, origin);
+  put_member(&out, member);
+  return out;
+}
+
+bool decode_member_context(std::string_view data, Origin* origin, Member* member) {
+  if (data.empty() || data[0] != kVersion) return false;
+  Reader r(data.substr(1));
+  return r.origin(origin) && r.member(member) && r.done();
+}
+
+std::string encode_members(const std::vector<Member>& members) {
+  std::string out;
+  out.push_back(kVersion);
+  put_members(&out, members);
+  return out;
+}
+
+bool decode_members(std::string_view data, std::vector<Member>* members) {
+  if (data.empty() || data[0] != kVersion) return false;
+  Reader r(data.substr(1));
+  return r.members(members) && r.done();
+}
+
+std::string encode_status_request(uint64_t seq) {
+  std::string out;
+  out.push_back(static_cast<char>(AppKind::status_request));
+  put_u64(&out, seq);
+  return out;
+}
+
+std::string encode_status_response(uint64_t seq, const NodeStatus& s) {
+  std::string out;
+  out.push_back(static_cast<char>(AppKind::status_response));
+  put_u64(&out, seq);
+  put_u64(&out, s.cluster_id);
+  put_u64(&out, s.id);
+  put_str(&out, s.name);
+  put_str(&out, s.role);
+  put_u64(&out, s.leader);
+  put_u64(&out, s.term);
+  put_u64(&out, s.commit_index);
+  put_u64(&out, s.applied_index);
+  put_u64(&out, s.last_index);
+  put_u64(&out, static_cast<uint64_t>(s.revision));
+  put_members(&out, s.members);
+  put_u64(&out, s.readies);
+  put_u64(&out, s.proposals);
+  put_u64(&out, s.log_syncs);
+  return out;
+}
+
+std::optional<AppKind> app_kind(std::string_view data) {
+  if (data.empty()) return std::nullopt;
+  auto k = static_cast<uint8_t>(data[0]);
+  if (k == 1) return AppKind::status_request;
+  if (k == 2) return AppKind::status_response;
+  if (k == 3) return AppKind::removed_notice;
+  return std::nullopt;
+}
+
+std::string encode_removed_notice(uint64_t member) {
+  std::string out;
+  out.push_back(static_cast<char>(AppKind::removed_notice));
+  put_u64(&out, member);
+  return out;
+}
+
+bool decode_removed_notice(std::string_view data, uint64_t* member) {
+  if (app_kind(data) != AppKind::removed_notice) return false;
+  Reader r(data.substr(1));
+  return r.u64(member) && r.done();
+}
+
+bool decode_status_request(std::string_view data, uint64_t* seq) {
+  if (app_kind(data) != AppKind::status_request) return false;
+  Reader r(data.substr(1));
+  return r.u64(seq) && r.done();
+}
+
+bool decode_status_response(std::string_view data, uint64_t* seq, NodeStatus* s) {
+  if (app_kind(data) != AppKind::status_response) return false;
+  Reader r(data.substr(1));
+  return r.u64(seq) && r.u64(&s->cluster_id) && r.u64(&s->id) && r.str(&s->name) &&
+         r.str(&s->role) && r.u64(&s->leader) && r.u64(&s->term) && r.u64(&s->commit_index) &&
+         r.u64(&s->applied_index) && r.u64(&s->last_index) && r.i64(&s->revision) &&
+         r.members(&s->members) && r.u64(&s->readies) && r.u64(&s->proposals) &&
+         r.u64(&s->log_syncs) && r.done();
+}
+
+}  // namespace keel::node::wire

@@ -1,0 +1,50 @@
+#pragma once
+// Byte formats the node puts into the Raft log and into opaque peer (app) messages. Every
+// decoder validates its input and reports failure as a value: log entries and peer messages
+// come from other members and must never crash this one.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cluster/node/node.hpp"
+
+namespace keel::node::wire {
+
+// Who proposed an entry: completions are matched at apply by (origin, nonce, seq). The nonce
+// is drawn at every start, so entries of an earlier run never match a new run's requests.
+struct Origin {
+  uint64_t member = 0;
+  uint64_t nonce = 0;
+  uint64_t seq = 0;
+  bool operator==(const Origin&) const = default;
+};
+
+// Normal entry: 'K' version(1) origin(24 bytes) command bytes.
+std::string encode_entry(const Origin& origin, std::string_view command);
+// False if `data` is not an entry of this format (the command bytes are returned unchecked).
+bool decode_entry(std::string_view data, Origin* origin, std::string_view* command);
+
+// Conf-change context: origin, the member's name and peer address.
+std::string encode_member_context(const Origin& origin, const Member& member);
+bool decode_member_context(std::string_view data, Origin* origin, Member* member);
+
+// The member list as stored with the applied state.
+std::string encode_members(const std::vector<Member>& members);
+bool decode_members(std::string_view data, std::vector<Member>* members);
+
+// App messages between nodes.
+enum class AppKind : uint8_t { status_request = 1, status_response = 2, removed_notice = 3 };
+// Sent by a member that applied the removal of `member` to it: a removed member no longer
+// receives the log, so it would never apply its own removal.
+std::string encode_removed_notice(uint64_t member);
+bool decode_removed_notice(std::string_view data, uint64_t* member);
+std::string encode_status_request(uint64_t seq);
+std::string encode_status_response(uint64_t seq, const NodeStatus& status);
+// Kind of an app message; nullopt if unknown or empty.
+std::optional<AppKind> app_kind(std::string_view data);
+bool decode_status_request(std::string_view data, uint64_t* seq);
+bool decode_status_response(std::string_view data, uint64_t* seq, NodeStatus* status);
+
+}  // namespace keel::node::wire
