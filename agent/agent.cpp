@@ -53,10 +53,9 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   if (!engine) return std::move(engine).error();
   p->engine = std::move(engine).value();
 
-  node::NodeOptions no;
-  no.max_batch_entries = config.max_batch_entries;
-  no.max_batch_bytes = std::max<size_t>(no.max_batch_bytes, 2 * config.limits.max_request_bytes);
-  auto node = node::Node::open(*p->engine, no);
+  auto no = node_options(config);
+  if (!no) return std::move(no).error();
+  auto node = node::Node::open(*p->engine, std::move(no).value());
   if (!node) return std::move(node).error();
   p->node = std::move(node).value();
   auto& store = p->engine->store();
@@ -104,11 +103,13 @@ Agent::~Agent() {
   p_->engine.reset();  // closes WiredTiger cleanly (checkpoint)
 }
 
-void Agent::start() {
+Status Agent::start() {
   p_->hub->start();
   std::shared_ptr<RevisionSignal> signal = p_->signal;
-  p_->node->start([signal](int64_t revision) { signal->publish(revision); });
+  if (auto st = p_->node->start([signal](int64_t revision) { signal->publish(revision); }); !st)
+    return st;
   p_->listener->start();
+  return ok_status();
 }
 
 kj::Promise<void> Agent::shutdown(uint64_t deadline_ms) {

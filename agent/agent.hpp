@@ -3,7 +3,8 @@
 //
 //   open:     WiredTiger engine -> node (recovers) -> watch hub -> KV service -> listener
 //             (binds the socket)
-//   start():  node thread (its apply hook feeds the watch hub) -> watch hub -> accepting
+//   start():  watch hub -> node thread and peer listener (its apply hook feeds the hub) ->
+//             accepting
 //   shutdown: stop accepting -> cancel watches with shutting_down -> stop the node (it
 //             finishes the writes already queued) -> wait for in-flight replies, bounded
 //   ~Agent:   drop connections, remove the socket -> close the service and the hub (they
@@ -29,8 +30,9 @@ class Agent {
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Starts the node thread, the watch hub and accepting connections.
-  void start();
+  // Starts the node thread (and its peer listener), the watch hub and accepting
+  // connections. Errors: the peer address cannot be bound.
+  Status start();
 
   // The ordered shutdown above; resolves when every in-flight call has replied, or after
   // `deadline_ms`. Destroy the Agent afterwards to close the engine.

@@ -199,23 +199,100 @@ Result<int64_t> Client::compact(int64_t revision, bool physical) {
   });
 }
 
+namespace {
+StatusInfo status_from_rpc(rpc::Status::Reader s) {
+  StatusInfo out;
+  out.revision = s.getHeader().getRevision();
+  out.compact_revision = s.getCompactRevision();
+  out.applied_index = s.getAppliedIndex();
+  out.log_syncs = s.getLogSyncs();
+  out.log_entries = s.getLogEntries();
+  out.watchers = s.getWatchers();
+  out.connections = s.getConnections();
+  out.peer_uid = s.getPeerUid();
+  out.peer_pid = s.getPeerPid();
+  out.version = s.getVersion();
+  out.data_dir = s.getDataDir();
+  out.member_id = s.getMemberId();
+  out.name = s.getName();
+  out.role = s.getRole();
+  out.leader = s.getLeader();
+  out.leader_name = s.getLeaderName();
+  out.raft_term = s.getRaftTerm();
+  out.commit_index = s.getCommitIndex();
+  out.last_index = s.getLastIndex();
+  out.cluster_id = s.getClusterId();
+  if (s.hasError() && s.getError().getCode() != rpc::ErrorCode::OK)
+    out.error = from_rpc(s.getError());
+  return out;
+}
+
+template <typename Resp>
+Result<std::vector<MemberInfo>> members_from(Resp& resp) {
+  if (resp.hasError()) return from_rpc(resp.getError());
+  std::vector<MemberInfo> out;
+  for (auto m : resp.getMembers()) {
+    MemberInfo x;
+    x.id = m.getId();
+    x.name = m.getName();
+    x.peer_address = m.getPeerAddress();
+    x.learner = m.getLearner();
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+}  // namespace
+
 Result<StatusInfo> Client::status() {
   return call<StatusInfo>([&]() -> Result<StatusInfo> {
     auto resp = impl_->keel.statusRequest().send().wait(impl_->io.waitScope);
-    auto s = resp.getStatus();
-    StatusInfo out;
-    out.revision = s.getHeader().getRevision();
-    out.compact_revision = s.getCompactRevision();
-    out.applied_index = s.getAppliedIndex();
-    out.log_syncs = s.getLogSyncs();
-    out.log_entries = s.getLogEntries();
-    out.watchers = s.getWatchers();
-    out.connections = s.getConnections();
-    out.peer_uid = s.getPeerUid();
-    out.peer_pid = s.getPeerPid();
-    out.version = s.getVersion();
-    out.data_dir = s.getDataDir();
+    return status_from_rpc(resp.getStatus());
+  });
+}
+
+Result<std::vector<StatusInfo>> Client::cluster_status() {
+  return call<std::vector<StatusInfo>>([&]() -> Result<std::vector<StatusInfo>> {
+    auto resp = impl_->keel.clusterStatusRequest().send().wait(impl_->io.waitScope);
+    std::vector<StatusInfo> out;
+    for (auto s : resp.getStatuses())
+      out.push_back(status_from_rpc(s));
     return out;
+  });
+}
+
+Result<std::vector<MemberInfo>> Client::member_list() {
+  return call<std::vector<MemberInfo>>([&]() -> Result<std::vector<MemberInfo>> {
+    auto resp = impl_->keel.memberListRequest().send().wait(impl_->io.waitScope);
+    return members_from(resp);
+  });
+}
+
+Result<std::vector<MemberInfo>> Client::member_add(const std::string& name,
+                                                   const std::string& peer_address) {
+  return call<std::vector<MemberInfo>>([&]() -> Result<std::vector<MemberInfo>> {
+    auto req = impl_->keel.memberAddRequest();
+    req.setName(name);
+    req.setPeerAddress(peer_address);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    return members_from(resp);
+  });
+}
+
+Result<std::vector<MemberInfo>> Client::member_promote(const std::string& name) {
+  return call<std::vector<MemberInfo>>([&]() -> Result<std::vector<MemberInfo>> {
+    auto req = impl_->keel.memberPromoteRequest();
+    req.setName(name);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    return members_from(resp);
+  });
+}
+
+Result<std::vector<MemberInfo>> Client::member_remove(const std::string& name) {
+  return call<std::vector<MemberInfo>>([&]() -> Result<std::vector<MemberInfo>> {
+    auto req = impl_->keel.memberRemoveRequest();
+    req.setName(name);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    return members_from(resp);
   });
 }
 

@@ -4,6 +4,7 @@
 // thread's KJ event loop.
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cluster/model/kv_types.hpp"
@@ -22,6 +23,24 @@ struct StatusInfo {
   int64_t peer_pid = -1;
   std::string version;
   std::string data_dir;
+  // Raft, as that member sees it.
+  uint64_t member_id = 0;
+  std::string name;
+  std::string role;
+  uint64_t leader = 0;
+  std::string leader_name;
+  uint64_t raft_term = 0;
+  uint64_t commit_index = 0;
+  uint64_t last_index = 0;
+  uint64_t cluster_id = 0;
+  std::optional<Error> error;  // cluster_status(): the member did not answer
+};
+
+struct MemberInfo {
+  uint64_t id = 0;
+  std::string name;
+  std::string peer_address;
+  bool learner = false;
 };
 
 struct WatchOptions {
@@ -58,6 +77,13 @@ class Client {
   Result<storage::TxnResponse> txn(const storage::TxnRequest& request);
   Result<int64_t> compact(int64_t revision, bool physical);  // returns the header revision
   Result<StatusInfo> status();
+  // Every member's status, this member's first (an unreachable member has `error` set).
+  Result<std::vector<StatusInfo>> cluster_status();
+  Result<std::vector<MemberInfo>> member_list();
+  Result<std::vector<MemberInfo>> member_add(const std::string& name,
+                                             const std::string& peer_address);
+  Result<std::vector<MemberInfo>> member_promote(const std::string& name);
+  Result<std::vector<MemberInfo>> member_remove(const std::string& name);
   // Blocks, delivering events until `on_events` or `on_progress` returns false (ok) or the
   // agent cancels the watch (its error, e.g. compacted with compact_revision).
   Status watch(const WatchOptions& options, const EventsFn& on_events,

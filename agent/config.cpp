@@ -1,6 +1,8 @@
 #include "agent/config.hpp"
 
 #include <toml++/toml.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -9,6 +11,118 @@ namespace keel::agent {
 
 std::string Config::effective_socket_path() const {
   return socket_path.empty() ? data_dir + "/keel.sock" : socket_path;
+}
+
+namespace {
+
+// host:port with a non-empty host and a port in 1..65535 (0 allowed for listeners in tests).
+Status check_address(const std::string& key, const std::string& addr, bool allow_port_zero) {
+  auto colon = addr.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size()) {
+    return make_error(ErrorCode::invalid_argument, key + " \"" + addr + "\" is not host:port");
+  }
+  const std::string port = addr.substr(colon + 1);
+  if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 ||
+      std::stoul(port) > 65535 || (!allow_port_zero && std::stoul(port) == 0)) {
+    return make_error(ErrorCode::invalid_argument,
+                      key + " \"" + addr + "\" has no valid port (1-65535)");
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Result<std::vector<node::Member>> parse_initial_cluster(const std::string& text,
+                                                        uint64_t cluster_id) {
+  std::vector<node::Member> out;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t comma = text.find(',', pos);
+    if (comma == std::string::npos) comma = text.size();
+    std::string item = text.substr(pos, comma - pos);
+    pos = comma + 1;
+    auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return make_error(ErrorCode::invalid_argument,
+                        "initial_cluster entry \"" + item + "\" is not name=host:port");
+    }
+    node::Member m;
+    m.name = item.substr(0, eq);
+    m.peer_address = item.substr(eq + 1);
+    if (auto st = check_address("initial_cluster member " + m.name, m.peer_address, false); !st)
+      return std::move(st).error();
+    m.id = node::member_id_of(cluster_id, m.name);
+    for (const auto& o : out) {
+      if (o.name == m.name) {
+        return make_error(ErrorCode::invalid_argument,
+                          "initial_cluster names member " + m.name + " twice");
+      }
+    }
+    out.push_back(std::move(m));
+    if (comma == text.size()) break;
+  }
+  return out;
+}
+
+Result<node::NodeOptions> node_options(const Config& c) {
+  node::NodeOptions o;
+  if (c.name.empty()) return make_error(ErrorCode::invalid_argument, "cluster.name is empty");
+  if (c.initial_cluster_state != "new" && c.initial_cluster_state != "existing") {
+    return make_error(
+        ErrorCode::invalid_argument,
+        "cluster.initial_cluster_state \"" + c.initial_cluster_state + "\" is not new or existing");
+  }
+  o.name = c.name;
+  o.cluster_id = node::cluster_id_of(c.initial_cluster_token);
+  o.id = node::member_id_of(o.cluster_id, c.name);
+  o.join_existing = c.initial_cluster_state == "existing";
+  std::string initial = c.initial_cluster;
+  if (initial.empty()) {
+    initial = c.name + "=" + (c.advertise_peer.empty() ? "127.0.0.1:2380" : c.advertise_peer);
+  }
+  auto members = parse_initial_cluster(initial, o.cluster_id);
+  if (!members) return std::move(members).error();
+  o.initial_members = std::move(members).value();
+  const node::Member* self = nullptr;
+  for (const auto& m : o.initial_members) {
+    if (m.id == o.id) self = &m;
+  }
+  if (!self) {
+    return make_error(
+        ErrorCode::invalid_argument,
+        "cluster.initial_cluster does not name this member (cluster.name = " + c.name + ")");
+  }
+  if (!c.advertise_peer.empty() && c.advertise_peer != self->peer_address) {
+    return make_error(ErrorCode::invalid_argument,
+                      "cluster.advertise_peer " + c.advertise_peer +
+                          " differs from this member's initial_cluster entry " +
+                          self->peer_address);
+  }
+  o.listen_peer = c.listen_peer;
+  // A lone member listens only when asked (a single-node agent needs no TCP port); with
+  // peers it listens on its own address unless told otherwise.
+  if (o.listen_peer.empty() && (o.initial_members.size() > 1 || o.join_existing))
+    o.listen_peer = self->peer_address;
+  if (!o.listen_peer.empty()) {
+    if (auto st = check_address("cluster.listen_peer", o.listen_peer, true); !st)
+      return std::move(st).error();
+  }
+  if (c.heartbeat_ticks >= c.election_ticks) {
+    return make_error(ErrorCode::invalid_argument,
+                      "raft.heartbeat_ticks must be below raft.election_ticks");
+  }
+  o.tick_ms = c.tick_ms;
+  o.election_ticks = c.election_ticks;
+  o.heartbeat_ticks = c.heartbeat_ticks;
+  o.max_batch_entries = c.max_batch_entries;
+  o.max_pending_proposals = c.max_pending_proposals;
+  o.max_pending_bytes = std::max<size_t>(c.max_pending_bytes, 2 * c.limits.max_request_bytes);
+  o.max_uncommitted_bytes = c.max_uncommitted_bytes;
+  o.max_peer_frame_bytes = std::max<size_t>(64 << 20, 4 * c.limits.max_request_bytes);
+  o.leader_wait_ms = c.leader_wait_ms;
+  o.request_timeout_ms = c.request_timeout_ms;
+  o.log_retain_entries = c.log_retain_entries;
+  return o;
 }
 
 Result<uint32_t> parse_socket_mode(const std::string& text) {
@@ -97,8 +211,28 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
       {"watch.progress_interval_ms",
        size_setter("watch.progress_interval_ms", c.watch_progress_interval_ms, 0)},
       {"watch.batch_bytes", size_setter("watch.batch_bytes", c.watch_batch_bytes, 1024)},
+      {"cluster.name", string_setter("cluster.name", c.name)},
+      {"cluster.listen_peer", string_setter("cluster.listen_peer", c.listen_peer)},
+      {"cluster.advertise_peer", string_setter("cluster.advertise_peer", c.advertise_peer)},
+      {"cluster.initial_cluster", string_setter("cluster.initial_cluster", c.initial_cluster)},
+      {"cluster.initial_cluster_state",
+       string_setter("cluster.initial_cluster_state", c.initial_cluster_state)},
+      {"cluster.initial_cluster_token",
+       string_setter("cluster.initial_cluster_token", c.initial_cluster_token)},
+      {"raft.tick_ms", size_setter("raft.tick_ms", c.tick_ms, 1)},
+      {"raft.election_ticks", size_setter("raft.election_ticks", c.election_ticks, 2)},
+      {"raft.heartbeat_ticks", size_setter("raft.heartbeat_ticks", c.heartbeat_ticks, 1)},
+      {"raft.leader_wait_ms", size_setter("raft.leader_wait_ms", c.leader_wait_ms, 0)},
+      {"raft.request_timeout_ms", size_setter("raft.request_timeout_ms", c.request_timeout_ms, 1)},
+      {"raft.max_pending_proposals",
+       size_setter("raft.max_pending_proposals", c.max_pending_proposals, 1)},
+      {"raft.max_pending_bytes", size_setter("raft.max_pending_bytes", c.max_pending_bytes, 1024)},
+      {"raft.max_uncommitted_bytes",
+       size_setter("raft.max_uncommitted_bytes", c.max_uncommitted_bytes, 0)},
+      {"raft.log_retain_entries", size_setter("raft.log_retain_entries", c.log_retain_entries, 1)},
   };
-  const std::map<std::string, bool> tables = {{"limits", true}, {"storage", true}, {"watch", true}};
+  const std::map<std::string, bool> tables = {
+      {"limits", true}, {"storage", true}, {"watch", true}, {"cluster", true}, {"raft", true}};
 
   for (const auto& [k, node] : root) {
     std::string key(k.str());

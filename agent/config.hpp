@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cluster/model/kv_types.hpp"
+#include "cluster/node/node.hpp"
 
 namespace keel::agent {
 
@@ -26,12 +27,41 @@ struct Config {
   uint64_t watch_progress_interval_ms = 600000;  // etcd's 10 minutes
   size_t watch_batch_bytes = 256 * 1024;         // event bytes per watcher message
 
+  // [cluster]: etcd-style bootstrap. With none of it set, keeld is a single-member cluster
+  // with no peer listener.
+  std::string name = "default";
+  std::string listen_peer;      // host:port to accept peers on; default = advertise_peer
+  std::string advertise_peer;   // host:port the others dial; default = this member's entry
+  std::string initial_cluster;  // "name=host:port,..."; empty = "<name>=<advertise_peer>"
+  std::string initial_cluster_state = "new";  // new | existing
+  std::string initial_cluster_token = "keel-cluster";
+
+  // [raft]
+  uint32_t tick_ms = 50;
+  int election_ticks = 10;
+  int heartbeat_ticks = 1;
+  uint32_t leader_wait_ms = 3000;
+  uint32_t request_timeout_ms = 10000;
+  size_t max_pending_proposals = 10000;
+  size_t max_pending_bytes = 64 << 20;
+  uint64_t max_uncommitted_bytes = 64 << 20;
+  uint64_t log_retain_entries = 100000;
+
   std::string effective_socket_path() const;
 };
 
 // Reads `path` into `config` (keys absent from the file keep their current values).
 // A missing file is an error only when `must_exist`. Errors name the file, the key and why.
 Status load_config_file(const std::string& path, bool must_exist, Config& config);
+
+// The node's options from [cluster] and [raft]: member and cluster ids, the parsed
+// initial cluster, the peer listener. Errors name the key and what is wrong.
+Result<node::NodeOptions> node_options(const Config& config);
+
+// Parses "name=host:port,name=host:port". Errors: empty or duplicate names, a missing or bad
+// address.
+Result<std::vector<node::Member>> parse_initial_cluster(const std::string& text,
+                                                        uint64_t cluster_id);
 
 // Parses an octal mode such as "0660". Errors: not octal, or outside 0..0777.
 Result<uint32_t> parse_socket_mode(const std::string& text);

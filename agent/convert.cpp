@@ -409,6 +409,14 @@ rpc::ErrorCode to_rpc(ErrorCode code) {
       return rpc::ErrorCode::PERMISSION_DENIED;
     case ErrorCode::key_not_found:
       return rpc::ErrorCode::KEY_NOT_FOUND;
+    case ErrorCode::unavailable:
+      return rpc::ErrorCode::UNAVAILABLE;
+    case ErrorCode::overloaded:
+      return rpc::ErrorCode::OVERLOADED;
+    case ErrorCode::outcome_unknown:
+      return rpc::ErrorCode::OUTCOME_UNKNOWN;
+    case ErrorCode::removed:
+      return rpc::ErrorCode::REMOVED;
     case ErrorCode::internal:
       return rpc::ErrorCode::INTERNAL;
   }
@@ -453,6 +461,14 @@ ErrorCode from_rpc(rpc::ErrorCode code) {
       return ErrorCode::permission_denied;
     case rpc::ErrorCode::KEY_NOT_FOUND:
       return ErrorCode::key_not_found;
+    case rpc::ErrorCode::UNAVAILABLE:
+      return ErrorCode::unavailable;
+    case rpc::ErrorCode::OVERLOADED:
+      return ErrorCode::overloaded;
+    case rpc::ErrorCode::OUTCOME_UNKNOWN:
+      return ErrorCode::outcome_unknown;
+    case rpc::ErrorCode::REMOVED:
+      return ErrorCode::removed;
     case rpc::ErrorCode::INTERNAL:
       return ErrorCode::internal;
   }

@@ -76,6 +76,66 @@ void print_kv(const KeyValue& kv, bool value_only, bool keys_only) {
   if (!keys_only) write_bytes(kv.value);
 }
 
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string status_json(const client::StatusInfo& st) {
+  auto num = [](auto v) { return "\"" + std::to_string(v) + "\""; };
+  std::string out = "{\"name\":" + json_string(st.name) + ",\"member_id\":" + num(st.member_id) +
+                    ",\"cluster_id\":" + num(st.cluster_id);
+  if (st.error) {
+    return out + ",\"error\":{\"code\":" + json_string(error_code_name(st.error->code)) +
+           ",\"message\":" + json_string(st.error->message) + "}}";
+  }
+  out += ",\"role\":" + json_string(st.role) + ",\"leader\":" + num(st.leader) +
+         ",\"leader_name\":" + json_string(st.leader_name) + ",\"raft_term\":" + num(st.raft_term) +
+         ",\"commit_index\":" + num(st.commit_index) +
+         ",\"applied_index\":" + num(st.applied_index) + ",\"last_index\":" + num(st.last_index) +
+         ",\"revision\":" + num(st.revision) + ",\"compact_revision\":" + num(st.compact_revision) +
+         ",\"version\":" + json_string(st.version) + ",\"data_dir\":" + json_string(st.data_dir) +
+         ",\"log_syncs\":" + num(st.log_syncs) + ",\"log_entries\":" + num(st.log_entries) +
+         ",\"watchers\":" + num(st.watchers) + ",\"connections\":" + num(st.connections) +
+         ",\"peer_uid\":" + num(st.peer_uid) + ",\"peer_pid\":" + num(st.peer_pid) + "}";
+  return out;
+}
+
+void print_status(const client::StatusInfo& st, bool with_caller) {
+  std::printf(
+      "name: %s\nmember_id: %016llx\nrole: %s\nleader: %s (%016llx)\nraft_term: %llu\n"
+      "commit_index: %llu\napplied_index: %llu\nlast_index: %llu\n",
+      st.name.c_str(), static_cast<unsigned long long>(st.member_id), st.role.c_str(),
+      st.leader_name.empty() ? "none" : st.leader_name.c_str(),
+      static_cast<unsigned long long>(st.leader), static_cast<unsigned long long>(st.raft_term),
+      static_cast<unsigned long long>(st.commit_index),
+      static_cast<unsigned long long>(st.applied_index),
+      static_cast<unsigned long long>(st.last_index));
+  std::printf(
+      "version: %s\ndata_dir: %s\nrevision: %lld\ncompact_revision: %lld\n"
+      "log_syncs: %llu\nlog_entries: %llu\nwatchers: %llu\nconnections: %llu\n",
+      st.version.c_str(), st.data_dir.c_str(), static_cast<long long>(st.revision),
+      static_cast<long long>(st.compact_revision), static_cast<unsigned long long>(st.log_syncs),
+      static_cast<unsigned long long>(st.log_entries), static_cast<unsigned long long>(st.watchers),
+      static_cast<unsigned long long>(st.connections));
+  if (with_caller) {
+    std::printf("you: uid %lld pid %lld\n", static_cast<long long>(st.peer_uid),
+                static_cast<long long>(st.peer_pid));
+  }
+}
+
 // ---- range arguments shared by get, del, watch ----------------------------------------
 struct RangeArgs {
   std::string key;
@@ -236,6 +296,24 @@ int main(int argc, char** argv) {
 
   // status
   auto* status = app.add_subcommand("status", "status: the agent's state");
+  auto* endpoint = app.add_subcommand("endpoint", "endpoint status [--cluster]");
+  endpoint->require_subcommand(1);
+  auto* endpoint_status = endpoint->add_subcommand("status", "this member's Raft status");
+  bool endpoint_cluster = false;
+  endpoint_status->add_flag("--cluster", endpoint_cluster, "every member's, asked by this agent");
+
+  // member
+  auto* member = app.add_subcommand("member", "member list|add|promote|remove");
+  member->require_subcommand(1);
+  std::string member_name, member_peer;
+  auto* member_list = member->add_subcommand("list", "the members: id, name, peer address, role");
+  auto* member_add = member->add_subcommand("add", "add NAME PEER_ADDRESS: add as a learner");
+  member_add->add_option("name", member_name)->required();
+  member_add->add_option("peer_address", member_peer, "host:port the members dial")->required();
+  auto* member_promote = member->add_subcommand("promote", "promote NAME: learner to voter");
+  member_promote->add_option("name", member_name)->required();
+  auto* member_remove = member->add_subcommand("remove", "remove NAME");
+  member_remove->add_option("name", member_name)->required();
 
   try {
     app.parse(argc, argv);
@@ -392,23 +470,82 @@ int main(int argc, char** argv) {
       auto c = connect_or_exit(g);
       auto r = c->status();
       if (!r) return report(r.error());
-      const auto& st = *r;
-      const char* fmt =
-          g.json() ? "{\"version\":\"%s\",\"data_dir\":\"%s\",\"revision\":%lld,"
-                     "\"compact_revision\":%lld,\"applied_index\":%llu,\"log_syncs\":%llu,"
-                     "\"log_entries\":%llu,\"watchers\":%llu,\"connections\":%llu,"
-                     "\"peer_uid\":%lld,\"peer_pid\":%lld}\n"
-                   : "version: %s\ndata_dir: %s\nrevision: %lld\ncompact_revision: %lld\n"
-                     "applied_index: %llu\nlog_syncs: %llu\nlog_entries: %llu\nwatchers: %llu\n"
-                     "connections: %llu\nyou: uid %lld pid %lld\n";
-      std::printf(fmt, st.version.c_str(), st.data_dir.c_str(), static_cast<long long>(st.revision),
-                  static_cast<long long>(st.compact_revision),
-                  static_cast<unsigned long long>(st.applied_index),
-                  static_cast<unsigned long long>(st.log_syncs),
-                  static_cast<unsigned long long>(st.log_entries),
-                  static_cast<unsigned long long>(st.watchers),
-                  static_cast<unsigned long long>(st.connections),
-                  static_cast<long long>(st.peer_uid), static_cast<long long>(st.peer_pid));
+      if (g.json()) {
+        std::printf("%s\n", status_json(*r).c_str());
+      } else {
+        print_status(*r, true);
+      }
+      return 0;
+    }
+    if (endpoint_status->parsed()) {
+      auto c = connect_or_exit(g);
+      std::vector<client::StatusInfo> all;
+      if (endpoint_cluster) {
+        auto r = c->cluster_status();
+        if (!r) return report(r.error());
+        all = std::move(r).value();
+      } else {
+        auto r = c->status();
+        if (!r) return report(r.error());
+        all.push_back(std::move(r).value());
+      }
+      int rc = 0;
+      if (g.json()) {
+        std::string out = "[";
+        for (size_t i = 0; i < all.size(); ++i)
+          out += (i ? "," : "") + status_json(all[i]);
+        std::printf("%s]\n", out.c_str());
+      } else {
+        std::printf("%-16s %-16s %-10s %-16s %8s %10s %10s %10s\n", "NAME", "ID", "ROLE", "LEADER",
+                    "TERM", "COMMIT", "APPLIED", "REVISION");
+        for (const auto& st : all) {
+          if (st.error) {
+            std::printf("%-16s %016llx %s: %s\n", st.name.c_str(),
+                        static_cast<unsigned long long>(st.member_id),
+                        error_code_name(st.error->code), st.error->message.c_str());
+            continue;
+          }
+          std::printf("%-16s %016llx %-10s %-16s %8llu %10llu %10llu %10lld\n", st.name.c_str(),
+                      static_cast<unsigned long long>(st.member_id), st.role.c_str(),
+                      st.leader_name.empty() ? "-" : st.leader_name.c_str(),
+                      static_cast<unsigned long long>(st.raft_term),
+                      static_cast<unsigned long long>(st.commit_index),
+                      static_cast<unsigned long long>(st.applied_index),
+                      static_cast<long long>(st.revision));
+        }
+      }
+      for (const auto& st : all)
+        if (st.error) rc = kExitFailed;
+      return rc;
+    }
+    if (member->parsed()) {
+      auto c = connect_or_exit(g);
+      Result<std::vector<client::MemberInfo>> r = std::vector<client::MemberInfo>{};
+      if (member_list->parsed())
+        r = c->member_list();
+      else if (member_add->parsed())
+        r = c->member_add(member_name, member_peer);
+      else if (member_promote->parsed())
+        r = c->member_promote(member_name);
+      else if (member_remove->parsed())
+        r = c->member_remove(member_name);
+      if (!r) return report(r.error());
+      if (g.json()) {
+        std::string out = "{\"members\":[";
+        for (size_t i = 0; i < r->size(); ++i) {
+          const auto& m = (*r)[i];
+          out += std::string(i ? "," : "") + "{\"id\":\"" + std::to_string(m.id) +
+                 "\",\"name\":" + json_string(m.name) +
+                 ",\"peer_address\":" + json_string(m.peer_address) +
+                 ",\"learner\":" + (m.learner ? "true" : "false") + "}";
+        }
+        std::printf("%s]}\n", out.c_str());
+      } else {
+        for (const auto& m : *r) {
+          std::printf("%016llx, %s, %s, %s\n", static_cast<unsigned long long>(m.id),
+                      m.name.c_str(), m.peer_address.c_str(), m.learner ? "learner" : "voter");
+        }
+      }
       return 0;
     }
   } catch (const UsageError& e) {

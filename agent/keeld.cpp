@@ -64,6 +64,18 @@ int main(int argc, char** argv) {
   app.add_option("--socket", socket_path, "Unix socket path (overrides socket_path)");
   app.add_option("--socket-mode", socket_mode, "socket file mode, octal (overrides socket_mode)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off");
+  std::string name, listen_peer, advertise_peer, initial_cluster, initial_state, token;
+  app.add_option("--name", name, "this member's name (overrides cluster.name)");
+  app.add_option("--listen-peer", listen_peer,
+                 "host:port to accept peer connections on (overrides cluster.listen_peer)");
+  app.add_option("--advertise-peer", advertise_peer,
+                 "host:port the other members dial (overrides cluster.advertise_peer)");
+  app.add_option("--initial-cluster", initial_cluster,
+                 "name=host:port,... of the founding members (overrides cluster.initial_cluster)");
+  app.add_option("--initial-cluster-state", initial_state,
+                 "new | existing (overrides cluster.initial_cluster_state)");
+  app.add_option("--initial-cluster-token", token,
+                 "names the cluster; member ids derive from it (cluster.initial_cluster_token)");
   app.set_version_flag("--version", KEEL_VERSION);
   CLI11_PARSE(app, argc, argv);
 
@@ -82,6 +94,12 @@ int main(int argc, char** argv) {
     config.socket_mode = *mode;
   }
   if (!log_level.empty()) config.log_level = log_level;
+  if (!name.empty()) config.name = name;
+  if (!listen_peer.empty()) config.listen_peer = listen_peer;
+  if (!advertise_peer.empty()) config.advertise_peer = advertise_peer;
+  if (!initial_cluster.empty()) config.initial_cluster = initial_cluster;
+  if (!initial_state.empty()) config.initial_cluster_state = initial_state;
+  if (!token.empty()) config.initial_cluster_token = token;
   auto level = spdlog::level::from_str(config.log_level);
   if (level == spdlog::level::off && config.log_level != "off") {
     return fail("log_level \"" + config.log_level +
@@ -100,7 +118,7 @@ int main(int argc, char** argv) {
     auto io = kj::setupAsyncIo();
     auto agent = keel::agent::Agent::open(config, io);
     if (!agent) return fail(agent.error().message);
-    (*agent)->start();
+    if (auto st = (*agent)->start(); !st) return fail(st.error().message);
     const std::string& sock = (*agent)->socket_path();
     spdlog::info("keeld {} serving on {} (mode {:04o}); try: keelctl --socket {} put k v",
                  KEEL_VERSION, sock, config.socket_mode, sock);

@@ -1,3 +1,8 @@
+// GCC 12 reports false -Wmaybe-uninitialized warnings for values held in kj's ExceptionOr
+// (promise results carrying std::vector, std::shared_ptr or std::variant), inlined from the
+// standard headers, so the pragma comes before every include. Only this file needs it.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include "agent/kv_service.hpp"
 
 #include <capnp/keel.capnp.h>
@@ -6,6 +11,8 @@
 #include <optional>
 
 #include "agent/convert.hpp"
+
+#include "cluster/storage/mvcc_store.hpp"
 
 namespace keel::agent {
 
@@ -76,6 +83,14 @@ class WatchHandleImpl final : public rpc::WatchHandle::Server {
 
 }  // namespace
 
+// A plain struct rather than Result: GCC 12 reports a false -Wmaybe-uninitialized for
+// std::variant inside kj's ExceptionOr (see client.cpp's WatchEnd).
+struct MembersReply {
+  bool ok = true;
+  Error error;
+  std::vector<node::Member> members;
+};
+
 class KeelImpl final : public rpc::Keel::Server {
  public:
   KeelImpl(std::shared_ptr<KvService> service, Peer peer) : s_(std::move(service)), peer_(peer) {}
@@ -89,10 +104,18 @@ class KeelImpl final : public rpc::Keel::Server {
     auto req = from_rpc(params.getRequest());
     if (!req) return fail(results, req.error());
     if (auto st = storage::validate(*req, s_->limits_); !st) return fail(results, st.error());
-    auto resp = read_range(*req, params.getRequest().getSkipCount());
-    if (!resp) return fail(results, resp.error());
-    to_rpc(*resp, results.initResponse());
-    return kj::READY_NOW;
+    const bool skip_count = params.getRequest().getSkipCount();
+    if (req->serializable) return serve_range(*s_, ctx, *req, skip_count);
+    // Linearizable (the default): wait until this member has applied a read point confirmed
+    // by a quorum (ReadIndex), then read the local replica. Concurrent reads share a round.
+    auto p = from_node<Status>([](node::Node& n, auto done) {
+               n.read_index(std::move(done));
+             }).then([s = s_, ctx, req = std::move(req).value(), skip_count](Status st) mutable {
+      if (!st) return fail(ctx.getResults(), st.error());
+      if (s->engine_ == nullptr) return fail(ctx.getResults(), shutting_down());
+      return serve_range(*s, ctx, req, skip_count);
+    });
+    return track(kj::mv(p));
   }
 
   kj::Promise<void> put(PutContext ctx) override { return write_call<storage::PutResponse>(ctx); }
@@ -159,13 +182,86 @@ class KeelImpl final : public rpc::Keel::Server {
   }
 
   kj::Promise<void> status(StatusContext ctx) override {
-    auto s = ctx.getResults().initStatus();
+    fill_status(*s_, peer_, ctx.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> clusterStatus(ClusterStatusContext ctx) override {
+    if (s_->node_ == nullptr) {
+      auto list = ctx.getResults().initStatuses(1);
+      fill_status(*s_, peer_, list[0]);
+      return kj::READY_NOW;
+    }
+    using Statuses = std::shared_ptr<std::vector<Result<node::NodeStatus>>>;
+    auto p = from_node<Statuses>([](node::Node& n, auto done) {
+               n.cluster_status(2000, [done = std::move(done)](auto all) mutable {
+                 done(std::make_shared<std::vector<Result<node::NodeStatus>>>(std::move(all)));
+               });
+             }).then([s = s_, peer = peer_, ctx](Statuses shared) mutable {
+      auto& all = *shared;
+      auto list = ctx.getResults().initStatuses(all.size());
+      for (size_t i = 0; i < all.size(); ++i) {
+        auto out = list[i];
+        if (i == 0) {
+          fill_status(*s, peer, out);  // this member: the full local status
+          continue;
+        }
+        if (!all[i]) {
+          to_rpc(all[i].error(), out.initError());
+          continue;
+        }
+        fill_raft(out, *all[i]);
+        out.initHeader().setRevision(all[i]->revision);
+        out.setAppliedIndex(all[i]->applied_index);
+      }
+    });
+    return track(kj::mv(p));
+  }
+
+  kj::Promise<void> memberList(MemberListContext ctx) override {
+    if (s_->node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+    auto st = s_->node_->status();
+    fill_members(ctx.getResults(), st.members);
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> memberAdd(MemberAddContext ctx) override {
+    auto params = ctx.getParams();
+    return member_change(ctx, node::MemberChange::add_learner, params.getName(),
+                         params.getPeerAddress());
+  }
+  kj::Promise<void> memberPromote(MemberPromoteContext ctx) override {
+    return member_change(ctx, node::MemberChange::promote, ctx.getParams().getName(), "");
+  }
+  kj::Promise<void> memberRemove(MemberRemoveContext ctx) override {
+    return member_change(ctx, node::MemberChange::remove, ctx.getParams().getName(), "");
+  }
+
+ private:
+  template <typename Builder>
+  static void fill_raft(Builder s, const node::NodeStatus& st) {
+    s.setMemberId(st.id);
+    s.setName(st.name);
+    s.setRole(st.role);
+    s.setLeader(st.leader);
+    for (const auto& m : st.members) {
+      if (m.id == st.leader) s.setLeaderName(m.name);
+    }
+    s.setRaftTerm(st.term);
+    s.setCommitIndex(st.commit_index);
+    s.setLastIndex(st.last_index);
+    s.setClusterId(st.cluster_id);
+  }
+
+  template <typename Builder>
+  static void fill_status(KvService& service, const Peer& peer, Builder s) {
+    KvService* s_ = &service;
+    const Peer& peer_ = peer;
     s.setVersion(KEEL_VERSION);
     s.setWatchers(s_->hub_->size());
     s.setConnections(s_->connections_ ? s_->connections_() : 0);
     s.setPeerUid(peer_.uid);
     s.setPeerPid(peer_.pid);
-    if (s_->engine_ == nullptr) return kj::READY_NOW;
+    if (s_->engine_ == nullptr) return;
     auto& store = s_->engine_->store();
     s.initHeader().setRevision(store.current_revision());
     s.setDataDir(s_->engine_->dir());
@@ -174,10 +270,77 @@ class KeelImpl final : public rpc::Keel::Server {
     auto stats = s_->engine_->stats();
     s.setLogSyncs(stats.log_syncs);
     s.setLogEntries(stats.log_entries);
+    if (s_->node_ != nullptr) {
+      auto st = s_->node_->status();
+      fill_raft(s, st);
+      s.initHeader().setMemberId(st.id);
+      s.getHeader().setRaftTerm(st.term);
+      s.getHeader().setRevision(store.current_revision());
+    }
+  }
+
+  template <typename Results>
+  static void fill_members(Results results, const std::vector<node::Member>& members) {
+    auto list = results.initMembers(members.size());
+    for (size_t i = 0; i < members.size(); ++i) {
+      list[i].setId(members[i].id);
+      list[i].setName(members[i].name);
+      list[i].setPeerAddress(members[i].peer_address);
+      list[i].setLearner(members[i].learner);
+    }
+  }
+
+  template <typename Context>
+  kj::Promise<void> member_change(Context ctx, node::MemberChange kind, capnp::Text::Reader name,
+                                  capnp::Text::Reader peer) {
+    if (s_->node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+    if (name.size() == 0 || name.size() > 256) {
+      return fail(ctx.getResults(),
+                  make_error(ErrorCode::invalid_argument, "member name must be 1-256 bytes"));
+    }
+    std::string n = name, a = peer;
+    auto p = from_node<MembersReply>([kind, n, a](node::Node& nd, auto done) {
+               nd.change_member(kind, n, a, [done = std::move(done)](auto r) mutable {
+                 MembersReply reply;
+                 if (r) {
+                   reply.members = std::move(r).value();
+                 } else {
+                   reply.ok = false;
+                   reply.error = std::move(r).error();
+                 }
+                 done(std::move(reply));
+               });
+             }).then([ctx](MembersReply r) mutable {
+      if (!r.ok) {
+        to_rpc(r.error, ctx.getResults().initError());
+        return;
+      }
+      fill_members(ctx.getResults(), r.members);
+    });
+    return track(kj::mv(p));
+  }
+
+  template <typename Context>
+  static kj::Promise<void> serve_range(KvService& s, Context& ctx, const storage::RangeRequest& req,
+                                       bool skip_count) {
+    auto results = ctx.getResults();
+    auto resp = read_range(s, req, skip_count);
+    if (!resp) return fail(results, resp.error());
+    to_rpc(*resp, results.initResponse());
     return kj::READY_NOW;
   }
 
- private:
+  // Runs `call(node, done)`; the promise resolves on this thread with what the node thread
+  // passed to done. If the node drops `done` without calling it, the promise breaks.
+  template <typename T, typename Call>
+  kj::Promise<T> from_node(Call&& call) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
+    auto fulfiller =
+        std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<T>>>(kj::mv(paf.fulfiller));
+    call(*s_->node_, [fulfiller](T value) { (*fulfiller)->fulfill(std::move(value)); });
+    return kj::mv(paf.promise);
+  }
+
   template <typename Results>
   static kj::Promise<void> fail(Results results, const Error& error) {
     to_rpc(error, results.initError());
@@ -188,9 +351,10 @@ class KeelImpl final : public rpc::Keel::Server {
   // range would stall every connection and watch on this thread. count is exact when the
   // reply holds the whole range or with count_only; a reply cut by limit or page size counts
   // the keys it returns (README: where keel differs from etcd).
-  Result<storage::RangeResponse> read_range(const storage::RangeRequest& req, bool skip_count) {
-    auto& reader = *s_->reader_;
-    size_t page = s_->limits_.max_response_bytes;
+  static Result<storage::RangeResponse> read_range(KvService& s, const storage::RangeRequest& req,
+                                                   bool skip_count) {
+    auto& reader = *s.reader_;
+    size_t page = s.limits_.max_response_bytes;
     bool key_ordered = req.sort_target == storage::SortTarget::key &&
                        req.sort_order != storage::SortOrder::descend;
     if (skip_count || req.count_only || !key_ordered) return reader.range(req, page, skip_count);

@@ -43,6 +43,10 @@ enum ErrorCode {
   permissionDenied @16;
   internal @17;
   keyNotFound @18;
+  unavailable @19;
+  overloaded @20;
+  outcomeUnknown @21;
+  removed @22;
 }
 
 struct Error {
@@ -203,6 +207,24 @@ struct Status {
   connections @8 :UInt64;
   peerUid @9 :Int64 $Json.name("peer_uid");             # the caller, from SO_PEERCRED; -1 unknown
   peerPid @10 :Int64 $Json.name("peer_pid");
+  # Raft, as this member sees it.
+  memberId @11 :UInt64 $Json.name("member_id");
+  name @12 :Text;
+  role @13 :Text;                                       # leader follower candidate learner removed ...
+  leader @14 :UInt64;                                   # member id; 0 = none known
+  raftTerm @15 :UInt64 $Json.name("raft_term");
+  commitIndex @16 :UInt64 $Json.name("commit_index");
+  lastIndex @17 :UInt64 $Json.name("last_index");
+  clusterId @18 :UInt64 $Json.name("cluster_id");
+  leaderName @19 :Text $Json.name("leader_name");
+  error @20 :Error;                                     # clusterStatus: this member did not answer
+}
+
+struct Member {
+  id @0 :UInt64;
+  name @1 :Text;
+  peerAddress @2 :Text $Json.name("peer_address");
+  learner @3 :Bool;
 }
 
 # The bootstrap capability of every connection.
@@ -214,4 +236,11 @@ interface Keel {
   compact @4 (request :CompactRequest) -> (response :CompactResponse, error :Error);
   watch @5 (request :WatchRequest, watcher :Watcher) -> (handle :WatchHandle, watchId :Int64, error :Error);
   status @6 () -> (status :Status);
+  # Membership: single-server changes, applied before the reply.
+  memberList @7 () -> (members :List(Member), error :Error);
+  memberAdd @8 (name :Text, peerAddress :Text) -> (members :List(Member), error :Error);
+  memberPromote @9 (name :Text) -> (members :List(Member), error :Error);
+  memberRemove @10 (name :Text) -> (members :List(Member), error :Error);
+  # Every member's status, asked over the peer connections (this member first).
+  clusterStatus @11 () -> (statuses :List(Status));
 }

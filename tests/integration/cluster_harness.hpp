@@ -1,0 +1,51 @@
+#pragma once
+// A cluster of real keeld processes on 127.0.0.1: one data dir, socket and peer port each,
+// bootstrapped with --initial-cluster. Every process is stopped by PID when the harness goes.
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness.hpp"
+
+namespace keel::test {
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+uint16_t free_port();
+
+class KeelCluster {
+ public:
+  // `config_toml` is given to every member (e.g. a faster [raft] tick for tests).
+  KeelCluster(const std::string& root, int members, std::string config_toml = kFastRaft);
+  static constexpr const char* kFastRaft =
+      "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
+      "request_timeout_ms = 5000\n[storage]\ncache_size_mb = 32\n";
+
+  int size() const { return static_cast<int>(members_.size()); }
+  Keeld& member(int i) { return *members_[i]; }
+  const std::string& name(int i) const { return names_[i]; }
+  const std::string& peer(int i) const { return peers_[i]; }
+
+  // Starts member i (new: part of the initial cluster; restart: same flags).
+  bool start(int i);
+  bool start_all();
+  // Adds a member that will join with --initial-cluster-state existing (not started).
+  int add_joiner(const std::string& name);
+
+  // Index of the member that every running member names as leader, within the deadline;
+  // nullopt if they do not agree in time.
+  std::optional<int> wait_leader(std::chrono::milliseconds deadline = std::chrono::seconds(20));
+  // keelctl status of member i as seen by itself (nullopt if it does not answer).
+  std::optional<client::StatusInfo> status(int i);
+  std::vector<bool> running;
+
+ private:
+  std::vector<std::string> args(int i) const;
+  std::string root_, config_;
+  std::vector<std::string> names_, peers_;
+  std::vector<bool> joiner_;
+  std::vector<std::unique_ptr<Keeld>> members_;
+};
+
+}  // namespace keel::test
