@@ -21,62 +21,6 @@ using namespace keel::test;
 
 namespace {
 
-// Catch2 v2 is not thread-safe: worker threads never call REQUIRE, CHECK or INFO. They
-// record what they saw in plain data, and the test's main thread asserts after joining.
-// If the main thread leaves early (a failed REQUIRE throws), the destructor runs `unblock`
-// (which must make every worker return: a stop flag, kill -9 of keeld so blocked calls fail)
-// and joins, so no std::thread is ever destroyed joinable.
-class Workers {
- public:
-  explicit Workers(std::function<void()> unblock) : unblock_(std::move(unblock)) {}
-  Workers(const Workers&) = delete;
-  Workers& operator=(const Workers&) = delete;
-  ~Workers() {
-    if (threads_.empty()) return;
-    unblock_();
-    for (auto& t : threads_)
-      t.join();
-  }
-
-  template <typename F>
-  void spawn(F f) {
-    threads_.emplace_back([this, f = std::move(f)]() mutable {
-      try {
-        f();
-      } catch (const std::exception& e) {
-        std::lock_guard lk(mu_);
-        errors_.push_back(e.what());
-      }
-      ++finished_;
-    });
-  }
-
-  // Waits (bounded) for every worker to return; past the deadline runs `unblock` first.
-  // Returns whether they all returned by themselves in time.
-  bool join_within(std::chrono::seconds deadline) {
-    auto until = std::chrono::steady_clock::now() + deadline;
-    while (finished_ < threads_.size() && std::chrono::steady_clock::now() < until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    bool in_time = finished_ == threads_.size();
-    if (!in_time) unblock_();
-    for (auto& t : threads_)
-      t.join();
-    threads_.clear();
-    return in_time;
-  }
-
-  // Exceptions that escaped a worker (after join_within).
-  const std::vector<std::string>& errors() const { return errors_; }
-
- private:
-  std::function<void()> unblock_;
-  std::vector<std::thread> threads_;
-  std::atomic<size_t> finished_{0};
-  std::mutex mu_;
-  std::vector<std::string> errors_;
-};
-
 std::string describe(const Error& e) {
   return std::string(error_code_name(e.code)) + ": " + e.message;
 }
