@@ -48,23 +48,9 @@ int write_corpus(const std::filesystem::path& dir) {
 int main(int argc, char** argv) {
   uint64_t iterations = 1000, seed = 0x6b65656c;  // "keel"
   std::vector<std::filesystem::path> paths;
-  for (int i = 1; i < argc; i++) {
-    std::string a = argv[i];
-    if (a == "--iterations" && i + 1 < argc) {
-      iterations = std::strtoull(argv[++i], nullptr, 10);
-    } else if (a == "--seed" && i + 1 < argc) {
-      seed = std::strtoull(argv[++i], nullptr, 0);
-    } else if (a == "--write-corpus" && i + 1 < argc) {
-      return write_corpus(argv[++i]);
-    } else if (!a.empty() && a[0] == '-') {
-      std::fprintf(stderr,
-                   "usage: %s [--iterations N] [--seed S] [CORPUS...] | --write-corpus DIR\n",
-                   argv[0]);
-      return 2;
-    } else {
-      paths.emplace_back(a);
-    }
-  }
+  if (int rc = keel::fuzz::parse_args(argc, argv, &iterations, &seed, &paths, write_corpus);
+      rc >= 0)
+    return rc;
   std::vector<Bytes> corpus;
   std::vector<std::string> corpus_names;
   if (!keel::fuzz::load_corpus(paths, &corpus, &corpus_names)) return 2;

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -155,6 +156,31 @@ inline void run(const Bytes& b, const std::string& label) {
   std::snprintf(g_label, sizeof(g_label), "%s", label.c_str());
   LLVMFuzzerTestOneInput(b.data(), b.size());
   g_current = nullptr;
+}
+
+// The drivers' command line: [--iterations N] [--seed S] [CORPUS...] | --write-corpus DIR.
+// Returns the exit status to stop with (usage error, or write_corpus's), or -1 to go on.
+template <typename WriteCorpus>
+int parse_args(int argc, char** argv, uint64_t* iterations, uint64_t* seed,
+               std::vector<std::filesystem::path>* paths, WriteCorpus write_corpus) {
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "--iterations" && i + 1 < argc) {
+      *iterations = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--seed" && i + 1 < argc) {
+      *seed = std::strtoull(argv[++i], nullptr, 0);
+    } else if (a == "--write-corpus" && i + 1 < argc) {
+      return write_corpus(argv[++i]);
+    } else if (!a.empty() && a[0] == '-') {
+      std::fprintf(stderr,
+                   "usage: %s [--iterations N] [--seed S] [CORPUS...] | --write-corpus DIR\n",
+                   argv[0]);
+      return 2;
+    } else {
+      paths->emplace_back(a);
+    }
+  }
+  return -1;
 }
 
 }  // namespace keel::fuzz
