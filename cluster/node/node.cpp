@@ -658,9 +658,6 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     for (const auto& m : member_list()) {
       if (m.id == opt.id) continue;
       q->slot[m.id] = q->results.size();
-      NodeStatus placeholder;
-      placeholder.id = m.id;
-      placeholder.name = m.name;
       q->results.emplace_back(std::nullopt);
       q->missing++;
       transport->send_app(m.id, wire::encode_status_request(seq));
