@@ -1,15 +1,16 @@
 #pragma once
-// The MVCC key-value store on WiredTiger (etcd's data model), plus the raft log.
+// The MVCC key-value store on WiredTiger (etcd's data model).
 //
 // One data directory = one WiredTiger connection, opened by Engine::open. Engine owns the
-// tables; MvccStore and LogStore borrow the engine and must not outlive it.
+// tables; MvccStore and RaftStorage (raft_storage.hpp) borrow the engine and must not
+// outlive it.
 //
-// Threads: apply() and LogStore writes are called from one thread (the node thread). Any
+// Threads: apply() and RaftStorage writes are called from one thread (the node thread). Any
 // other thread reads through its own Reader (one WiredTiger session each, as WiredTiger
 // requires). current_revision()/compact_revision() may be called from any thread.
 //
-// Durability: the raft log is committed with sync (LogStore::append), so an appended entry
-// survives kill -9. apply() commits without sync; after a crash the node re-applies the log
+// Durability: the raft log is committed with sync (RaftStorage::persist), so an appended
+// entry survives kill -9. apply() commits without sync; after a crash the node re-applies the log
 // entries above applied_index(), which apply() stores in the same WiredTiger transaction as
 // the state it changes, so state and index can never disagree (the etcd #13766 lesson).
 #include <atomic>
@@ -50,42 +51,6 @@ class RaftStorage;  // raft_storage.hpp
 // or read, or one locked by another process, give ErrorCode::internal with a message that
 // names the directory and the cause.
 Result<std::unique_ptr<Engine>> open_engine(const EngineOptions& options);
-
-struct LogEntry {
-  uint64_t index = 0;
-  uint64_t term = 0;
-  std::string data;  // encode_command() bytes
-  bool operator==(const LogEntry&) const = default;
-};
-
-struct HardState {
-  uint64_t term = 0;
-  uint64_t vote = 0;
-  uint64_t commit = 0;
-  bool operator==(const HardState&) const = default;
-};
-
-// The raft log and hard state. Indices are contiguous; first_index() is 1 on a new log.
-class LogStore {
- public:
-  virtual ~LogStore() = default;
-  // Appends entries (index must be last_index()+1 for the first, contiguous after; an entry
-  // whose index is <= last_index() replaces the tail from there: raft's truncate-and-append)
-  // and the hard state if given, in one WiredTiger transaction committed with sync=on.
-  virtual Status append(const std::vector<LogEntry>& entries,
-                        const HardState* hard_state = nullptr) = 0;
-  // Entries in [lo, hi), at most max_bytes of data (at least one entry if any). Errors:
-  // compacted (lo < first_index()), invalid_argument (hi > last_index() + 1).
-  virtual Result<std::vector<LogEntry>> entries(uint64_t lo, uint64_t hi,
-                                                size_t max_bytes = SIZE_MAX) = 0;
-  virtual uint64_t first_index() const = 0;
-  virtual uint64_t last_index() const = 0;
-  virtual HardState hard_state() const = 0;
-  // Drops entries below `index` (they are applied and covered by the state). Not synced.
-  // An index past last_index() + 1 empties the log: first_index() = index and
-  // last_index() = index - 1 (as after installing a snapshot).
-  virtual Status compact_prefix(uint64_t index) = 0;
-};
 
 // A read view for one thread. Every call reads one consistent WiredTiger snapshot.
 class Reader {
@@ -169,8 +134,6 @@ class Engine {
  public:
   virtual ~Engine() = default;
   virtual MvccStore& store() = 0;
-  // The old raft log (table raftlog); RaftStorage replaces it.
-  virtual LogStore& log() = 0;
   // The raft::LogStorage of this member (raft_storage.hpp).
   virtual RaftStorage& raft() = 0;
   virtual EngineStats stats() const = 0;

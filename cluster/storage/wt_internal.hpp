@@ -5,13 +5,11 @@
 // Tables (all key_format=u,value_format=u, with our own order-preserving key encodings):
 //   meta     "state" -> {revision, compact revision, applied index} (written by apply);
 //            "compaction" -> progress of physical compaction (written by the compactor);
-//            "hardstate", "log_first" (written by the log)
 //   history  be64(revision) be32(sub) -> Record with key: every event, for events() and
 //            reads at old revisions
 //   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
 //   current  raw user key -> Record without key: the live keys, for reads at the current
 //            revision (one cursor search per point read)
-//   raftlog  be64(index) -> varint(term) data (the old LogStore; replaced by raft_entries)
 //   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp,
 //            which also keeps its rows "raft_*" in meta)
 #include <wiredtiger.h>
@@ -305,7 +303,6 @@ struct Session {
   WT_CURSOR* index_aux = nullptr;
   WT_CURSOR* history = nullptr;
   WT_CURSOR* history_aux = nullptr;  // prev_kv lookups while `history` iterates
-  WT_CURSOR* raftlog = nullptr;
 
   Status open(WT_CONNECTION* conn);
   void close();

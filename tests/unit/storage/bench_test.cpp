@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "cluster/storage/raft_storage.hpp"
 #include "tests/unit/storage/helpers.hpp"
 
 namespace keel::storage {
@@ -72,23 +73,27 @@ TEST_CASE("bench: point reads, apply throughput, log append with sync", "[.bench
   std::printf("range scan: %lld keys in %.1f ms\n", static_cast<long long>(seen),
               std::chrono::duration<double, std::milli>(Clock::now() - t1).count());
 
-  // Log: one 256-byte entry per synced append, then batches of 100.
-  LogStore& log = s.engine->log();
+  // Raft log: one 256-byte entry per synced append, then batches of 100.
+  RaftStorage& log = s.engine->raft();
+  if (!log.initialized()) REQUIRE(log.bootstrap(raft::ConfState{{1}, {}}).ok());
   std::vector<double> us;
   uint64_t next = log.last_index() + 1;
+  auto entry = [&](uint64_t index) {
+    return raft::Entry{index, 1, raft::EntryType::normal, value};
+  };
   for (int i = 0; i < 500; i++) {
     auto t = Clock::now();
-    REQUIRE(log.append({LogEntry{next++, 1, value}}).ok());
+    log.append({entry(next++)});
     us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
   }
   std::printf("log append + sync, 1 entry: p50 %.0f us, p99 %.0f us\n", percentile_us(us, 0.5),
               percentile_us(us, 0.99));
   auto t2 = Clock::now();
   for (int i = 0; i < 100; i++) {
-    std::vector<LogEntry> batch;
+    std::vector<raft::Entry> batch;
     for (int j = 0; j < 100; j++)
-      batch.push_back(LogEntry{next++, 1, value});
-    REQUIRE(log.append(batch).ok());
+      batch.push_back(entry(next++));
+    log.append(batch);
   }
   double log_s = std::chrono::duration<double>(Clock::now() - t2).count();
   std::printf("log append + sync, batches of 100: %.0f entries/s\n", 10000 / log_s);
