@@ -87,7 +87,86 @@ class StoreImpl : public MvccStore {
             std::atomic<uint64_t>* applied_batches)
       : conn_(conn), options_(options), applied_batches_(applied_batches) {}
 
-  ~StoreImpl() override {
+  ~StoreImpl() override { stop_compactor(); }
+
+  Status open() {
+    // The state row names the generation of the state tables: read it before opening them.
+    State state;
+    {
+      WT_SESSION* session = nullptr;
+      int ret = conn_->open_session(conn_, nullptr, nullptr, &session);
+      if (ret != 0) return wt_error("open_session", ret);
+      WT_CURSOR* meta = nullptr;
+      ret = session->open_cursor(session, "table:meta", nullptr, nullptr, &meta);
+      if (ret == 0) {
+        set_key(meta, "state");
+        ret = meta->search(meta);
+        if (ret == 0) {
+          if (!decode_state(value_view(meta), &state)) ret = WT_ERROR;
+        } else if (ret == WT_NOTFOUND) {
+          ret = put_row(meta, "state", encode_state(state));
+        }
+        meta->close(meta);
+      }
+      if (ret == 0) ret = create_state_tables(session, state.generation);
+      session->close(session, nullptr);
+      if (ret == WT_ERROR)
+        return make_error(ErrorCode::internal, "corrupt state row in table meta");
+      if (ret != 0) return wt_error("open the state tables", ret);
+    }
+    // Leftovers of a crash mid-stream or mid-install.
+    if (drop_other_generations(conn_, state.generation) == 0) {
+      remove_orphan_files(options_.dir, state.generation);
+    }
+    if (auto st = s_.open(conn_, state.generation); !st) return st;
+    if (auto st = cs_.open(conn_, state.generation); !st) return st;
+    return load(state);
+  }
+
+  // Takes the in-memory copies from the tables (at open, and after an install).
+  Status load(const State& state) {
+    generation_ = state.generation;
+    next_sink_generation_ = std::max(next_sink_generation_, state.generation + 1);
+    revision_ = state.revision;
+    compact_revision_ = state.compact_revision;
+    applied_index_ = state.applied_index;
+    {
+      std::lock_guard lk(conf_mu_);
+      applied_conf_ = state.conf;
+      applied_members_.clear();
+      set_key(s_.meta, "members");
+      int ret = s_.meta->search(s_.meta);
+      if (ret == 0) {
+        std::string_view v = value_view(s_.meta);
+        applied_members_.assign(v.data(), v.size());
+      } else if (ret != WT_NOTFOUND) {
+        return wt_error("read meta members", ret);
+      }
+      s_.meta->reset(s_.meta);
+    }
+    std::lock_guard lk(mu_);
+    target_ = state.compact_revision;
+    done_ = 0;
+    resume_key_.clear();
+    set_key(s_.meta, "compaction");
+    int ret = s_.meta->search(s_.meta);
+    if (ret == 0) {
+      CompactionRow row;
+      if (!decode_compaction(value_view(s_.meta), &row)) {
+        return make_error(ErrorCode::internal, "corrupt compaction row in table meta");
+      }
+      done_ = row.done;
+      if (row.target == target_) resume_key_ = std::move(row.resume);
+    } else if (ret != WT_NOTFOUND) {
+      return wt_error("read meta compaction", ret);
+    }
+    s_.meta->reset(s_.meta);
+    stop_ = false;
+    compactor_ = std::thread([this] { compactor_loop(); });
+    return ok_status();
+  }
+
+  void stop_compactor() {
     {
       std::lock_guard lk(mu_);
       stop_ = true;
@@ -96,54 +175,44 @@ class StoreImpl : public MvccStore {
     if (compactor_.joinable()) compactor_.join();
   }
 
-  Status open() {
-    if (auto st = s_.open(conn_); !st) return st;
-    if (auto st = cs_.open(conn_); !st) return st;
-    State state;
-    set_key(s_.meta, "state");
-    int ret = s_.meta->search(s_.meta);
-    if (ret == 0) {
-      if (!decode_state(value_view(s_.meta), &state)) {
-        return make_error(ErrorCode::internal, "corrupt state row in table meta");
-      }
-    } else if (ret == WT_NOTFOUND) {
-      ret = put_row(s_.meta, "state", encode_state(state));
-      if (ret != 0) return wt_error("write meta state", ret);
-    } else {
-      return wt_error("read meta state", ret);
-    }
-    s_.meta->reset(s_.meta);
-    revision_ = state.revision;
-    compact_revision_ = state.compact_revision;
-    applied_index_ = state.applied_index;
-    applied_conf_ = state.conf;
-    set_key(s_.meta, "members");
-    ret = s_.meta->search(s_.meta);
-    if (ret == 0) {
-      std::string_view v = value_view(s_.meta);
-      applied_members_.assign(v.data(), v.size());
-    } else if (ret != WT_NOTFOUND) {
-      return wt_error("read meta members", ret);
-    }
-    s_.meta->reset(s_.meta);
+  Result<std::unique_ptr<SnapshotSource>> snapshot_source() override {
+    return make_snapshot_source(conn_);
+  }
 
-    target_ = state.compact_revision;
-    set_key(s_.meta, "compaction");
-    ret = s_.meta->search(s_.meta);
-    if (ret == 0) {
-      std::string_view v = value_view(s_.meta);
-      uint64_t t = 0, d = 0;
-      if (!get_varint(&v, &t) || !get_varint(&v, &d)) {
-        return make_error(ErrorCode::internal, "corrupt compaction row in table meta");
-      }
-      done_ = static_cast<int64_t>(d);
-      if (static_cast<int64_t>(t) == target_) resume_key_.assign(v.data(), v.size());
-    } else if (ret != WT_NOTFOUND) {
-      return wt_error("read meta compaction", ret);
-    }
-    s_.meta->reset(s_.meta);
-    compactor_ = std::thread([this] { compactor_loop(); });
+  Result<std::unique_ptr<SnapshotSink>> snapshot_sink() override {
+    auto sink = make_snapshot_sink(conn_, next_sink_generation_++);
+    if (!sink) return std::move(sink).error();
+    return std::unique_ptr<SnapshotSink>(std::move(sink).value());
+  }
+
+  Status install(SnapshotSink& sink,
+                 const std::function<void(const MetaRows& rows)>& commit) override {
+    auto* staged = dynamic_cast<StagedSnapshot*>(&sink);
+    KEEL_ASSERT(staged != nullptr && staged->finished(), "install of an unfinished sink");
+    KEEL_ASSERT(staged->state().applied_index > applied_index_.load(),
+                "install of a snapshot that is not newer than the applied state");
+    // The compactor writes its progress row; it must not outlive the switch.
+    stop_compactor();
+    commit(staged->install_rows());  // the switch: one synced transaction (or abort)
+    staged->installed();
+    s_.close();
+    cs_.close();
+    const State state = staged->state();
+    auto opened = s_.open(conn_, state.generation);
+    if (opened) opened = cs_.open(conn_, state.generation);
+    // The switch is durable: a store that cannot follow it cannot go on in-process.
+    KEEL_ASSERT(opened.ok(), "cannot open the installed snapshot's tables");
+    if (auto st = load(state); !st) return st;
+    retired_pending_ = true;
+    drop_retired();
     return ok_status();
+  }
+
+  size_t drop_retired() override {
+    if (!retired_pending_) return 0;
+    size_t left = drop_other_generations(conn_, generation_.load());
+    retired_pending_ = left > 0;
+    return left;
   }
 
   using MvccStore::apply;
@@ -162,7 +231,11 @@ class StoreImpl : public MvccStore {
     for (;;) {
       std::vector<Result<CommandResult>> results;
       results.reserve(entries.size());
-      State state{revision_.load(), compact_revision_.load(), applied_index_.load(), {}};
+      State state{revision_.load(),
+                  compact_revision_.load(),
+                  applied_index_.load(),
+                  {},
+                  generation_.load()};
       {
         std::lock_guard lk(conf_mu_);
         state.conf = conf != nullptr ? *conf : applied_conf_;
@@ -230,7 +303,7 @@ class StoreImpl : public MvccStore {
   int64_t compact_revision() const override { return compact_revision_.load(); }
 
   std::unique_ptr<Reader> reader() override {
-    auto r = make_reader(conn_);
+    auto r = make_reader(conn_, generation_.load());
     KEEL_ASSERT(r.ok(), "cannot open a WiredTiger session for a reader (session_max?)");
     return std::move(r).value();
   }
@@ -559,7 +632,10 @@ class StoreImpl : public MvccStore {
   std::atomic<int64_t> revision_{1};
   std::atomic<int64_t> compact_revision_{0};
   std::atomic<uint64_t> applied_index_{0};
-  mutable std::mutex conf_mu_;  // applied_conf_ is read from any thread
+  std::atomic<uint64_t> generation_{0};  // of the state tables (wt_internal.hpp)
+  uint64_t next_sink_generation_ = 1;    // node thread
+  bool retired_pending_ = false;         // node thread: replaced tables left to drop
+  mutable std::mutex conf_mu_;           // applied_conf_ is read from any thread
   raft::ConfState applied_conf_;
   std::string applied_members_;  // the node's member list (opaque here), meta row "members"
 

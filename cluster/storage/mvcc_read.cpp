@@ -322,7 +322,10 @@ namespace {
 
 class ReaderImpl : public Reader {
  public:
-  Status open(WT_CONNECTION* conn) { return s_.open(conn); }
+  Status open(WT_CONNECTION* conn, uint64_t generation) {
+    conn_ = conn;
+    return s_.open(conn, generation);
+  }
 
   Result<RangeResponse> range(const RangeRequest& request, size_t max_response_bytes,
                               bool skip_count) override {
@@ -346,19 +349,30 @@ class ReaderImpl : public Reader {
   }
 
  private:
+  // Begins a read transaction on the live generation: if a snapshot install switched
+  // generations since the last read, the cursors move to the new tables first.
   Result<State> begin() {
-    int ret = s_.session->begin_transaction(s_.session, nullptr);
-    if (ret != 0) return wt_error("begin_transaction", ret);
-    set_key(s_.meta, "state");
-    ret = s_.meta->search(s_.meta);
-    if (ret != 0) {
+    for (;;) {
+      if (s_.session == nullptr) {
+        return make_error(ErrorCode::internal,
+                          "reader session lost while following a snapshot install");
+      }
+      int ret = s_.session->begin_transaction(s_.session, nullptr);
+      if (ret != 0) return wt_error("begin_transaction", ret);
+      set_key(s_.meta, "state");
+      ret = s_.meta->search(s_.meta);
+      if (ret != 0) {
+        end();
+        return wt_error("read meta state", ret);
+      }
+      State st;
+      KEEL_ASSERT(decode_state(value_view(s_.meta), &st), "corrupt meta state");
+      s_.meta->reset(s_.meta);
+      if (st.generation == s_.generation) return st;
       end();
-      return wt_error("read meta state", ret);
+      s_.close();
+      if (auto o = s_.open(conn_, st.generation); !o) return std::move(o).error();
     }
-    State st;
-    KEEL_ASSERT(decode_state(value_view(s_.meta), &st), "corrupt meta state");
-    s_.meta->reset(s_.meta);
-    return st;
   }
   void end() { s_.session->rollback_transaction(s_.session, nullptr); }
 
@@ -437,14 +451,15 @@ class ReaderImpl : public Reader {
     return to;
   }
 
+  WT_CONNECTION* conn_ = nullptr;
   Session s_;
 };
 
 }  // namespace
 
-Result<std::unique_ptr<Reader>> make_reader(WT_CONNECTION* conn) {
+Result<std::unique_ptr<Reader>> make_reader(WT_CONNECTION* conn, uint64_t generation) {
   auto r = std::make_unique<ReaderImpl>();
-  auto st = r->open(conn);
+  auto st = r->open(conn, generation);
   if (!st) return std::move(st).error();
   return std::unique_ptr<Reader>(std::move(r));
 }

@@ -18,11 +18,16 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "cluster/model/kv_types.hpp"
 #include "cluster/raft/types.hpp"
+
+namespace keel::raft {
+struct Ready;
+}
 
 namespace keel::storage {
 
@@ -80,6 +85,46 @@ class Reader {
                                  const std::function<bool(const Event&)>& visit) = 0;
 };
 
+// What a snapshot holds, from the state it copies.
+struct SnapshotInfo {
+  uint64_t applied_index = 0;
+  raft::ConfState conf;  // as of applied_index
+  int64_t revision = 0;
+  std::string members;  // the applied_members() blob
+};
+
+// A consistent read of the whole state machine (one WiredTiger snapshot: the state at one
+// applied index) as a stream of chunks, for a member that needs a snapshot. Holds that
+// WiredTiger snapshot open until destroyed, so old versions stay pinned while it lives.
+// Used by one thread. Memory: one chunk.
+class SnapshotSource {
+ public:
+  virtual ~SnapshotSource() = default;
+  virtual const SnapshotInfo& info() const = 0;
+  // Replaces *chunk with the next rows, about max_bytes of them (at least one row). Returns
+  // false once the stream is exhausted: *chunk is then empty. Errors: internal.
+  virtual Result<bool> next(size_t max_bytes, std::string* chunk) = 0;
+  virtual uint64_t bytes() const = 0;  // chunk bytes returned so far
+};
+
+// Receives a SnapshotSource's chunks, in order, into tables of a new generation that nothing
+// reads until MvccStore::install. Destroying a sink that was not installed drops them.
+// Used by the thread that installs (the node thread). Memory: one chunk.
+class SnapshotSink {
+ public:
+  virtual ~SnapshotSink() = default;
+  // Stores one chunk in one WiredTiger transaction (not synced: install's commit is).
+  // Errors: invalid_argument naming what is malformed (the stream must be abandoned: a
+  // peer's bytes never reach the tables unchecked), internal.
+  virtual Status add(std::string_view chunk) = 0;
+  // After the last chunk. Errors: invalid_argument when the stream carried no state row.
+  virtual Result<SnapshotInfo> finish() = 0;
+  virtual uint64_t bytes() const = 0;  // chunk bytes stored so far
+};
+
+// The meta rows a snapshot install writes, in the caller's synced transaction.
+using MetaRows = std::vector<std::pair<std::string, std::string>>;
+
 class MvccStore {
  public:
   virtual ~MvccStore() = default;
@@ -128,6 +173,22 @@ class MvccStore {
   // Whether wait_compaction_idle() would return at once. Never blocks (the agent checks it
   // on its event loop instead of parking a thread in wait_compaction_idle()).
   virtual bool compaction_idle() = 0;
+
+  // ---- snapshots (streamed; see SnapshotSource / SnapshotSink) ---------------------------
+  virtual Result<std::unique_ptr<SnapshotSource>> snapshot_source() = 0;
+  // A new sink; at most one lives at a time (destroy the old one first).
+  virtual Result<std::unique_ptr<SnapshotSink>> snapshot_sink() = 0;
+  // Makes a finished sink's state the store's: commit(rows) must write `rows` to table:meta
+  // in ONE transaction committed with sync (Engine::install_snapshot passes the Raft log's,
+  // so the log's snapshot record and the switch of state are one atomic step; a crash
+  // leaves the old state or the new, never a mix). Readers on other threads move to the
+  // new state at their next call. Node thread only; no apply() runs concurrently.
+  virtual Status install(SnapshotSink& sink,
+                         const std::function<void(const MetaRows& rows)>& commit) = 0;
+  // Drops the tables of replaced generations that a reader held at install time (each
+  // reader lets go at its next call). Cheap when there are none; the node calls it now
+  // and then. Returns the number of generations still waiting.
+  virtual size_t drop_retired() = 0;
 };
 
 class Engine {
@@ -136,6 +197,9 @@ class Engine {
   virtual MvccStore& store() = 0;
   // The raft::LogStorage of this member (raft_storage.hpp).
   virtual RaftStorage& raft() = 0;
+  // Installs a finished sink whose SnapshotInfo matches rd.snapshot (asserted) and persists
+  // rd (RaftStorage::persist) in the same synced transaction.
+  virtual Status install_snapshot(SnapshotSink& sink, const raft::Ready& rd) = 0;
   virtual EngineStats stats() const = 0;
   virtual const std::string& dir() const = 0;
 };

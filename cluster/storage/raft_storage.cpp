@@ -297,8 +297,15 @@ void RaftStorage::write_hard_state(const raft::HardState& hs) {
 }
 
 void RaftStorage::persist(const raft::Ready& rd) {
-  if (!rd.snapshot && rd.entries.empty() && !rd.hard_state) return;
+  persist(rd, {});
+}
+
+void RaftStorage::persist(const raft::Ready& rd,
+                          const std::vector<std::pair<std::string, std::string>>& meta_rows) {
+  if (!rd.snapshot && rd.entries.empty() && !rd.hard_state && meta_rows.empty()) return;
   begin();
+  for (const auto& [key, value] : meta_rows)
+    check(wt::put_row(meta_cursor_, key, value), "write a state row of a snapshot install");
   if (rd.snapshot) {
     write_snapshot(*rd.snapshot);
     snap_ = rd.snapshot;

@@ -80,6 +80,10 @@ class RaftStorage final : public raft::LogStorage {
   // (replaces the whole log), then rd.entries (truncate-and-append), then rd.hard_state.
   // Does nothing if the Ready carries none of them.
   void persist(const raft::Ready& rd);
+  // The same, also writing `meta_rows` to table:meta in that transaction (a snapshot
+  // install's switch of state, MvccStore::install).
+  void persist(const raft::Ready& rd,
+               const std::vector<std::pair<std::string, std::string>>& meta_rows);
 
   // ---- life cycle -------------------------------------------------------------------------
   // True once bootstrap() ran or anything was persisted (a joining member that received a

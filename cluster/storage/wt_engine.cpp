@@ -6,6 +6,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
+#include <string_view>
+#include <vector>
 
 #include "cluster/storage/raft_storage.hpp"
 #include "cluster/storage/wt_internal.hpp"
@@ -25,13 +28,17 @@ int on_wt_message(WT_EVENT_HANDLER*, WT_SESSION*, const char* message) {
 }
 WT_EVENT_HANDLER event_handler = {on_wt_error, on_wt_message, nullptr, nullptr};
 
+// The state tables are created by the store, for its generation (create_state_tables).
 // (Data directories written before RaftStorage also hold an unused table:raftlog.)
-constexpr const char* kTables[] = {"table:meta", "table:current", "table:index", "table:history",
-                                   "table:raft_entries"};
+constexpr const char* kTables[] = {"table:meta", "table:raft_entries"};
 
 }  // namespace
 
-Status Session::open(WT_CONNECTION* conn) {
+Status Session::open(WT_CONNECTION* conn, uint64_t gen) {
+  generation = gen;
+  const std::string current_uri = table_uri(StateTable::current, gen);
+  const std::string index_uri = table_uri(StateTable::index, gen);
+  const std::string history_uri = table_uri(StateTable::history, gen);
   int ret = conn->open_session(conn, &event_handler, "isolation=snapshot", &session);
   if (ret != 0) {
     session = nullptr;
@@ -40,10 +47,13 @@ Status Session::open(WT_CONNECTION* conn) {
   struct {
     WT_CURSOR** cursor;
     const char* uri;
-  } cursors[] = {{&meta, "table:meta"},           {&current, "table:current"},
-                 {&current_aux, "table:current"}, {&index, "table:index"},
-                 {&index_aux, "table:index"},     {&history, "table:history"},
-                 {&history_aux, "table:history"}};
+  } cursors[] = {{&meta, "table:meta"},
+                 {&current, current_uri.c_str()},
+                 {&current_aux, current_uri.c_str()},
+                 {&index, index_uri.c_str()},
+                 {&index_aux, index_uri.c_str()},
+                 {&history, history_uri.c_str()},
+                 {&history_aux, history_uri.c_str()}};
   for (auto& c : cursors) {
     ret = session->open_cursor(session, c.uri, nullptr, nullptr, c.cursor);
     if (ret != 0) {
@@ -57,6 +67,78 @@ Status Session::open(WT_CONNECTION* conn) {
 void Session::close() {
   if (session != nullptr) session->close(session, nullptr);  // closes its cursors
   session = nullptr;
+  meta = current = current_aux = index = index_aux = history = history_aux = nullptr;
+}
+
+int create_state_tables(WT_SESSION* session, uint64_t generation) {
+  for (StateTable t : kStateTables) {
+    int ret = session->create(session, table_uri(t, generation).c_str(), kTableConfig);
+    if (ret != 0) return ret;
+  }
+  return 0;
+}
+
+namespace {
+// The generation in a state table's name after `base` ("" -> 0, "_g12" -> 12); nullopt if
+// it is not one of ours. `rest` may carry a suffix such as ".wt" or ".wt.1" when `files`.
+std::optional<uint64_t> generation_of(std::string_view rest, bool files) {
+  if (files) {
+    size_t dot = rest.find('.');
+    if (dot == std::string_view::npos || rest.substr(dot, 3) != ".wt") return std::nullopt;
+    rest = rest.substr(0, dot);
+  }
+  if (rest.empty()) return 0;
+  if (rest.size() < 3 || rest.substr(0, 2) != "_g") return std::nullopt;
+  uint64_t gen = 0;
+  for (char ch : rest.substr(2)) {
+    if (ch < '0' || ch > '9') return std::nullopt;
+    gen = gen * 10 + static_cast<uint64_t>(ch - '0');
+  }
+  return gen;
+}
+}  // namespace
+
+void remove_orphan_files(const std::string& dir, uint64_t live) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    for (StateTable t : kStateTables) {
+      std::string_view base = std::string_view(table_base(t)).substr(6);  // past "table:"
+      if (name.compare(0, base.size(), base) != 0) continue;
+      auto gen = generation_of(std::string_view(name).substr(base.size()), true);
+      if (gen && *gen != live && *gen != 0) std::filesystem::remove(entry.path(), ec);
+    }
+  }
+}
+
+size_t drop_other_generations(WT_CONNECTION* conn, uint64_t live) {
+  WT_SESSION* session = nullptr;
+  if (conn->open_session(conn, &event_handler, nullptr, &session) != 0) return 1;
+  // Every state table of another generation, from WiredTiger's metadata.
+  std::vector<std::string> doomed;
+  WT_CURSOR* c = nullptr;
+  if (session->open_cursor(session, "metadata:", nullptr, nullptr, &c) == 0) {
+    while (c->next(c) == 0) {
+      const char* key = nullptr;
+      if (c->get_key(c, &key) != 0 || key == nullptr) continue;
+      std::string_view k(key);
+      for (StateTable t : kStateTables) {
+        std::string_view base = table_base(t);
+        if (k.substr(0, base.size()) != base) continue;
+        auto gen = generation_of(k.substr(base.size()), false);
+        if (gen && *gen != live) doomed.emplace_back(k);
+      }
+    }
+    c->close(c);
+  }
+  size_t left = 0;
+  for (const auto& uri : doomed) {
+    // A table a cursor still holds gives EBUSY; it goes at a later call.
+    int ret = session->drop(session, uri.c_str(), "force=true");
+    if (ret != 0) left++;
+  }
+  session->close(session, nullptr);
+  return left;
 }
 
 namespace {
@@ -107,6 +189,15 @@ class EngineImpl : public Engine {
 
   MvccStore& store() override { return *store_; }
   RaftStorage& raft() override { return *raft_; }
+  Status install_snapshot(SnapshotSink& sink, const raft::Ready& rd) override {
+    KEEL_ASSERT(rd.snapshot != nullptr, "install_snapshot without a snapshot in the Ready");
+    auto* staged = dynamic_cast<wt::StagedSnapshot*>(&sink);
+    KEEL_ASSERT(staged != nullptr && staged->finished() &&
+                    staged->state().applied_index == rd.snapshot->meta.index &&
+                    staged->state().conf == rd.snapshot->meta.conf,
+                "install_snapshot: the sink's state is not the Ready's snapshot");
+    return store_->install(sink, [&](const MetaRows& rows) { raft_->persist(rd, rows); });
+  }
   EngineStats stats() const override {
     return EngineStats{log_syncs_.load(), log_entries_.load(), applied_batches_.load()};
   }

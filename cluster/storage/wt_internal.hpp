@@ -3,7 +3,8 @@
 // mvcc_read.cpp. Not part of the storage interface.
 //
 // Tables (all key_format=u,value_format=u, with our own order-preserving key encodings):
-//   meta     "state" -> {revision, compact revision, applied index} (written by apply);
+//   meta     "state" -> {revision, compact revision, applied index, configuration,
+//            generation} (written by apply); "members" -> the node's member list (apply);
 //            "compaction" -> progress of physical compaction (written by the compactor);
 //   history  be64(revision) be32(sub) -> Record with key: every event, for events() and
 //            reads at old revisions
@@ -12,6 +13,12 @@
 //            revision (one cursor search per point read)
 //   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp,
 //            which also keeps its rows "raft_*" in meta)
+//
+// Generations: history, index and current are the state machine's tables. A snapshot
+// install (snapshot.cpp) writes them anew as generation g+1 ("table:current_g1", ...;
+// generation 0 has the plain names) and switches every reader to them by one write of the
+// state row, which names the live generation. Tables of other generations are dropped once
+// no cursor holds them.
 #include <wiredtiger.h>
 
 #include <atomic>
@@ -28,6 +35,28 @@
 namespace keel::storage::wt {
 
 constexpr const char* kTableConfig = "key_format=u,value_format=u";
+
+enum class StateTable : uint8_t { current = 1, index = 2, history = 3 };
+inline constexpr StateTable kStateTables[] = {StateTable::current, StateTable::index,
+                                              StateTable::history};
+inline const char* table_base(StateTable t) {
+  switch (t) {
+    case StateTable::current:
+      return "table:current";
+    case StateTable::index:
+      return "table:index";
+    case StateTable::history:
+      return "table:history";
+  }
+  return "";
+}
+inline std::string table_uri(StateTable t, uint64_t generation) {
+  std::string uri = table_base(t);
+  if (generation != 0) uri += "_g" + std::to_string(generation);
+  return uri;
+}
+// The meta rows that belong to the state machine: a snapshot copies them with the tables.
+inline constexpr const char* kStateMetaRows[] = {"state", "members", "compaction"};
 
 inline Error wt_error(const char* what, int ret) {
   return make_error(ErrorCode::internal,
@@ -221,11 +250,13 @@ inline KeyValue record_kv(Record&& r) {
 
 // The "state" row of meta: what apply() changes atomically with the data. The applied
 // configuration was added later: a row without it decodes with an empty one.
+// The generation ('g' varint) was added after that; a row without it is generation 0.
 struct State {
   int64_t revision = 1;
   int64_t compact_revision = 0;
   uint64_t applied_index = 0;
-  raft::ConfState conf;  // the raft configuration as of applied_index
+  raft::ConfState conf;     // the raft configuration as of applied_index
+  uint64_t generation = 0;  // of the state machine's tables (see "Generations" above)
 };
 inline std::string encode_state(const State& s) {
   std::string out;
@@ -233,6 +264,10 @@ inline std::string encode_state(const State& s) {
   put_varint(out, static_cast<uint64_t>(s.compact_revision));
   put_varint(out, s.applied_index);
   put_conf(out, s.conf);
+  if (s.generation != 0) {
+    out.push_back('g');
+    put_varint(out, s.generation);
+  }
   return out;
 }
 inline bool decode_state(std::string_view in, State* s) {
@@ -242,7 +277,12 @@ inline bool decode_state(std::string_view in, State* s) {
   s->compact_revision = static_cast<int64_t>(b);
   s->applied_index = c;
   s->conf = raft::ConfState{};
-  if (!in.empty() && (!get_conf(&in, &s->conf) || !in.empty())) return false;
+  s->generation = 0;
+  if (!in.empty() && !get_conf(&in, &s->conf)) return false;
+  if (in.empty()) return true;
+  if (in.front() != 'g') return false;
+  in.remove_prefix(1);
+  if (!get_varint(&in, &s->generation) || !in.empty()) return false;
   return true;
 }
 
@@ -292,9 +332,11 @@ inline int remove_row(WT_CURSOR* c, std::string_view k) {
   return ret == WT_NOTFOUND ? 0 : ret;
 }
 
-// One WiredTiger session (isolation=snapshot) with its cursors, opened once and reused:
-// opening cursors per call is slow. Used by one thread at a time.
+// One WiredTiger session (isolation=snapshot) with its cursors on one generation of the
+// state tables, opened once and reused: opening cursors per call is slow. Used by one
+// thread at a time.
 struct Session {
+  uint64_t generation = 0;
   WT_SESSION* session = nullptr;
   WT_CURSOR* meta = nullptr;
   WT_CURSOR* current = nullptr;
@@ -304,7 +346,7 @@ struct Session {
   WT_CURSOR* history = nullptr;
   WT_CURSOR* history_aux = nullptr;  // prev_kv lookups while `history` iterates
 
-  Status open(WT_CONNECTION* conn);
+  Status open(WT_CONNECTION* conn, uint64_t generation);
   void close();
   ~Session() { close(); }
 };
@@ -332,8 +374,54 @@ int for_each_current(Session& s, std::string_view start, std::string_view end,
 Result<std::unique_ptr<MvccStore>> make_store(WT_CONNECTION* conn, const EngineOptions& options,
                                               std::atomic<uint64_t>* applied_batches);
 
-// A Reader on its own session of `conn`.
-Result<std::unique_ptr<Reader>> make_reader(WT_CONNECTION* conn);
+// A Reader on its own session of `conn`, first on `generation` (it follows the state row).
+Result<std::unique_ptr<Reader>> make_reader(WT_CONNECTION* conn, uint64_t generation);
+
+// ---- snapshots (snapshot.cpp) ----
+
+// Chunk rows: u8 tag, varint key length, key, varint value length, value. Tag 0 is a meta
+// row (kStateMetaRows), the others a StateTable.
+inline constexpr uint8_t kMetaTag = 0;
+
+// The storage side of a sink: what MvccStore::install needs.
+class StagedSnapshot : public SnapshotSink {
+ public:
+  virtual uint64_t generation() const = 0;
+  virtual bool finished() const = 0;
+  // After finish(): the state row (generation set), members and compaction rows to write.
+  virtual MetaRows install_rows() const = 0;
+  virtual const State& state() const = 0;
+  // Install committed: closes the sink's session and keeps its tables (they are live now).
+  virtual void installed() = 0;
+};
+Result<std::unique_ptr<StagedSnapshot>> make_snapshot_sink(WT_CONNECTION* conn,
+                                                           uint64_t generation);
+Result<std::unique_ptr<SnapshotSource>> make_snapshot_source(WT_CONNECTION* conn);
+
+// The "compaction" meta row: varint(target) varint(done) resume key. False if malformed.
+struct CompactionRow {
+  int64_t target = 0;
+  int64_t done = 0;
+  std::string resume;
+};
+inline bool decode_compaction(std::string_view v, CompactionRow* out) {
+  uint64_t t = 0, d = 0;
+  if (!get_varint(&v, &t) || !get_varint(&v, &d)) return false;
+  out->target = static_cast<int64_t>(t);
+  out->done = static_cast<int64_t>(d);
+  out->resume.assign(v.data(), v.size());
+  return true;
+}
+
+// Creates the state tables of `generation` if missing. Returns 0 or a WiredTiger error.
+int create_state_tables(WT_SESSION* session, uint64_t generation);
+// Drops the state tables of every generation but `live` that no cursor holds (the rest stay
+// for a later call). Returns how many generations are left to drop.
+size_t drop_other_generations(WT_CONNECTION* conn, uint64_t live);
+// Deletes files of state tables of other generations than `live` in `dir` that WiredTiger
+// does not know (a crash after a sink created its files but before the creation was
+// durable). Only right after drop_other_generations(live) returned 0, before any sink.
+void remove_orphan_files(const std::string& dir, uint64_t live);
 
 // Reads the live record of `key` from `current`; false if the key does not exist.
 Result<bool> read_current(Session& s, std::string_view key, Record* out);
