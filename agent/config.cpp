@@ -122,6 +122,14 @@ Result<node::NodeOptions> node_options(const Config& c) {
   o.leader_wait_ms = c.leader_wait_ms;
   o.request_timeout_ms = c.request_timeout_ms;
   o.log_retain_entries = c.log_retain_entries;
+  if (c.snapshot_chunk_bytes + 1024 > o.max_peer_frame_bytes) {
+    return make_error(ErrorCode::invalid_argument,
+                      "raft.snapshot_chunk_bytes must be below the peer frame limit (" +
+                          std::to_string(o.max_peer_frame_bytes - 1024) + " bytes)");
+  }
+  o.snapshot_chunk_bytes = c.snapshot_chunk_bytes;
+  o.snapshot_window_chunks = c.snapshot_window_chunks;
+  o.snapshot_timeout_ms = c.snapshot_timeout_ms;
   return o;
 }
 
@@ -230,6 +238,12 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
       {"raft.max_uncommitted_bytes",
        size_setter("raft.max_uncommitted_bytes", c.max_uncommitted_bytes, 0)},
       {"raft.log_retain_entries", size_setter("raft.log_retain_entries", c.log_retain_entries, 1)},
+      {"raft.snapshot_chunk_bytes",
+       size_setter("raft.snapshot_chunk_bytes", c.snapshot_chunk_bytes, 4096)},
+      {"raft.snapshot_window_chunks",
+       size_setter("raft.snapshot_window_chunks", c.snapshot_window_chunks, 1)},
+      {"raft.snapshot_timeout_ms",
+       size_setter("raft.snapshot_timeout_ms", c.snapshot_timeout_ms, 100)},
   };
   const std::map<std::string, bool> tables = {
       {"limits", true}, {"storage", true}, {"watch", true}, {"cluster", true}, {"raft", true}};

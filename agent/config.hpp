@@ -46,6 +46,9 @@ struct Config {
   size_t max_pending_bytes = 64 << 20;
   uint64_t max_uncommitted_bytes = 64 << 20;
   uint64_t log_retain_entries = 100000;
+  size_t snapshot_chunk_bytes = 1 << 20;
+  size_t snapshot_window_chunks = 4;
+  uint32_t snapshot_timeout_ms = 10000;
 
   std::string effective_socket_path() const;
 };

@@ -154,7 +154,31 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   bool transfer_started = false;
   uint64_t stat_readies = 0, stat_proposals = 0, stat_syncs = 0;
   Clock::time_point last_snap_warning{};
-  std::vector<NodeId> snaps_refused;
+  bool conf_unrecorded = false;  // the store has no configuration yet: record it at next apply
+
+  // ---- snapshots (node thread; see "Snapshots" below) ----
+  struct OutgoingSnapshot {
+    uint64_t transfer = 0;
+    std::unique_ptr<storage::SnapshotSource> source;
+    raft::Message snap;      // goes out once every chunk is acknowledged
+    uint64_t sent = 0;       // chunks sent
+    uint64_t acked = 0;      // chunks acknowledged
+    bool exhausted = false;  // the last chunk is sent
+    Clock::time_point started, progress;
+  };
+  struct IncomingSnapshot {
+    NodeId from = 0;
+    uint64_t transfer = 0;
+    uint64_t next_seq = 0;
+    std::unique_ptr<storage::SnapshotSink> sink;
+    std::optional<storage::SnapshotInfo> info;  // set once the last chunk is stored
+    Clock::time_point started, progress;
+  };
+  std::map<NodeId, OutgoingSnapshot> snaps_out;
+  std::optional<IncomingSnapshot> snap_in;
+  std::vector<std::pair<NodeId, bool>> snap_reports;  // for the core, outside a Ready cycle
+  uint64_t next_transfer = 1;
+  uint64_t stat_snapshots_sent = 0, stat_snapshots_installed = 0;
 
   // ---- bootstrap -------------------------------------------------------------------------
   Status open() {
@@ -213,8 +237,17 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     }
     applied = store.applied_index();
     applied_conf = store.applied_conf();
+    if (applied_conf.voters.empty() && applied_conf.learners.empty()) {
+      // Nothing applied recorded a configuration yet (no membership change so far): the
+      // bootstrap configuration, then the changes up to the applied index. The first apply
+      // records it, so that a snapshot of this state carries it.
+      applied_conf = log.snapshot()->meta.conf;
+      replay_conf(log.snapshot()->meta.index + 1, applied);
+      conf_unrecorded = true;
+    }
     // Members added by entries above the applied index (appended, not yet applied).
     scan_appended(applied + 1);
+    next_transfer = mix64(nonce_seed()) & 0xffffffffffffull;
 
     std::random_device rd;
     nonce = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ mix64(opt.id);
@@ -231,6 +264,29 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     update_members_roles();
     publish_status();
     return ok_status();
+  }
+
+  static uint64_t nonce_seed() {
+    std::random_device rd;
+    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }
+
+  // applied_conf after the configuration entries in [from, to] (those still in the log).
+  void replay_conf(uint64_t from, uint64_t to) {
+    if (from < log.first_index()) from = log.first_index();
+    to = std::min(to, log.last_index());
+    while (from <= to) {
+      std::vector<raft::Entry> ents;
+      log.entries(from, to + 1, 4 << 20, &ents);
+      for (const auto& e : ents) {
+        if (e.type != raft::EntryType::conf_change) continue;
+        raft::ConfChange cc;
+        raft::ConfState result;
+        bool has = false;
+        if (raft::decode_conf_change(e.data, &cc, &result, &has) && has) applied_conf = result;
+      }
+      from = ents.back().index + 1;
+    }
   }
 
   void scan_appended(uint64_t from) {
@@ -305,6 +361,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       if (ec) return;
       raw->tick();
       expire(Clock::now());
+      expire_snapshots(Clock::now());
       pump();
       if (stop_requested) check_stop();
       if (work) schedule_tick();
@@ -638,6 +695,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     s.readies = stat_readies;
     s.proposals = stat_proposals;
     s.log_syncs = stat_syncs;
+    s.snapshots_sent = stat_snapshots_sent;
+    s.snapshots_installed = stat_snapshots_installed;
     return s;
   }
 
@@ -693,21 +752,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   // ---- transport::Handler --------------------------------------------------------------
   void on_message(raft::Message m) override {
     if (removed) return;
-    if (m.type == raft::MessageType::snap) {
-      // Snapshot state transfer is not wired yet (the leader sends one only to a member
-      // behind its retained log, raft.log_retain_entries). Installing the metadata without
-      // the state would corrupt this replica, so the snapshot is refused; the leader retries.
-      const auto now = Clock::now();
-      if (now - last_snap_warning > std::chrono::seconds(10)) {
-        last_snap_warning = now;
-        spdlog::error(
-            "member {:x} sent a snapshot at index {}; snapshot installation is not "
-            "supported yet, so this member cannot catch up past the leader's "
-            "retained log",
-            m.from, m.snapshot ? m.snapshot->meta.index : 0);
-      }
-      return;
-    }
+    if (m.type == raft::MessageType::snap) return on_snapshot_message(std::move(m));
     raw->step(std::move(m));
     pump();
   }
@@ -737,6 +782,20 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         own->timer->cancel();
         finish_query(std::move(own));
       }
+    } else if (kind == wire::AppKind::snapshot_chunk) {
+      wire::SnapshotChunk c;
+      if (!wire::decode_snapshot_chunk(payload, &c)) {
+        spdlog::warn("malformed snapshot chunk from member {:x}; ignored", from);
+        return;
+      }
+      on_snapshot_chunk(from, c);
+    } else if (kind == wire::AppKind::snapshot_ack) {
+      wire::SnapshotAck a;
+      if (!wire::decode_snapshot_ack(payload, &a)) {
+        spdlog::warn("malformed snapshot acknowledgement from member {:x}; ignored", from);
+        return;
+      }
+      on_snapshot_ack(from, a);
     } else if (kind == wire::AppKind::removed_notice) {
       uint64_t who = 0;
       if (!wire::decode_removed_notice(payload, &who) || who != opt.id || removed) return;
@@ -753,7 +812,18 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
 
   // ---- raft::ReadyHandler --------------------------------------------------------------
   bool persist(const raft::Ready& rd) override {
-    log.persist(rd);  // one WiredTiger transaction, synced; aborts on an I/O failure
+    if (rd.snapshot) {
+      // on_snapshot_message steps a snapshot only when its streamed state is complete.
+      KEEL_ASSERT(
+          snap_in && snap_in->info && snap_in->info->applied_index == rd.snapshot->meta.index,
+          "a snapshot Ready without its streamed state");
+      // The state switch and the log's snapshot record: one synced transaction.
+      auto st = engine.install_snapshot(*snap_in->sink, rd);
+      KEEL_ASSERT(st.ok(), "snapshot install failed after its commit (restart recovers)");
+      installed_snapshot(*rd.snapshot);
+    } else {
+      log.persist(rd);  // one WiredTiger transaction, synced; aborts on an I/O failure
+    }
     stat_syncs++;
     for (const auto& e : rd.entries)
       note_conf_entry(e);
@@ -761,17 +831,19 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   }
 
   bool send(std::vector<raft::Message>& messages) override {
-    for (const auto& m : messages) {
-      // See on_message: the receiver refuses snapshots; tell the core at once so it probes
-      // again later instead of waiting on a transfer that cannot finish.
-      if (m.type == raft::MessageType::snap) snaps_refused.push_back(m.to);
-    }
+    // Snapshot messages start (or join) a stream of the state; the message itself follows
+    // the last acknowledged chunk.
+    auto snap = std::stable_partition(messages.begin(), messages.end(), [](const raft::Message& m) {
+      return m.type != raft::MessageType::snap;
+    });
+    for (auto it = snap; it != messages.end(); ++it)
+      start_snapshot(std::move(*it));
+    messages.erase(snap, messages.end());
     if (!messages.empty()) transport->send(messages);
     return true;
   }
 
   bool apply(const raft::Ready& rd) override {
-    KEEL_ASSERT(!rd.snapshot, "snapshots are refused in on_message until installation exists");
     for (const auto& rs : rd.read_states) {
       auto it = reads_inflight.find(rs.context);
       if (it == reads_inflight.end()) continue;
@@ -779,6 +851,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         reads_released.emplace(rs.index, std::move(w));
       reads_inflight.erase(it);
     }
+    if (rd.snapshot && on_applied) on_applied(store.current_revision());
     if (!rd.committed_entries.empty()) apply_entries(rd.committed_entries);
     release_reads();
     return true;
@@ -786,10 +859,212 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
 
   bool advanced() override {
     stat_readies++;
-    for (NodeId to : snaps_refused)
-      raw->report_snapshot(to, false);
-    snaps_refused.clear();
     return true;
+  }
+
+  // ---- Snapshots -------------------------------------------------------------------------
+  // A member behind the leader's retained log (raft.log_retain_entries) gets the state
+  // machine streamed: the core's snap message starts a transfer; the leader reads one
+  // WiredTiger snapshot of its state (storage::SnapshotSource, at its applied index, whose
+  // term and configuration replace the core's snapshot metadata) and sends it in app
+  // messages of snapshot_chunk_bytes, at most snapshot_window_chunks unacknowledged. The
+  // receiver checks and stores each chunk in staging tables (storage::SnapshotSink) and
+  // acknowledges it. After the last acknowledgement the leader sends the snap message; the
+  // receiver steps it only if its staged state is complete and matches the metadata, and
+  // the Ready that carries the snapshot installs the staged state in the same synced
+  // transaction as the log's snapshot record. A transfer that makes no progress for
+  // snapshot_timeout_ms, or that either side refuses, is abandoned; the core retries.
+
+  void start_snapshot(raft::Message m) {
+    const NodeId to = m.to;
+    if (snaps_out.count(to)) return;  // a transfer to `to` is already running
+    auto fail = [&](const std::string& why) {
+      spdlog::error("cannot send a snapshot to member {:x}: {}", to, why);
+      snap_reports.emplace_back(to, false);
+    };
+    auto src = store.snapshot_source();
+    if (!src) return fail(src.error().message);
+    const storage::SnapshotInfo& info = (*src)->info();
+    auto term = log.term(info.applied_index);
+    if (!term)
+      return fail("the term of applied index " + std::to_string(info.applied_index) +
+                  " is compacted");
+    if (info.conf.voters.empty()) return fail("the applied state records no configuration");
+    auto snap = std::make_shared<raft::Snapshot>();
+    snap->meta.index = info.applied_index;
+    snap->meta.term = *term;
+    snap->meta.conf = info.conf;
+    m.snapshot = std::move(snap);
+    OutgoingSnapshot o;
+    o.transfer = next_transfer++;
+    o.source = std::move(src).value();
+    o.snap = std::move(m);
+    o.started = o.progress = Clock::now();
+    spdlog::info("sending member {:x} a snapshot at index {} (revision {})", to, info.applied_index,
+                 info.revision);
+    snaps_out.emplace(to, std::move(o));
+    pump_snapshot(to);
+  }
+
+  // Sends chunks while the window has room.
+  void pump_snapshot(NodeId to) {
+    auto it = snaps_out.find(to);
+    if (it == snaps_out.end()) return;
+    OutgoingSnapshot& o = it->second;
+    std::string chunk;
+    while (!o.exhausted && o.sent - o.acked < std::max<size_t>(1, opt.snapshot_window_chunks)) {
+      auto more = o.source->next(opt.snapshot_chunk_bytes, &chunk);
+      if (!more) return abort_snapshot(to, more.error().message);
+      const bool last = !*more;
+      if (!transport->send_app(to, wire::encode_snapshot_chunk(o.transfer, o.sent, last, chunk))) {
+        return abort_snapshot(to, "the peer's send queue refused a chunk (unreachable?)");
+      }
+      o.sent++;
+      o.exhausted = last;
+    }
+  }
+
+  void abort_snapshot(NodeId to, const std::string& why) {
+    spdlog::warn("snapshot transfer to member {:x} abandoned: {}", to, why);
+    snaps_out.erase(to);
+    snap_reports.emplace_back(to, false);
+  }
+
+  void on_snapshot_ack(NodeId from, const wire::SnapshotAck& a) {
+    auto it = snaps_out.find(from);
+    if (it == snaps_out.end() || it->second.transfer != a.transfer) return;  // an old one
+    OutgoingSnapshot& o = it->second;
+    if (!a.ok) return abort_snapshot(from, "member refused it: " + a.reason);
+    if (a.seq != o.acked || a.seq >= o.sent) return;  // duplicate or out of order: ignore
+    o.acked++;
+    o.progress = Clock::now();
+    if (o.exhausted && o.acked == o.sent) {
+      const auto secs = std::chrono::duration<double>(o.progress - o.started).count();
+      spdlog::info("snapshot at index {} sent to member {:x}: {} chunks, {} bytes in {:.2f} s",
+                   o.snap.snapshot->meta.index, from, o.sent, o.source->bytes(), secs);
+      std::vector<raft::Message> msg;
+      msg.push_back(std::move(o.snap));
+      snaps_out.erase(it);
+      stat_snapshots_sent++;
+      transport->send(msg);
+      snap_reports.emplace_back(from, true);
+      pump();
+      return;
+    }
+    pump_snapshot(from);
+  }
+
+  void on_snapshot_chunk(NodeId from, const wire::SnapshotChunk& c) {
+    auto answer = [&](bool ok, const std::string& reason) {
+      transport->send_app(from, wire::encode_snapshot_ack({c.transfer, c.seq, ok, reason}));
+    };
+    auto refuse = [&](const std::string& reason) {
+      spdlog::warn("snapshot chunk {} of transfer {:x} from member {:x} refused: {}", c.seq,
+                   c.transfer, from, reason);
+      if (snap_in && snap_in->from == from && snap_in->transfer == c.transfer) snap_in.reset();
+      answer(false, reason);
+    };
+    const auto now = Clock::now();
+    if (!snap_in || snap_in->from != from || snap_in->transfer != c.transfer) {
+      if (c.seq != 0) return refuse("not the first chunk of a transfer this member knows");
+      if (raw->role() == raft::Role::leader) return refuse("this member is the leader");
+      snap_in.reset();  // a newer transfer replaces an unfinished one (its tables go)
+      auto sink = store.snapshot_sink();
+      if (!sink) return refuse(sink.error().message);
+      snap_in =
+          IncomingSnapshot{from, c.transfer, 0, std::move(sink).value(), std::nullopt, now, now};
+      spdlog::info("receiving a snapshot from member {:x}", from);
+    }
+    if (c.seq != snap_in->next_seq || snap_in->info) return refuse("chunk out of order");
+    if (auto st = snap_in->sink->add(c.data); !st) return refuse(st.error().message);
+    snap_in->next_seq++;
+    snap_in->progress = now;
+    if (c.last) {
+      auto info = snap_in->sink->finish();
+      if (!info) return refuse(info.error().message);
+      spdlog::info("snapshot from member {:x} stored: index {}, revision {}, {} bytes", from,
+                   info->applied_index, info->revision, snap_in->sink->bytes());
+      snap_in->info = std::move(info).value();
+    }
+    answer(true, "");
+  }
+
+  void on_snapshot_message(raft::Message m) {
+    const bool ready = snap_in && snap_in->info && snap_in->from == m.from && m.snapshot &&
+                       snap_in->info->applied_index == m.snapshot->meta.index &&
+                       snap_in->info->conf == m.snapshot->meta.conf;
+    if (!ready) {
+      const auto now = Clock::now();
+      if (now - last_snap_warning > std::chrono::seconds(10)) {
+        last_snap_warning = now;
+        spdlog::warn(
+            "snapshot message from member {:x} at index {} without its streamed state; "
+            "ignored",
+            m.from, m.snapshot ? m.snapshot->meta.index : 0);
+      }
+      return;
+    }
+    raw->step(std::move(m));
+    pump();  // the Ready carrying the snapshot installs it (persist)
+    // The core did not need it (it already had those entries): the staged state goes.
+    snap_in.reset();
+  }
+
+  // After the install: this member's view of applied state and membership is the snapshot's.
+  void installed_snapshot(const raft::Snapshot& snap) {
+    const auto secs = std::chrono::duration<double>(Clock::now() - snap_in->started).count();
+    spdlog::info("installed the snapshot at index {} from member {:x} ({} bytes, {:.2f} s)",
+                 snap.meta.index, snap_in->from, snap_in->sink->bytes(), secs);
+    snap_in.reset();
+    stat_snapshots_installed++;
+    applied = snap.meta.index;
+    applied_conf = snap.meta.conf;
+    conf_unrecorded = false;
+    std::vector<Member> stored;
+    if (wire::decode_members(store.applied_members(), &stored)) {
+      std::map<NodeId, Member> next;
+      for (auto& m : stored)
+        next[m.id] = m;
+      for (const auto& [id, m] : members) {
+        if (!next.count(id) && id != opt.id && transport) transport->remove_peer(id);
+      }
+      members = std::move(next);
+      for (const auto& [id, m] : members) {
+        if (id != opt.id && transport && !m.peer_address.empty())
+          transport->set_peer(id, m.peer_address);
+      }
+    } else {
+      spdlog::error("the installed snapshot's member list does not decode; keeping the old one");
+    }
+    // Forwarded writes whose entries the snapshot covers can no longer be matched: they end
+    // as outcome_unknown at their deadline, which is the truth.
+    update_members_roles();
+  }
+
+  void expire_snapshots(Clock::time_point now) {
+    const auto timeout = std::chrono::milliseconds(opt.snapshot_timeout_ms);
+    if (raw->role() != raft::Role::leader && !snaps_out.empty()) snaps_out.clear();
+    for (auto it = snaps_out.begin(); it != snaps_out.end();) {
+      auto next = std::next(it);
+      if (now - it->second.progress > timeout) {
+        abort_snapshot(it->first, "no acknowledgement within " +
+                                      std::to_string(opt.snapshot_timeout_ms) +
+                                      " ms (raft.snapshot_timeout_ms)");
+      }
+      it = next;
+    }
+    if (snap_in && now - snap_in->progress > timeout) {
+      spdlog::warn("snapshot transfer from member {:x} stalled; its staged state is dropped",
+                   snap_in->from);
+      snap_in.reset();
+    }
+    store.drop_retired();
+  }
+
+  void report_snapshots() {
+    for (const auto& [to, ok] : snap_reports)
+      raw->report_snapshot(to, ok);
+    snap_reports.clear();
   }
 
   struct Decoded {
@@ -830,9 +1105,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     for (const auto& d : decoded)
       batch.emplace_back(d.index, &d.command);
     std::string members_blob;
-    if (conf_changed) members_blob = wire::encode_members(member_list_applied());
-    auto results = store.apply(batch, last, conf_changed ? &applied_conf : nullptr,
-                               conf_changed ? &members_blob : nullptr);
+    const bool record_conf = conf_changed || conf_unrecorded;
+    if (record_conf) members_blob = wire::encode_members(member_list_applied());
+    auto results = store.apply(batch, last, record_conf ? &applied_conf : nullptr,
+                               record_conf ? &members_blob : nullptr);
+    conf_unrecorded = false;
     KEEL_ASSERT(results.size() == batch.size(), "apply returned a result per command");
     applied = last;
     for (size_t i = 0; i < decoded.size(); ++i) {
@@ -964,7 +1241,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       return;
     }
     issue_reads();
-    for (int round = 0; round < 16 && raw->has_ready(); ++round) {
+    for (int round = 0; round < 16 && (raw->has_ready() || !snap_reports.empty()); ++round) {
+      report_snapshots();
       raft::drive_ready(*raw, *this);
       if (raw->leader() != soft.lead || raw->role() != soft.role) {
         const bool leader_appeared = raw->leader() != raft::kNoNode && soft.lead != raw->leader();
@@ -979,7 +1257,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         }
       }
     }
-    if (raw->has_ready()) asio::post(io, [this] { pump(); });
+    if (raw->has_ready() || !snap_reports.empty()) asio::post(io, [this] { pump(); });
     publish_status();
   }
 

@@ -74,6 +74,12 @@ struct NodeOptions {
   // Applied entries kept before the log prefix is dropped. A member further behind than this
   // needs a snapshot.
   uint64_t log_retain_entries = 100000;
+  // Streamed snapshots (for a member behind the retained log): chunk size, chunks in flight
+  // (sent, not yet acknowledged) and how long a transfer may make no progress before it is
+  // abandoned (the leader starts a new one later). Memory per transfer: the window's chunks.
+  size_t snapshot_chunk_bytes = 1 << 20;
+  size_t snapshot_window_chunks = 4;
+  uint32_t snapshot_timeout_ms = 10000;
 };
 
 struct NodeStatus {
@@ -92,6 +98,8 @@ struct NodeStatus {
   uint64_t readies = 0;
   uint64_t proposals = 0;
   uint64_t log_syncs = 0;
+  uint64_t snapshots_sent = 0;       // streams completed as sender
+  uint64_t snapshots_installed = 0;  // streams installed as receiver
 };
 
 using Completion = std::function<void(Result<storage::CommandResult>)>;

@@ -173,6 +173,8 @@ std::optional<AppKind> app_kind(std::string_view data) {
   if (k == 1) return AppKind::status_request;
   if (k == 2) return AppKind::status_response;
   if (k == 3) return AppKind::removed_notice;
+  if (k == 4) return AppKind::snapshot_chunk;
+  if (k == 5) return AppKind::snapshot_ack;
   return std::nullopt;
 }
 
@@ -203,6 +205,50 @@ bool decode_status_response(std::string_view data, uint64_t* seq, NodeStatus* s)
          r.u64(&s->applied_index) && r.u64(&s->last_index) && r.i64(&s->revision) &&
          r.members(&s->members) && r.u64(&s->readies) && r.u64(&s->proposals) &&
          r.u64(&s->log_syncs) && r.done();
+}
+
+std::string encode_snapshot_chunk(uint64_t transfer, uint64_t seq, bool last,
+                                  std::string_view data) {
+  std::string out;
+  out.reserve(18 + data.size());
+  out.push_back(static_cast<char>(AppKind::snapshot_chunk));
+  put_u64(&out, transfer);
+  put_u64(&out, seq);
+  out.push_back(last ? 1 : 0);
+  out.append(data);
+  return out;
+}
+
+bool decode_snapshot_chunk(std::string_view payload, SnapshotChunk* out) {
+  if (app_kind(payload) != AppKind::snapshot_chunk) return false;
+  Reader r(payload.substr(1));
+  uint8_t last = 0;
+  if (!r.u64(&out->transfer) || !r.u64(&out->seq) || !r.byte(&last) || last > 1) return false;
+  out->last = last == 1;
+  out->data = payload.substr(1 + 8 + 8 + 1);
+  return true;
+}
+
+std::string encode_snapshot_ack(const SnapshotAck& ack) {
+  std::string out;
+  out.push_back(static_cast<char>(AppKind::snapshot_ack));
+  put_u64(&out, ack.transfer);
+  put_u64(&out, ack.seq);
+  out.push_back(ack.ok ? 1 : 0);
+  put_str(&out, ack.reason);
+  return out;
+}
+
+bool decode_snapshot_ack(std::string_view payload, SnapshotAck* out) {
+  if (app_kind(payload) != AppKind::snapshot_ack) return false;
+  Reader r(payload.substr(1));
+  uint8_t ok = 0;
+  if (!r.u64(&out->transfer) || !r.u64(&out->seq) || !r.byte(&ok) || ok > 1 ||
+      !r.str(&out->reason) || !r.done()) {
+    return false;
+  }
+  out->ok = ok == 1;
+  return true;
 }
 
 }  // namespace keel::node::wire

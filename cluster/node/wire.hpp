@@ -35,13 +35,40 @@ std::string encode_members(const std::vector<Member>& members);
 bool decode_members(std::string_view data, std::vector<Member>* members);
 
 // App messages between nodes.
-enum class AppKind : uint8_t { status_request = 1, status_response = 2, removed_notice = 3 };
+enum class AppKind : uint8_t {
+  status_request = 1,
+  status_response = 2,
+  removed_notice = 3,
+  snapshot_chunk = 4,
+  snapshot_ack = 5,
+};
 // Sent by a member that applied the removal of `member` to it: a removed member no longer
 // receives the log, so it would never apply its own removal.
 std::string encode_removed_notice(uint64_t member);
 bool decode_removed_notice(std::string_view data, uint64_t* member);
 std::string encode_status_request(uint64_t seq);
 std::string encode_status_response(uint64_t seq, const NodeStatus& status);
+// Streamed snapshots (node.cpp, "Snapshots"): the leader sends the state in chunks numbered
+// from 0 within one transfer; the receiver answers each stored chunk with an ack (or a
+// refusal that ends the transfer). `last` marks the end of the stream (its data may be empty).
+struct SnapshotChunk {
+  uint64_t transfer = 0;
+  uint64_t seq = 0;
+  bool last = false;
+  std::string_view data;  // a view into the decoded payload
+};
+std::string encode_snapshot_chunk(uint64_t transfer, uint64_t seq, bool last,
+                                  std::string_view data);
+bool decode_snapshot_chunk(std::string_view payload, SnapshotChunk* out);
+struct SnapshotAck {
+  uint64_t transfer = 0;
+  uint64_t seq = 0;
+  bool ok = false;
+  std::string reason;  // when refused
+};
+std::string encode_snapshot_ack(const SnapshotAck& ack);
+bool decode_snapshot_ack(std::string_view payload, SnapshotAck* out);
+
 // Kind of an app message; nullopt if unknown or empty.
 std::optional<AppKind> app_kind(std::string_view data);
 bool decode_status_request(std::string_view data, uint64_t* seq);

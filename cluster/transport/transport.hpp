@@ -14,12 +14,9 @@
 // through on_unreachable) and redials after an exponential backoff with jitter
 // (backoff_min_ms doubling up to backoff_max_ms, then uniformly in [d/2, d]).
 //
-// Snapshots: a snap message carries its data inline today. Streamed snapshots (not built yet)
-// slot in as the reserved SnapshotChunk / SnapshotChunkAck frames (capnp/peer.capnp): the
-// sender would pull chunks from a Handler-provided source and keep one chunk in flight, the
-// receiver would push them to a Handler-provided sink and answer each with an ack on the same
-// connection (which already has a read loop on the dialling side), delivering the snap message
-// to on_message only after the sink's finish() succeeded.
+// Snapshots: the node streams the state as app messages (chunks, each acknowledged by an
+// app message back; cluster/node/node.cpp, "Snapshots"), so the queues' bounds and batching
+// apply to them too; the snap Raft message itself carries only metadata.
 #include <asio/io_context.hpp>
 
 #include <cstddef>

@@ -9,11 +9,13 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <thread>
 
 #include "cluster/node/node.hpp"
 #include "cluster/node/wire.hpp"
+#include "cluster/storage/raft_storage.hpp"
 
 using namespace keel;
 using namespace keel::storage;
@@ -102,7 +104,7 @@ struct Cluster {
   std::vector<std::unique_ptr<node::Node>> nodes;
   std::vector<node::NodeOptions> options;
 
-  explicit Cluster(int n) {
+  explicit Cluster(int n, const std::function<void(node::NodeOptions&)>& tweak = {}) {
     const uint64_t cid = node::cluster_id_of("three");
     for (int i = 0; i < n; ++i) {
       std::string name = "m" + std::to_string(i);
@@ -120,6 +122,7 @@ struct Cluster {
       o.election_ticks = 10;
       o.leader_wait_ms = 2000;
       o.request_timeout_ms = 3000;
+      if (tweak) tweak(o);
       options.push_back(o);
       engines.push_back(open_at(root.path / o.name));
       auto node = node::Node::open(*engines.back(), o);
@@ -392,6 +395,102 @@ TEST_CASE("three members: add a learner, promote it, remove an old voter",
   // The new voter serves writes.
   REQUIRE(propose_wait(**joined, put("after", "change")).ok());
   (*joined)->stop();
+}
+
+// A short retained log and small chunks: catching up needs a snapshot of many chunks.
+void snapshot_options(node::NodeOptions& o) {
+  o.log_retain_entries = 20;
+  o.snapshot_chunk_bytes = 4096;
+  o.snapshot_window_chunks = 2;
+}
+
+std::string value_of(Engine& e, const std::string& key) {
+  RangeRequest q;
+  q.key = key;
+  auto r = e.store().reader()->range(q, 1 << 20);
+  REQUIRE(r.ok());
+  return r->kvs.empty() ? "<none>" : r->kvs[0].value;
+}
+
+TEST_CASE("three members: members behind the compacted log catch up by a streamed snapshot",
+          "[node][cluster][snapshot]") {
+  Cluster c(3, snapshot_options);
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  // A follower goes down; the others move far past the retained log.
+  const int down = (l + 1) % 3;
+  c.nodes[down]->stop();
+  c.nodes[down].reset();
+  const std::string value(200, 'v');
+  for (int i = 0; i < 300; i++)
+    REQUIRE(
+        propose_wait(*c.nodes[l], put("k" + std::to_string(i), value + std::to_string(i))).ok());
+  REQUIRE(c.engines[l]->raft().first_index() > 100);  // the prefix is compacted
+
+  // A new member joins as a learner: it starts from nothing, far behind the log.
+  node::NodeOptions o = c.options[0];
+  o.name = "m3";
+  o.id = node::member_id_of(o.cluster_id, o.name);
+  o.listen_peer = "127.0.0.1:" + std::to_string(free_port());
+  o.join_existing = true;
+  o.initial_members = c.members;
+  o.initial_members.push_back({o.id, o.name, o.listen_peer, false});
+  auto engine = open_at(c.root.path / "m3");
+  auto joined = node::Node::open(*engine, o);
+  REQUIRE(joined.ok());
+  REQUIRE((*joined)->start(nullptr).ok());
+  std::promise<Result<std::vector<node::Member>>> done;
+  auto fut = done.get_future();
+  c.nodes[l]->change_member(node::MemberChange::add_learner, "m3", o.listen_peer,
+                            [&](auto r) { done.set_value(std::move(r)); });
+  REQUIRE(fut.get().ok());
+  const int64_t rev = c.engines[l]->store().current_revision();
+  CHECK(eventually([&] { return engine->store().current_revision() >= rev; }, 20s));
+  CHECK(eventually([&] { return (*joined)->status().snapshots_installed >= 1; }));
+  CHECK(value_of(*engine, "k0") == value + "0");
+  CHECK(value_of(*engine, "k299") == value + "299");
+
+  // The stopped follower restarts and is caught up the same way.
+  c.nodes[down] = std::move(node::Node::open(*c.engines[down], c.options[down])).value();
+  REQUIRE(c.nodes[down]->start(nullptr).ok());
+  CHECK(eventually([&] { return c.engines[down]->store().current_revision() >= rev; }, 20s));
+  CHECK(eventually([&] { return c.nodes[down]->status().snapshots_installed >= 1; }));
+  CHECK(eventually([&] { return c.nodes[l]->status().snapshots_sent >= 2; }));
+
+  // Both keep applying the log after their snapshot, also across a restart.
+  REQUIRE(propose_wait(*c.nodes[l], put("after", "snapshot")).ok());
+  CHECK(eventually([&] { return value_of(*engine, "after") == "snapshot"; }));
+  CHECK(eventually([&] { return value_of(*c.engines[down], "after") == "snapshot"; }));
+  (*joined)->stop();
+  joined->reset();
+  engine.reset();
+  engine = open_at(c.root.path / "m3");
+  CHECK(value_of(*engine, "k150") == value + "150");
+  CHECK(value_of(*engine, "after") == "snapshot");
+  auto again = node::Node::open(*engine, o);
+  REQUIRE(again.ok());
+  REQUIRE((*again)->start(nullptr).ok());
+  REQUIRE(propose_wait(*c.nodes[l], put("after", "restart")).ok());
+  CHECK(eventually([&] { return value_of(*engine, "after") == "restart"; }));
+  (*again)->stop();
+}
+
+TEST_CASE("snapshot chunk and acknowledgement formats round-trip and reject bad input",
+          "[node][wire]") {
+  namespace w = node::wire;
+  auto chunk = w::encode_snapshot_chunk(5, 6, true, std::string("ab\0c", 4));
+  w::SnapshotChunk c;
+  REQUIRE(w::decode_snapshot_chunk(chunk, &c));
+  CHECK((c.transfer == 5 && c.seq == 6 && c.last && c.data == std::string("ab\0c", 4)));
+  CHECK_FALSE(w::decode_snapshot_chunk(chunk.substr(0, 10), &c));
+  chunk[17] = 2;  // the `last` flag out of range
+  CHECK_FALSE(w::decode_snapshot_chunk(chunk, &c));
+  auto ack = w::encode_snapshot_ack({1, 2, false, "why"});
+  w::SnapshotAck a;
+  REQUIRE(w::decode_snapshot_ack(ack, &a));
+  CHECK((a.transfer == 1 && a.seq == 2 && !a.ok && a.reason == "why"));
+  CHECK_FALSE(w::decode_snapshot_ack(ack + "x", &a));
+  CHECK_FALSE(w::decode_snapshot_ack(ack.substr(0, ack.size() - 1), &a));
 }
 
 TEST_CASE("node wire formats round-trip and reject truncated input", "[node][wire]") {
