@@ -80,10 +80,10 @@ Result<WatchHub::Added> WatchHub::add(const WatchSpec& spec, rpc::Watcher::Clien
     return make_error(ErrorCode::invalid_argument, "startRevision must not be negative");
   }
   int64_t compact = store_->compact_revision();
-  if (start != 0 && start <= compact) {
+  if (start != 0 && start < compact) {
     Error e = make_error(ErrorCode::compacted, "required revision " + std::to_string(start) +
                                                    " has been compacted; oldest available is " +
-                                                   std::to_string(compact + 1));
+                                                   std::to_string(compact));
     e.compact_revision = compact;
     return e;
   }

@@ -379,7 +379,9 @@ class ReaderImpl : public Reader {
   Result<int64_t> scan_events(const State& st, int64_t from, int64_t to, const Bounds& b,
                               bool prev_kv, size_t max_bytes,
                               const std::function<bool(const Event&)>& visit) {
-    if (st.compact_revision > 0 && from <= st.compact_revision) {
+    // From the compact revision itself is served (etcd's rule: clients resume from
+    // compact_revision): its surviving events are the newest versions at or below it.
+    if (st.compact_revision > 0 && from < st.compact_revision) {
       return compacted_error(from, st.compact_revision);
     }
     if (from < 1) from = 1;

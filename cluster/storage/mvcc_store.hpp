@@ -78,7 +78,7 @@ class Reader {
   // without matching events counts as fully visited, so the result advances to to_revision
   // (or current) when nothing more matches.
   // prev_kv: fill Event::prev_kv from history (absent if the key did not exist before or
-  // that version is compacted). Errors: compacted when from_revision <= compact revision
+  // that version is compacted). Errors: compacted when from_revision < compact revision
   // (Error::compact_revision set).
   virtual Result<int64_t> events(int64_t from_revision, int64_t to_revision, const std::string& key,
                                  const std::string& range_end, bool prev_kv, size_t max_bytes,
