@@ -69,6 +69,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     uint64_t term = 0;
     Clock::time_point deadline;
     size_t bytes = 0;
+    uint64_t forward_term = 0;  // forwarded to the leader of this term (0 = not forwarded)
   };
   struct Waiting {  // no leader known yet
     uint64_t seq;
@@ -152,7 +153,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   bool stop_requested = false;
   Clock::time_point stop_deadline;
   bool transfer_started = false;
-  uint64_t stat_readies = 0, stat_proposals = 0, stat_syncs = 0;
+  uint64_t stat_readies = 0, stat_proposals = 0;
   Clock::time_point last_snap_warning{};
   bool conf_unrecorded = false;  // the store has no configuration yet: record it at next apply
 
@@ -178,7 +179,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   std::optional<IncomingSnapshot> snap_in;
   std::vector<std::pair<NodeId, bool>> snap_reports;  // for the core, outside a Ready cycle
   uint64_t next_transfer = 1;
-  uint64_t stat_snapshots_sent = 0, stat_snapshots_installed = 0;
+  uint64_t stat_snapshots_sent = 0, stat_snapshots_installed = 0, stat_dropped_props = 0;
+  uint64_t applied_term = 0;  // term of the last applied entry
+  bool pump_posted = false;
 
   // ---- bootstrap -------------------------------------------------------------------------
   Status open() {
@@ -236,6 +239,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         members.emplace(m.id, m);
     }
     applied = store.applied_index();
+    applied_term = log.term(applied).value_or(log.snapshot()->meta.term);
     applied_conf = store.applied_conf();
     if (applied_conf.voters.empty() && applied_conf.learners.empty()) {
       // Nothing applied recorded a configuration yet (no membership change so far): the
@@ -459,8 +463,10 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         pending_by_index[r.index] = seq;
         return;
       case raft::ProposeStatus::forwarded:
-        pending[seq] = Pending{std::move(done), 0, 0,
-                               now + std::chrono::milliseconds(opt.request_timeout_ms), bytes};
+        // send() stamps the prop message with this same term (nothing runs in between).
+        pending[seq] = Pending{
+            std::move(done), 0,          0, now + std::chrono::milliseconds(opt.request_timeout_ms),
+            bytes,           raw->term()};
         return;
       case raft::ProposeStatus::dropped:
         if (raw->role() == raft::Role::leader && raw->transferee() == raft::kNoNode &&
@@ -694,7 +700,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     s.members = member_list();
     s.readies = stat_readies;
     s.proposals = stat_proposals;
-    s.log_syncs = stat_syncs;
+    s.log_syncs = engine.stats().log_syncs;
     s.snapshots_sent = stat_snapshots_sent;
     s.snapshots_installed = stat_snapshots_installed;
     return s;
@@ -753,8 +759,28 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   void on_message(raft::Message m) override {
     if (removed) return;
     if (m.type == raft::MessageType::snap) return on_snapshot_message(std::move(m));
+    if (m.type == raft::MessageType::prop &&
+        (raw->role() != raft::Role::leader || m.log_term != raw->term())) {
+      // Forwarded to the leader of term m.log_term, which this member is not (any more). It
+      // is dropped, never passed on or appended in a later term: the sender then knows that
+      // an entry of a later term applied before its write means the write never will be
+      // (see settle_forwarded).
+      stat_dropped_props++;
+      return;
+    }
     raw->step(std::move(m));
-    pump();
+    // One Ready for everything a batch frame carried (e.g. many forwarded proposals share
+    // the leader's fsync): the pump runs after the transport delivered the whole batch.
+    schedule_pump();
+  }
+
+  void schedule_pump() {
+    if (pump_posted) return;
+    pump_posted = true;
+    asio::post(io, [this] {
+      pump_posted = false;
+      pump();
+    });
   }
   void on_unreachable(NodeId peer) override { raw->report_unreachable(peer); }
   void on_app(NodeId from, std::string payload) override {
@@ -824,13 +850,15 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     } else {
       log.persist(rd);  // one WiredTiger transaction, synced; aborts on an I/O failure
     }
-    stat_syncs++;
     for (const auto& e : rd.entries)
       note_conf_entry(e);
     return true;
   }
 
   bool send(std::vector<raft::Message>& messages) override {
+    for (auto& m : messages) {
+      if (m.type == raft::MessageType::prop) m.log_term = raw->term();  // see on_message
+    }
     // Snapshot messages start (or join) a stream of the state; the message itself follows
     // the last acknowledged chunk.
     auto snap = std::stable_partition(messages.begin(), messages.end(), [](const raft::Message& m) {
@@ -1018,6 +1046,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     snap_in.reset();
     stat_snapshots_installed++;
     applied = snap.meta.index;
+    applied_term = std::max(applied_term, snap.meta.term);
+    settle_forwarded(snap.meta.term, true);
     applied_conf = snap.meta.conf;
     conf_unrecorded = false;
     std::vector<Member> stored;
@@ -1143,12 +1173,43 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
                err(ErrorCode::unavailable,
                    "leadership changed before the write committed; not applied, retry"));
     }
+    if (entries.back().term > applied_term) {
+      applied_term = entries.back().term;
+      settle_forwarded(applied_term, false);
+    }
     for (auto& [seq, fn] : conf_done)
       fn();
     if (on_applied) on_applied(store.current_revision());
     if (applied > log.first_index() + 2 * opt.log_retain_entries) {
       const uint64_t to = applied - opt.log_retain_entries;
       log.create_snapshot(applied, applied_conf, std::string(), to);
+    }
+  }
+
+  // A write forwarded to the leader of term t was appended in term t or never (on_message).
+  // Entries of term t sit below the first entry of any later term, so once this member
+  // applied an entry of a later term, a forwarded write of term t that it has not applied
+  // never will be: it failed, retryable. After a snapshot (`covered`) the entries it covers
+  // were never seen here, so such writes may have been applied: their outcome is unknown.
+  void settle_forwarded(uint64_t term, bool covered) {
+    for (auto it = pending.begin(); it != pending.end();) {
+      Pending& p = it->second;
+      const bool settled =
+          p.forward_term != 0 && (covered ? p.forward_term <= term : p.forward_term < term);
+      if (!settled) {
+        ++it;
+        continue;
+      }
+      auto done = std::move(p.done);
+      const size_t bytes = p.bytes;
+      it = pending.erase(it);
+      complete(std::move(done), bytes,
+               covered ? err(ErrorCode::outcome_unknown,
+                             "a snapshot replaced this member's state before the forwarded write "
+                             "was seen applied; it may or may not have been applied")
+                       : err(ErrorCode::unavailable,
+                             "leadership changed before the forwarded write reached the log; not "
+                             "applied, retry"));
     }
   }
 

@@ -303,6 +303,13 @@ void RaftStorage::persist(const raft::Ready& rd) {
 void RaftStorage::persist(const raft::Ready& rd,
                           const std::vector<std::pair<std::string, std::string>>& meta_rows) {
   if (!rd.snapshot && rd.entries.empty() && !rd.hard_state && meta_rows.empty()) return;
+  // etcd-io/raft's MustSync: entries, a snapshot, a new term or vote must be durable before
+  // anything of this Ready is sent; a commit index alone need not (it is re-learned from the
+  // leader). WiredTiger's journal is recovered as a prefix, so the applied state, written
+  // after this, can never be durable without it.
+  const bool sync = rd.snapshot || !rd.entries.empty() || !meta_rows.empty() ||
+                    (rd.hard_state && (rd.hard_state->term != hs_.term ||
+                                       rd.hard_state->vote != hs_.vote || !initialized_));
   begin();
   for (const auto& [key, value] : meta_rows)
     check(wt::put_row(meta_cursor_, key, value), "write a state row of a snapshot install");
@@ -313,7 +320,7 @@ void RaftStorage::persist(const raft::Ready& rd,
   write_entries(rd.entries);
   if (rd.hard_state) write_hard_state(*rd.hard_state);
   mark_initialized();
-  commit(true);
+  commit(sync);
 }
 
 void RaftStorage::set_hard_state(const raft::HardState& hs) {

@@ -16,11 +16,12 @@
 //
 // Durability: persist(), set_hard_state(), append(), apply_snapshot(), bootstrap() and
 // set_identity() commit one WiredTiger transaction each with sync=on (one fdatasync per
-// Ready). create_snapshot() commits without sync: WiredTiger's journal is replayed in order
-// on recovery, so if that commit survives a crash, every transaction committed before it on
-// this connection survives too -- in particular the (unsynced) MvccStore::apply batches that
-// the snapshot covers. A compaction can therefore never outlive the applied state it relies
-// on, as long as the node applies before it calls create_snapshot().
+// Ready) -- except a persist() whose Ready changes only the commit index, which is not
+// synced (etcd-io/raft's MustSync; see persist()). create_snapshot() commits without sync:
+// WiredTiger's journal is replayed in order on recovery, so if that commit survives a crash, every
+// transaction committed before it on this connection survives too -- in particular the (unsynced)
+// MvccStore::apply batches that the snapshot covers. A compaction can therefore never outlive the
+// applied state it relies on, as long as the node applies before it calls create_snapshot().
 //
 // Errors: a WiredTiger failure on the write path (a failed fsync, a full disk) leaves the
 // log in an unknown state and cannot be recovered from in-process. Every write and read
@@ -76,8 +77,9 @@ class RaftStorage final : public raft::LogStorage {
   void create_snapshot(uint64_t index, const raft::ConfState& conf, std::string data,
                        uint64_t compact_to) override;
 
-  // What one Ready asks to persist, in ONE transaction committed with sync=on: rd.snapshot
-  // (replaces the whole log), then rd.entries (truncate-and-append), then rd.hard_state.
+  // What one Ready asks to persist, in ONE transaction: rd.snapshot (replaces the whole
+  // log), then rd.entries (truncate-and-append), then rd.hard_state. Committed with sync=on
+  // unless only the commit index changed.
   // Does nothing if the Ready carries none of them.
   void persist(const raft::Ready& rd);
   // The same, also writing `meta_rows` to table:meta in that transaction (a snapshot
