@@ -326,6 +326,21 @@ done
 # ---- 1 + 8. replicated put, 100 clients; CPU of all members ---------------------------------
 # Twice: clients spread over all members (followers forward to the leader), then clients of
 # the leader only (etcd: benchmark --target-leader).
+# Runs a load generator, appending gen_cpu_s=S (its user + system CPU) to its key=value line.
+with_cpu() {
+  local tf out rc=0
+  tf="$(mktemp "$root/time.XXXXXX")"
+  exec 3>&2
+  out="$( { TIMEFORMAT='%U %S'; time "$@" 2>&3; } 2>"$tf")" || rc=$?
+  exec 3>&-
+  [ "$rc" = 0 ] || { rm -f "$tf"; return "$rc"; }
+  echo "$out gen_cpu_s=$(awk '{printf "%.2f", $1 + $2}' "$tf")"
+  rm -f "$tf"
+}
+busy() {  # a key=value line -> cores the generator kept busy (gen_cpu_s / secs)
+  awk -v c="$(field gen_cpu_s "$1")" -v s="$(field secs "$1")" \
+    'BEGIN {if (s + 0 > 0) printf "%.2f", c / s; else printf "-"}'
+}
 put_load() {  # sys target(all|leader) clients conns keyspace total
   local sys=$1 target=$2 n=$3 c=$4 ks=$5 total=$6 l
   if [ "$sys" = keel ]; then
@@ -334,12 +349,12 @@ put_load() {  # sys target(all|leader) clients conns keyspace total
       l="$(wait_leader keel)" || return 1
       socks="$(ksock "$l")"
     fi
-    "$kv_bench" --socket "$socks" --workload put --clients "$n" --conns "$c" --keys "$ks" \
-      --ops "$total"
+    with_cpu "$kv_bench" --socket "$socks" --workload put --clients "$n" --conns "$c" \
+      --keys "$ks" --ops "$total"
   else
     local tl=()
     [ "$target" = leader ] && tl=(--target-leader)
-    etcd_load "${tl[@]}" --conns="$c" --clients="$n" put --key-size=8 --sequential-keys \
+    with_cpu etcd_load "${tl[@]}" --conns="$c" --clients="$n" put --key-size=8 --sequential-keys \
       --key-space-size="$ks" --val-size=256 --total="$total"
   fi
 }
@@ -354,6 +369,7 @@ for target in all leader; do
     R[$sys.put100${target}_rate]=$(field rate "$out")
     R[$sys.put100${target}_p50]=$(field p50_us "$out")
     R[$sys.put100${target}_p99]=$(field p99_us "$out")
+    R[$sys.put100${target}_busy]=$(busy "$out")
     R[$sys.cpu_${target}]=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n=$put100_total \
       'BEGIN {printf "%.0f", t / hz / n * 1e6}')
     log "$sys: put x$clients via $target: $out; CPU $((c1 - c0)) ticks"
@@ -383,13 +399,14 @@ fi
 for mode in l s; do
   for sys in "${systems[@]}"; do
     if [ "$sys" = keel ]; then
-      out="$(keel_load --workload "get-$mode" --clients $clients --conns $conns --keys 1 \
+      out="$(with_cpu keel_load --workload "get-$mode" --clients $clients --conns $conns --keys 1 \
         --ops $get_total)" || die "keel get-$mode"
     else
-      out="$(etcd_load --conns=$conns --clients=$clients range k0000000 --consistency=$mode \
+      out="$(with_cpu etcd_load --conns=$conns --clients=$clients range k0000000 --consistency=$mode \
         --total=$get_total)" || die "etcd get-$mode"
     fi
     R[$sys.get${mode}_rate]=$(field rate "$out")
+    R[$sys.get${mode}_busy]=$(busy "$out")
     log "$sys: get ($mode) x$clients: $out"
   done
 done
@@ -442,7 +459,7 @@ ms() { awk -v v="$1" 'BEGIN {if (v == "-" || v == "") print "-"; else printf "%.
 met() {  # condition text -> "(met)" / "(missed)"
   if awk "BEGIN {exit !($1)}" 2>/dev/null; then echo "met"; else echo "MISSED"; fi
 }
-row() { printf '| %-50s | %12s | %12s | %6s | %-22s |\n' "$@"; }
+row() { printf '| %-50s | %19s | %19s | %6s | %-22s |\n' "$@"; }
 
 r_put=$(ratio put100all_rate)
 r_putl=$(ratio put100leader_rate)
@@ -461,7 +478,7 @@ echo "(1b, 2 and the fill before 7: to the leader only); gets read one key, k000
 echo "ratio = keel / etcd; (+) higher is better, (-) lower is better; only ratios within one run compare"
 echo
 row "figure" "etcd" "keel" "ratio" "target"
-row "--------------------------------------------------" "------------" "------------" "------" "----------------------"
+row "--------------------------------------------------" "-------------------" "-------------------" "------" "----------------------"
 row "1. put, $clients clients via all 3: ops/s (+)" "$(get etcd.put100all_rate)" "$(get keel.put100all_rate)" "$r_put" "$t_put"
 row "   p50 latency (ms) (-)" "$(ms "$(get etcd.put100all_p50)")" "$(ms "$(get keel.put100all_p50)")" "$(ratio put100all_p50)" ""
 row "   p99 latency (ms) (-)" "$(ms "$(get etcd.put100all_p99)")" "$(ms "$(get keel.put100all_p99)")" "$(ratio put100all_p99)" "$t_p99"
@@ -473,6 +490,8 @@ row "   throughput (ops/s) (+)" "$(get etcd.put1_rate)" "$(get keel.put1_rate)" 
 row "   fdatasync p50 of this disk (ms), 4 KiB" "$(ms "$(get etcd.fsync_p50)")" "$(ms "$(get keel.fsync_p50)")" "" "(probe before each)"
 row "3. linearizable get, $clients clients (ops/s) (+)" "$(get etcd.getl_rate)" "$(get keel.getl_rate)" "$(ratio getl_rate)" ""
 row "4. serializable get, $clients clients (ops/s) (+)" "$(get etcd.gets_rate)" "$(get keel.gets_rate)" "$(ratio gets_rate)" ""
+row "   load generator, cores busy in 1 / 1b / 3 / 4" "$(get etcd.put100all_busy)/$(get etcd.put100leader_busy)/$(get etcd.getl_busy)/$(get etcd.gets_busy)" \
+  "$(get keel.put100all_busy)/$(get keel.put100leader_busy)/$(get keel.getl_busy)/$(get keel.gets_busy)" "" "of 2 cores"
 row "5. kill -9 leader -> next put, median (ms) (-)" "$(get etcd.kill_med)" "$(get keel.kill_med)" "$(ratio kill_med)" "$trials trials"
 row "   worst (ms) (-)" "$(get etcd.kill_max)" "$(get keel.kill_max)" "$(ratio kill_max)" ""
 row "6. start 3 members -> first put (ms) (-)" "$(get etcd.start)" "$(get keel.start)" "$(ratio start)" ""
