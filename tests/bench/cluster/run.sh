@@ -337,6 +337,10 @@ with_cpu() {
   echo "$out gen_cpu_s=$(awk '{printf "%.2f", $1 + $2}' "$tf")"
   rm -f "$tf"
 }
+per_fsync() {  # a kv_bench put line -> puts per log fsync of the leader
+  awk -v n="$(field ops "$1")" -v f="$(field fsyncs "$1")" \
+    'BEGIN {if (f + 0 > 0) printf "%.1f", n / f; else printf "-"}'
+}
 busy() {  # a key=value line -> cores the generator kept busy (gen_cpu_s / secs)
   awk -v c="$(field gen_cpu_s "$1")" -v s="$(field secs "$1")" \
     'BEGIN {if (s + 0 > 0) printf "%.2f", c / s; else printf "-"}'
@@ -344,10 +348,12 @@ busy() {  # a key=value line -> cores the generator kept busy (gen_cpu_s / secs)
 put_load() {  # sys target(all|leader) clients conns keyspace total
   local sys=$1 target=$2 n=$3 c=$4 ks=$5 total=$6 l
   if [ "$sys" = keel ]; then
-    local socks="$keel_sockets"
-    if [ "$target" = leader ]; then
-      l="$(wait_leader keel)" || return 1
-      socks="$(ksock "$l")"
+    # The leader's socket first: kv_bench reports the log fsyncs of the first socket's member.
+    l="$(wait_leader keel)" || return 1
+    local socks
+    socks="$(ksock "$l")"
+    if [ "$target" = all ]; then
+      socks="$socks,$(ksock $(((l + 1) % 3))),$(ksock $(((l + 2) % 3)))"
     fi
     with_cpu "$kv_bench" --socket "$socks" --workload put --clients "$n" --conns "$c" \
       --keys "$ks" --ops "$total"
@@ -370,6 +376,7 @@ for target in all leader; do
     R[$sys.put100${target}_p50]=$(field p50_us "$out")
     R[$sys.put100${target}_p99]=$(field p99_us "$out")
     R[$sys.put100${target}_busy]=$(busy "$out")
+    R[$sys.put100${target}_perfsync]=$(per_fsync "$out")
     R[$sys.cpu_${target}]=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n=$put100_total \
       'BEGIN {printf "%.0f", t / hz / n * 1e6}')
     log "$sys: put x$clients via $target: $out; CPU $((c1 - c0)) ticks"
@@ -388,6 +395,7 @@ for sys in "${systems[@]}"; do
   fi
   R[$sys.put1_p50]=$(field p50_us "$out")
   R[$sys.put1_rate]=$(field rate "$out")
+  R[$sys.put1_perfsync]=$(per_fsync "$out")
   log "$sys: put x1: $out"
 done
 
@@ -488,6 +496,8 @@ row "   p99 latency (ms) (-)" "$(ms "$(get etcd.put100leader_p99)")" "$(ms "$(ge
 row "2. put, 1 client: p50 latency (ms) (-)" "$(ms "$(get etcd.put1_p50)")" "$(ms "$(get keel.put1_p50)")" "$(ratio put1_p50)" ""
 row "   throughput (ops/s) (+)" "$(get etcd.put1_rate)" "$(get keel.put1_rate)" "$(ratio put1_rate)" ""
 row "   fdatasync p50 of this disk (ms), 4 KiB" "$(ms "$(get etcd.fsync_p50)")" "$(ms "$(get keel.fsync_p50)")" "" "(probe before each)"
+row "   keel: puts per leader log fsync in 1 / 1b / 2" "" \
+  "$(get keel.put100all_perfsync)/$(get keel.put100leader_perfsync)/$(get keel.put1_perfsync)" "" "group commit"
 row "3. linearizable get, $clients clients (ops/s) (+)" "$(get etcd.getl_rate)" "$(get keel.getl_rate)" "$(ratio getl_rate)" ""
 row "4. serializable get, $clients clients (ops/s) (+)" "$(get etcd.gets_rate)" "$(get keel.gets_rate)" "$(ratio gets_rate)" ""
 row "   load generator, cores busy in 1 / 1b / 3 / 4" "$(get etcd.put100all_busy)/$(get etcd.put100leader_busy)/$(get etcd.getl_busy)/$(get etcd.gets_busy)" \

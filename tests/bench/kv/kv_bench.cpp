@@ -99,7 +99,8 @@ std::vector<std::string> split_commas(const std::string& s) {
       "  --only LIST    workloads to run, of put,get,watch (default all)\n"
       "  --smoke        a few hundred ops per workload; checks only that all succeed\n"
       "  --workload W   run only W and print one line of key=value figures (ops, errors, secs,\n"
-      "                 rate, p50_us, p99_us, p999_us): put (key n %% keys for the n-th put),\n"
+      "                 rate, p50_us, p99_us, p999_us; puts: fsyncs, the log syncs of the first\n"
+      "                 socket's member meanwhile): put (key n %% keys for the n-th put),\n"
       "                 get-l (linearizable point reads), get-s (serializable point reads);\n"
       "                 with several sockets the connections go to them in turn\n"
       "  --no-prefill   gets: do not put the key space first (it was written before)\n",
@@ -731,10 +732,13 @@ int run_workload(const Options& o) {
   double rate = r.secs > 0 ? static_cast<double>(r.ops) / r.secs : 0;
   std::printf(
       "workload=%s clients=%u conns=%u ops=%llu errors=%llu secs=%.3f rate=%.0f p50_us=%.1f "
-      "p99_us=%.1f p999_us=%.1f\n",
+      "p99_us=%.1f p999_us=%.1f",
       o.workload.c_str(), r.clients, r.conns, static_cast<unsigned long long>(r.ops),
       static_cast<unsigned long long>(r.errors), r.secs, rate, percentile_us(r.lat_ns, 0.50),
       percentile_us(r.lat_ns, 0.99), percentile_us(r.lat_ns, 0.999));
+  // Puts: the log fsyncs of the first socket's member meanwhile (group commit shows here).
+  if (r.fsyncs) std::printf(" fsyncs=%llu", static_cast<unsigned long long>(*r.fsyncs));
+  std::printf("\n");
   if (r.errors > 0) {
     std::fprintf(stderr, "kv_bench: %llu failed; first: %s\n",
                  static_cast<unsigned long long>(r.errors), r.first_error.c_str());
