@@ -10,6 +10,10 @@
 // says fewer) with one request outstanding; all clients share this process's single KJ event
 // loop, so the generator costs one core at most. It prints figures and asserts nothing about
 // them; it fails (exit 1) only when an operation fails.
+//
+// --workload put|get-l|get-s runs one workload only and prints one line of key=value figures,
+// for scripts (tests/bench/cluster/run.sh); --socket may then name several members' sockets,
+// the connections spread over them in turn.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -61,7 +65,21 @@ struct Options {
   uint64_t keys = 10000;
   bool smoke = false;
   std::string only = "put,get,watch";  // workloads to run
+  std::string workload;                // put | get-l | get-s: one workload, key=value output
+  bool prefill = true;                 // --no-prefill: gets find what earlier puts left
 };
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    if (comma == std::string::npos) comma = s.size();
+    if (comma > start) out.push_back(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
 
 [[noreturn]] void usage(const char* argv0, const char* why) {
   if (why) std::fprintf(stderr, "kv_bench: %s\n", why);
@@ -69,6 +87,8 @@ struct Options {
       stderr,
       "usage: %s [--socket PATH] [--keeld PATH] [--seconds S | --ops N] [--clients N]\n"
       "          [--conns N] [--keys N] [--only put,get,watch] [--smoke]\n"
+      "       %s --socket PATH[,PATH...] --workload put|get-l|get-s [--clients N] [--conns N]\n"
+      "          [--keys N] [--ops N | --seconds S] [--no-prefill]\n"
       "  --socket PATH  use the agent serving PATH instead of starting keeld (it writes keys\n"
       "                 k0000000.. and w0000000.. there and leaves them)\n"
       "  --seconds S    duration of each workload (default 5)\n"
@@ -77,8 +97,14 @@ struct Options {
       "  --conns N      connections they share (default: one per client)\n"
       "  --keys N       key space (default 10000)\n"
       "  --only LIST    workloads to run, of put,get,watch (default all)\n"
-      "  --smoke        a few hundred ops per workload; checks only that all succeed\n",
-      argv0);
+      "  --smoke        a few hundred ops per workload; checks only that all succeed\n"
+      "  --workload W   run only W and print one line of key=value figures (ops, errors, secs,\n"
+      "                 rate, p50_us, p99_us, p999_us; puts: fsyncs, the log syncs of the first\n"
+      "                 socket's member meanwhile): put (key n %% keys for the n-th put),\n"
+      "                 get-l (linearizable point reads), get-s (serializable point reads);\n"
+      "                 with several sockets the connections go to them in turn\n"
+      "  --no-prefill   gets: do not put the key space first (it was written before)\n",
+      argv0, argv0);
   std::exit(2);
 }
 
@@ -108,6 +134,13 @@ Options parse(int argc, char** argv) {
       o.only = value(i);
     } else if (a == "--smoke") {
       o.smoke = true;
+    } else if (a == "--workload") {
+      o.workload = value(i);
+      if (o.workload != "put" && o.workload != "get-l" && o.workload != "get-s") {
+        usage(argv[0], "--workload must be put, get-l or get-s");
+      }
+    } else if (a == "--no-prefill") {
+      o.prefill = false;
     } else if (a == "-h" || a == "--help") {
       usage(argv[0], nullptr);
     } else {
@@ -124,6 +157,10 @@ Options parse(int argc, char** argv) {
   if (o.keys == 0 || o.keys > 9999999) usage(argv[0], "--keys must be 1..9999999");
   if (o.ops == 0 && !(o.seconds > 0 && o.seconds <= 3600)) {
     usage(argv[0], "--seconds must be in (0, 3600]");
+  }
+  if (!o.workload.empty() && o.socket.empty()) usage(argv[0], "--workload needs --socket");
+  if (o.socket.find(',') != std::string::npos && o.workload.empty()) {
+    usage(argv[0], "several sockets only with --workload");
   }
   return o;
 }
@@ -401,8 +438,8 @@ struct CpuMeter {
 
 class Bench {
  public:
-  Bench(const Options& o, const std::string& socket, pid_t pid, kj::AsyncIoContext& io)
-      : o_(o), socket_(socket), pid_(pid), io_(io), value_(kValueBytes, 'v') {
+  Bench(const Options& o, const std::string& sockets, pid_t pid, kj::AsyncIoContext& io)
+      : o_(o), sockets_(split_commas(sockets)), pid_(pid), io_(io), value_(kValueBytes, 'v') {
     for (size_t i = 0; i < kValueBytes; i++)
       value_[i] = static_cast<char>('a' + i % 26);
   }
@@ -410,7 +447,7 @@ class Bench {
   std::vector<std::unique_ptr<Conn>> open(unsigned n) {
     std::vector<std::unique_ptr<Conn>> conns;
     for (unsigned i = 0; i < n; i++)
-      conns.push_back(connect(io_, socket_));
+      conns.push_back(connect(io_, sockets_[i % sockets_.size()]));
     return conns;
   }
 
@@ -447,14 +484,15 @@ class Bench {
     return r;
   }
 
-  Result gets(unsigned clients) {
+  Result gets(unsigned clients, bool serializable = true) {
     return closed_loop(
-        "get (serializable)", clients, [this](rpc::Keel::Client& keel, uint64_t seq) {
+        serializable ? "get (serializable)" : "get (linearizable)", clients,
+        [this, serializable](rpc::Keel::Client& keel, uint64_t seq) {
           auto req = keel.rangeRequest();
           auto g = req.initRequest();
           // Spread over the key space (a stride coprime with most key-space sizes).
           g.setKey(blob(make_key('k', (seq * 7919) % o_.keys)));
-          g.setSerializable(true);
+          g.setSerializable(serializable);
           return req.send().then([](capnp::Response<rpc::Keel::RangeResults> resp) -> std::string {
             if (resp.getError().getCode() != rpc::ErrorCode::OK) {
               return error_text(resp.getError());
@@ -490,7 +528,7 @@ class Bench {
   }
 
   const Options& o_;
-  std::string socket_;
+  std::vector<std::string> sockets_;
   pid_t pid_;
   kj::AsyncIoContext& io_;
   std::string value_;
@@ -680,6 +718,35 @@ void print_row(Result& r) {
   std::fflush(stdout);
 }
 
+// --workload: one closed loop, one line of key=value figures on stdout.
+int run_workload(const Options& o) {
+  auto io = kj::setupAsyncIo();
+  Bench bench(o, o.socket, -1, io);
+  bool get = o.workload != "put";
+  if (get && o.prefill) {
+    auto conns = bench.open(1);
+    bench.prefill(*conns[0]);
+  }
+  Result r = get ? bench.gets(o.clients, o.workload == "get-s") : bench.puts(o.clients);
+  std::sort(r.lat_ns.begin(), r.lat_ns.end());
+  double rate = r.secs > 0 ? static_cast<double>(r.ops) / r.secs : 0;
+  std::printf(
+      "workload=%s clients=%u conns=%u ops=%llu errors=%llu secs=%.3f rate=%.0f p50_us=%.1f "
+      "p99_us=%.1f p999_us=%.1f",
+      o.workload.c_str(), r.clients, r.conns, static_cast<unsigned long long>(r.ops),
+      static_cast<unsigned long long>(r.errors), r.secs, rate, percentile_us(r.lat_ns, 0.50),
+      percentile_us(r.lat_ns, 0.99), percentile_us(r.lat_ns, 0.999));
+  // Puts: the log fsyncs of the first socket's member meanwhile (group commit shows here).
+  if (r.fsyncs) std::printf(" fsyncs=%llu", static_cast<unsigned long long>(*r.fsyncs));
+  std::printf("\n");
+  if (r.errors > 0) {
+    std::fprintf(stderr, "kv_bench: %llu failed; first: %s\n",
+                 static_cast<unsigned long long>(r.errors), r.first_error.c_str());
+    return 1;
+  }
+  return 0;
+}
+
 int run(const Options& o, const std::string& socket, pid_t pid) {
   auto io = kj::setupAsyncIo();
   Bench bench(o, socket, pid, io);
@@ -735,6 +802,14 @@ int run(const Options& o, const std::string& socket, pid_t pid) {
 int main(int argc, char** argv) {
   Options o = parse(argc, argv);
   signal(SIGPIPE, SIG_IGN);
+  if (!o.workload.empty()) {
+    int rc = 1;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { rc = run_workload(o); })) {
+      std::fprintf(stderr, "kv_bench: %s\n", e->getDescription().cStr());
+      rc = 1;
+    }
+    return rc;
+  }
 
   Agent agent;  // forks before any KJ event loop exists
   std::string socket = o.socket;
