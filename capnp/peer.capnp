@@ -5,7 +5,7 @@
 #
 # A connection is one-way for Raft traffic: the dialling member sends `hello`, the accepting
 # member answers `helloReply`, then only the dialler sends `batch` frames. The reverse
-# direction is reserved for flow control (snapshot chunk acknowledgements, see below).
+# direction is reserved (the SnapshotChunkAck frame, see below; unused today).
 # Field meanings are those of cluster/raft/types.hpp.
 
 using Cxx = import "/capnp/c++.capnp";
@@ -50,7 +50,7 @@ struct SnapshotMeta {
 
 struct Snapshot {
   meta @0 :SnapshotMeta;
-  data @1 :Data;        # inline state (today: the descriptor; see SnapshotChunk)
+  data @1 :Data;        # empty: the state is streamed separately (see below)
 }
 
 enum MessageType {
@@ -102,10 +102,10 @@ struct Batch {
   items @0 :List(Item);
 }
 
-# Reserved for streamed snapshots (not implemented yet): the sender announces a transfer with
-# a `snap` message whose Snapshot.data is empty, streams the state in chunks, one chunk in
-# flight (the receiver answers each with SnapshotChunkAck on the same connection), and the
-# receiver hands the `snap` message to Raft only after the last chunk was stored.
+# Snapshots are streamed as AppMessages (cluster/node/wire.hpp: chunks, each acknowledged by
+# an AppMessage back over the receiver's own connection); the `snap` Message carries only the
+# metadata and follows the last acknowledged chunk. These two frame kinds are reserved
+# (decoded and fuzzed, never sent): a later transfer on a second connection may use them.
 struct SnapshotChunk {
   transferId @0 :UInt64;
   offset @1 :UInt64;
