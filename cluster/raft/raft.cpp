@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "cluster/raft/assert.hpp"
@@ -41,6 +43,44 @@ ConfState decode_conf_result(const Entry& e) {
   const bool ok = decode_conf_change(e.data, &cc, &result, &has_result);
   KEEL_RAFT_ASSERT(ok && has_result, "malformed configuration entry in the log");
   return result;
+}
+
+bool type_known(MessageType t) {
+  return static_cast<uint8_t>(t) <= static_cast<uint8_t>(MessageType::timeout_now);
+}
+bool entry_type_known(EntryType t) {
+  return static_cast<uint8_t>(t) <= static_cast<uint8_t>(EntryType::conf_change);
+}
+
+// An append as a correct leader builds it (DroppedCounts::append_malformed): a slice of a log
+// whose terms never decrease, none above the leader's term, following (index, log_term).
+bool append_well_formed(const Message& m) {
+  if (m.log_term > m.term) return false;
+  if (m.index > std::numeric_limits<uint64_t>::max() - m.entries.size()) return false;
+  uint64_t prev_term = m.log_term;
+  for (size_t i = 0; i < m.entries.size(); ++i) {
+    const Entry& e = m.entries[i];
+    if (e.index != m.index + 1 + i || e.term == 0 || e.term > m.term || e.term < prev_term)
+      return false;
+    if (!entry_type_known(e.type)) return false;
+    if (e.type == EntryType::conf_change) {
+      ConfChange cc;
+      ConfState result;
+      bool has_result = false;
+      if (!decode_conf_change(e.data, &cc, &result, &has_result) || !has_result ||
+          !conf_well_formed(result))
+        return false;
+    }
+    prev_term = e.term;
+  }
+  return true;
+}
+
+// A snapshot as a leader's storage makes it (DroppedCounts::snapshot_malformed).
+bool snapshot_well_formed(const Message& m) {
+  if (!m.snapshot) return false;
+  const SnapshotMeta& meta = m.snapshot->meta;
+  return meta.index > 0 && meta.term > 0 && meta.term <= m.term && conf_well_formed(meta.conf);
 }
 
 }  // namespace
@@ -269,8 +309,58 @@ void RawNode::send(Message m) {
   msgs_.push_back(std::move(m));
 }
 
+uint64_t DroppedCounts::*RawNode::refusal(const Message& m) const {
+  using T = MessageType;
+  // Forwarded requests keep their origin's id, so one may come back to it through a member
+  // that takes the origin for the leader; anything else from ourselves is forged.
+  const bool forwarded =
+      m.type == T::prop || m.type == T::read_index || m.type == T::transfer_leader;
+  if (!type_known(m.type) || m.from == kNoNode || (m.from == cfg_.id && !forwarded))
+    return &DroppedCounts::malformed;
+  // Term 0 marks a forwarded request (treated as local at the leader, etcd's convention); any
+  // other message without a term would skip the term checks below.
+  const bool termless = m.type == T::prop || m.type == T::read_index;
+  if (termless != (m.term == 0)) return &DroppedCounts::malformed;
+  switch (m.type) {
+    case T::read_index:
+      if (m.context.empty()) return &DroppedCounts::malformed;
+      break;
+    case T::prop:
+      for (const Entry& e : m.entries) {
+        if (!entry_type_known(e.type)) return &DroppedCounts::malformed;
+      }
+      break;
+    case T::app:
+      if (!append_well_formed(m)) return &DroppedCounts::append_malformed;
+      break;
+    case T::snap:
+      if (!snapshot_well_formed(m)) return &DroppedCounts::snapshot_malformed;
+      break;
+    default:
+      break;
+  }
+  if (role_ == Role::leader && m.term == term_) {
+    // §5.2: at most one leader per term, and it is us.
+    if (m.type == T::app || m.type == T::heartbeat || m.type == T::snap)
+      return &DroppedCounts::same_term_leader;
+    // We never sent an append (nor a snapshot) ending beyond our log, and our log only grows
+    // while we lead: counting it would move match (and commit) past what we hold.
+    if (m.type == T::app_resp && m.index > log_.last_index()) return &DroppedCounts::ack_beyond_log;
+  }
+  // A correct leader's heartbeat carries min(match, commit), and match is never beyond our log
+  // (etcd's commitTo panics here). Committing a clamped index could commit entries the leader
+  // does not hold, so nothing is taken from the message.
+  if (m.type == T::heartbeat && m.commit > log_.last_index())
+    return &DroppedCounts::commit_beyond_log;
+  return nullptr;
+}
+
 void RawNode::step(Message m) {
   KEEL_RAFT_ASSERT(m.to == cfg_.id, "message addressed to another member");
+  if (auto reason = refusal(m)) {
+    ++(dropped_.*reason);
+    return;
+  }
   if (m.term == 0) {
     // prop / read_index forwarded by a follower: no term.
   } else if (m.term > term_) {
@@ -373,7 +463,7 @@ void RawNode::step_leader(Message& m) {
     case MessageType::app:
     case MessageType::heartbeat:
     case MessageType::snap:
-      KEEL_RAFT_ASSERT(false, "two leaders in one term");
+      KEEL_RAFT_ASSERT(false, "two leaders in one term (refusal() drops these)");
       break;
     default:
       break;  // stale vote responses etc.
@@ -447,7 +537,10 @@ void RawNode::step_follower(Message& m) {
 }
 
 void RawNode::tally(const Message& m) {
-  if (!conf_.is_voter(m.from)) return;  // learners and strangers never count (§6 / learners)
+  if (!conf_.is_voter(m.from)) {  // learners and strangers never count (§6 / learners)
+    ++dropped_.from_non_member;
+    return;
+  }
   votes_.emplace(m.from, !m.reject);
   int granted = 0;
   int rejected = 0;
@@ -484,7 +577,7 @@ void RawNode::handle_append(Message& m) {
   }
   for (size_t i = 0; i < m.entries.size(); ++i) {
     KEEL_RAFT_ASSERT(m.entries[i].index == m.index + 1 + i && m.entries[i].term <= m.term,
-                     "malformed append");
+                     "malformed append (refusal() drops these)");
   }
   Message r;
   r.type = MessageType::app_resp;
@@ -523,7 +616,7 @@ void RawNode::handle_heartbeat(const Message& m) {
 }
 
 void RawNode::handle_snapshot(const Message& m) {
-  KEEL_RAFT_ASSERT(m.snapshot != nullptr);
+  KEEL_RAFT_ASSERT(m.snapshot != nullptr, "refusal() drops a snap without snapshot");
   const SnapshotMeta& meta = m.snapshot->meta;
   Message r;
   r.type = MessageType::app_resp;
@@ -546,7 +639,10 @@ void RawNode::handle_snapshot(const Message& m) {
 
 void RawNode::handle_app_resp(const Message& m) {
   auto it = prs_.find(m.from);
-  if (it == prs_.end()) return;
+  if (it == prs_.end()) {
+    ++dropped_.from_non_member;
+    return;
+  }
   Progress* pr = &it->second;
   pr->recent_active = true;
   if (m.reject) {
@@ -588,7 +684,10 @@ void RawNode::handle_app_resp(const Message& m) {
 
 void RawNode::handle_heartbeat_resp(const Message& m) {
   auto it = prs_.find(m.from);
-  if (it == prs_.end()) return;
+  if (it == prs_.end()) {
+    ++dropped_.from_non_member;
+    return;
+  }
   Progress& pr = it->second;
   pr.recent_active = true;
   pr.probe_sent = false;

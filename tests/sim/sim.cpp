@@ -585,6 +585,16 @@ void Sim::check_node(SimNode& n) {
   if (!n.up) return;
   RawNode& r = *n.raft;
   r.check_invariants();
+  // Every peer here is honest: what the core drops as "no correct member sends this" must never
+  // happen (from_non_member is also a normal race, e.g. an answer right after a removal).
+  const DroppedCounts& d = r.dropped();
+  if (d.total() != d.from_non_member) {
+    std::string why = "node " + std::to_string(n.id) + " dropped a message from an honest peer:";
+    d.for_each([&](const char* name, uint64_t count) {
+      if (count != 0) why += std::string(" ") + name + "=" + std::to_string(count);
+    });
+    fail(why);
+  }
   stats_.max_term = std::max(stats_.max_term, r.term());
   if (r.role() != Role::leader) return;
   note_commit(n);
