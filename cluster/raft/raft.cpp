@@ -628,6 +628,15 @@ void RawNode::handle_snapshot(const Message& m) {
     log_.commit_to(meta.index);
     r.index = log_.committed();
   } else {
+    // The configurations we drop are committed up to our commit index, and so is the
+    // snapshot's: whoever left in between was removed.
+    const ConfState* committed_conf = &conf_history_.front().conf;
+    for (size_t i = 1; i < conf_history_.size() && conf_history_[i].index <= log_.committed();
+         ++i) {
+      note_removals(conf_history_[i - 1].conf, conf_history_[i].conf);
+      committed_conf = &conf_history_[i].conf;
+    }
+    note_removals(*committed_conf, meta.conf);
     log_.restore(m.snapshot);
     conf_history_.clear();
     conf_history_.push_back({meta.index, meta.conf});
@@ -918,6 +927,10 @@ ProposeResult RawNode::append_proposal(Entry e) {
       return {ProposeStatus::conf_change_pending};
     auto next = apply_conf_change(conf_, cc);
     if (!next) return {ProposeStatus::invalid};
+    // A removed id never comes back (etcd refuses it too, ErrIDRemoved): the member behind it
+    // may still hold a log, a vote and a term from its earlier life, and the driver has shut it
+    // down. Demoting or promoting a current member is fine.
+    if (!conf_.contains(cc.node) && was_removed(cc.node)) return {ProposeStatus::invalid};
     e.data = encode_conf_change(cc, &*next, context);
   }
   const uint64_t bytes = e.data.size();
@@ -1042,9 +1055,31 @@ void RawNode::set_conf(const ConfState& conf) {
   conf_ = conf;
   // Keep the history short: points at or below the applied index are only needed as the base.
   while (conf_history_.size() > 2 && conf_history_[1].index <= log_.applied()) {
+    note_removals(conf_history_[0].conf, conf_history_[1].conf);
     conf_history_.erase(conf_history_.begin());
   }
   if (role_ == Role::leader) sync_progress();
+}
+
+void RawNode::note_removals(const ConfState& before, const ConfState& after) {
+  for (const auto* ids : {&before.voters, &before.learners}) {
+    for (NodeId id : *ids) {
+      if (!after.contains(id)) removed_.insert(id);
+    }
+  }
+}
+
+// Every id that left a committed configuration the core has seen: the retained log's
+// configurations (conf_history_ up to the commit index) and those discarded since the core
+// started (removed_). Best effort by design: a removal compacted into a snapshot before a
+// restart is forgotten, because a snapshot lists members, not former members; a registry that
+// never forgets belongs with the member data the driver keeps (as etcd's store keeps removed ids).
+bool RawNode::was_removed(NodeId id) const {
+  if (removed_.count(id) != 0) return true;
+  for (size_t i = 1; i < conf_history_.size() && conf_history_[i].index <= log_.committed(); ++i) {
+    if (conf_history_[i - 1].conf.contains(id) && !conf_history_[i].conf.contains(id)) return true;
+  }
+  return false;
 }
 
 void RawNode::sync_progress() {

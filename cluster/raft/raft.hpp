@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,7 +62,8 @@ enum class ProposeStatus : uint8_t {
                         // bound (max_uncommitted_entries_size) is reached: retry later
   conf_change_pending,  // another membership change is uncommitted, or the leader has not
                         // committed an entry of its term yet (thesis §4.1 safety rule)
-  invalid,              // the membership change changes nothing or leaves no voter
+  invalid,              // the membership change changes nothing, leaves no voter, or adds back
+                        // a member removed earlier (an id never returns; see README.md)
 };
 const char* to_string(ProposeStatus s);
 
@@ -87,10 +89,10 @@ enum class TransferResult : uint8_t {
 };
 
 // Peer messages step() dropped because no correct member sends them, by reason. A dropped
-// message changes nothing and is not answered (from_non_member: see there). transport::validate() rejects the stateless cases
-// (malformed, *_malformed) before step(); the judgements that need the member's state are only
-// made here. Any count other than from_non_member means a buggy or corrupting peer: a metric to
-// alert on.
+// message changes nothing and is not answered (from_non_member: see there). transport::validate()
+// rejects the stateless cases (malformed, *_malformed) before step(); the judgements that need the
+// member's state are only made here. Any count other than from_non_member means a buggy or
+// corrupting peer: a metric to alert on.
 struct DroppedCounts {
   // Type out of range; from 0, or this member on anything but a forwarded request (prop,
   // read_index and transfer_leader keep their origin's id and may come back to it); term 0 on a
@@ -267,6 +269,9 @@ class RawNode {
   void log_appended(const std::vector<Entry>& ents, size_t from);
   void log_truncated_from(uint64_t index);
   void set_conf(const ConfState& conf);
+  // Ids removed by a committed configuration change that the core has seen (never re-added).
+  void note_removals(const ConfState& before, const ConfState& after);
+  bool was_removed(NodeId id) const;
   void sync_progress();
 
   Config cfg_;
@@ -284,6 +289,9 @@ class RawNode {
 
   ConfState conf_;
   std::vector<ConfPoint> conf_history_;  // [0] = snapshot's configuration; sorted by index
+  // Ids that left the configuration by a committed change, from history points discarded so far
+  // (the rest is read from conf_history_). In memory only: see was_removed().
+  std::set<NodeId> removed_;
 
   std::map<NodeId, Progress> prs_;  // leader only; ordered for determinism
   std::map<NodeId, bool> votes_;    // candidate / pre-candidate

@@ -427,3 +427,59 @@ TEST_CASE("robustness: a leader ignores responses from ids it has no progress fo
   expect_dropped(c, h, &DroppedCounts::from_non_member);
   expect_still_commits(c, "after");
 }
+
+// ---- removed members ------------------------------------------------------------------------
+
+TEST_CASE("robustness: a removed member cannot be added back", "[raft][robustness][6]") {
+  Cluster c(3, 1);
+  c.elect(1);
+  REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::remove_node, 4}).ok());
+  c.stabilize();
+  REQUIRE(!c.raft(1).conf_state().contains(4));
+  SECTION("proposed on the leader") {
+    REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::add_learner, 4}).status ==
+            ProposeStatus::invalid);
+    REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::add_voter, 4}).status ==
+            ProposeStatus::invalid);
+  }
+  SECTION("forwarded by a follower") {
+    // Seed 68061 of the simulator: a promotion forwarded while the removal committed.
+    REQUIRE(c.raft(2).propose_conf_change({ConfChangeType::add_voter, 4}).status ==
+            ProposeStatus::forwarded);
+    c.stabilize();
+    REQUIRE(!c.raft(1).conf_state().contains(4));
+  }
+  SECTION("long after the removal, once the history is trimmed") {
+    for (int i = 0; i < 30; ++i) {
+      REQUIRE(c.raft(1).propose("w" + std::to_string(i)).ok());
+      c.stabilize();
+    }
+    REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::add_learner, 5}).ok());
+    c.stabilize();
+    REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::remove_node, 5}).ok());
+    c.stabilize();
+    REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::add_learner, 4}).status ==
+            ProposeStatus::invalid);
+    REQUIRE(c.raft(1).propose_conf_change({ConfChangeType::add_learner, 5}).status ==
+            ProposeStatus::invalid);
+  }
+  SECTION("on a new leader that saw the removal as a follower") {
+    c.isolate(1);
+    c.tick_all(40);
+    const NodeId l = c.leader();
+    REQUIRE((l == 2 || l == 3));
+    REQUIRE(c.raft(l).propose_conf_change({ConfChangeType::add_voter, 4}).status ==
+            ProposeStatus::invalid);
+  }
+  // A fresh id and a demotion/promotion of current members are still fine.
+  c.heal();
+  c.tick_all(40);
+  const NodeId l = c.leader();
+  REQUIRE(l != kNoNode);
+  c.add(6, ConfState{});
+  REQUIRE(c.raft(l).propose_conf_change({ConfChangeType::add_learner, 6}).ok());
+  c.stabilize();
+  REQUIRE(c.raft(l).propose_conf_change({ConfChangeType::add_voter, 6}).ok());
+  c.stabilize();
+  REQUIRE(c.raft(l).conf_state().is_voter(6));
+}
