@@ -497,18 +497,26 @@ void RawNode::step_candidate(Message& m) {
 
 void RawNode::step_follower(Message& m) {
   switch (m.type) {
+    // A request forwarded to us by a member that took us for the leader. The transport accepts
+    // a message only from the member at the other end of its stream, so we pass it on as ours
+    // (the leader ignores the origin of a proposal or a transfer). A read is answered to its
+    // origin, which the leader could not reach through us: it is dropped, and its origin's
+    // driver retries on its deadline.
     case MessageType::prop:
       if (lead_ != kNoNode && cfg_.forward_proposals) {
         m.to = lead_;
+        m.from = cfg_.id;
+        send(std::move(m));
+      }
+      break;
+    case MessageType::transfer_leader:
+      if (lead_ != kNoNode) {
+        m.to = lead_;
+        m.from = cfg_.id;
         send(std::move(m));
       }
       break;
     case MessageType::read_index:
-    case MessageType::transfer_leader:
-      if (lead_ != kNoNode) {
-        m.to = lead_;
-        send(std::move(m));
-      }
       break;
     case MessageType::app:
       election_elapsed_ = 0;

@@ -515,8 +515,15 @@ bool Sim::persist(SimNode& n, const Ready& rd) {
 }
 
 bool Sim::send_all(SimNode& n, std::vector<Message>& messages, bool persisted) {
-  for (Message& m : messages)
+  for (Message& m : messages) {
+    // The transport delivers a message only from the member at the other end of its stream
+    // (transport.cpp drops the whole batch otherwise), so a member only ever speaks for itself.
+    if (m.from != n.id) {
+      fail("node " + std::to_string(n.id) + " sent a " + to_string(m.type) + " as " +
+           std::to_string(m.from) + ": a real transport would drop it");
+    }
     send(std::move(m));
+  }
   // Point 3 is "after send"; when the leader sent first, the Ready's write has not happened.
   if (!ready_crash(n, 3)) return true;
   if (!persisted) ++stats_.crashes_sent_unwritten;

@@ -373,6 +373,35 @@ TEST_CASE("robustness: a proposal forwarded back to its origin is still accepted
   REQUIRE(c.member(3).applied.back().data == "looped");
 }
 
+TEST_CASE("robustness: a follower passes a forwarded request on under its own id",
+          "[raft][robustness]") {
+  // The transport drops a whole batch (and closes the stream) when a message's from is not the
+  // member at the other end of the stream, so a second hop must not keep the origin's id.
+  Cluster c = healthy();
+  Message p = msg(MessageType::prop, 3, 2, 0);
+  p.entries.push_back(Entry{0, 0, EntryType::normal, "two-hops"});
+  Message t = msg(MessageType::transfer_leader, 3, 2, c.raft(2).term());
+  t.index = 3;
+  Message r = msg(MessageType::read_index, 3, 2, 0);
+  r.context = "third-party";
+  c.raft(2).step(p);
+  c.raft(2).step(t);
+  c.raft(2).step(r);
+  const std::vector<Message> out = c.take();
+  REQUIRE(out.size() == 2);  // the read is not passed on: the answer could not reach 3
+  for (const Message& m : out) {
+    CHECK(m.from == 2);
+    CHECK(m.to == 1);
+    CHECK((m.type == MessageType::prop || m.type == MessageType::transfer_leader));
+  }
+  for (const Message& m : out)
+    c.deliver(m);
+  c.stabilize();
+  REQUIRE(c.member(3).applied.back().data == "two-hops");
+  REQUIRE(c.raft(3).role() == Role::leader);  // the transfer went through
+  REQUIRE(c.raft(2).dropped().total() == 0);
+}
+
 TEST_CASE("robustness: a message type out of range is dropped", "[raft][robustness]") {
   Cluster c = healthy();
   Message m = msg(static_cast<MessageType>(200), 2, 3, c.raft(3).term() + 5);
