@@ -311,11 +311,9 @@ void RawNode::send(Message m) {
 
 uint64_t DroppedCounts::*RawNode::refusal(const Message& m) const {
   using T = MessageType;
-  // Forwarded requests keep their origin's id, so one may come back to it through a member
-  // that takes the origin for the leader; anything else from ourselves is forged.
-  const bool forwarded =
-      m.type == T::prop || m.type == T::read_index || m.type == T::transfer_leader;
-  if (!type_known(m.type) || m.from == kNoNode || (m.from == cfg_.id && !forwarded))
+  // Every member speaks for itself (a forwarded request travels under the forwarder's id), so
+  // nothing comes from ourselves.
+  if (!type_known(m.type) || m.from == kNoNode || m.from == cfg_.id)
     return &DroppedCounts::malformed;
   // Term 0 marks a forwarded request (treated as local at the leader, etcd's convention); any
   // other message without a term would skip the term checks below.

@@ -94,10 +94,8 @@ enum class TransferResult : uint8_t {
 // member's state are only made here. Any count other than from_non_member means a buggy or
 // corrupting peer: a metric to alert on.
 struct DroppedCounts {
-  // Type out of range; from 0, or this member on anything but a forwarded request (prop,
-  // read_index and transfer_leader keep their origin's id and may come back to it); term 0 on a
-  // message that needs one, or a term on a forwarded prop/read_index; a read_index without
-  // context; a prop entry of unknown type.
+  // Type out of range; from 0 or this member; term 0 on a message that needs one, or a term on
+  // a forwarded prop/read_index; a read_index without context; a prop entry of unknown type.
   uint64_t malformed = 0;
   // app entries not contiguous from index + 1 (or overflowing), of term 0, above the message
   // term or decreasing (from log_term on); log_term above term; an entry of unknown type or a
