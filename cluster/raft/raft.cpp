@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "cluster/raft/assert.hpp"
@@ -41,6 +43,44 @@ ConfState decode_conf_result(const Entry& e) {
   const bool ok = decode_conf_change(e.data, &cc, &result, &has_result);
   KEEL_RAFT_ASSERT(ok && has_result, "malformed configuration entry in the log");
   return result;
+}
+
+bool type_known(MessageType t) {
+  return static_cast<uint8_t>(t) <= static_cast<uint8_t>(MessageType::timeout_now);
+}
+bool entry_type_known(EntryType t) {
+  return static_cast<uint8_t>(t) <= static_cast<uint8_t>(EntryType::conf_change);
+}
+
+// An append as a correct leader builds it (DroppedCounts::append_malformed): a slice of a log
+// whose terms never decrease, none above the leader's term, following (index, log_term).
+bool append_well_formed(const Message& m) {
+  if (m.log_term > m.term) return false;
+  if (m.index > std::numeric_limits<uint64_t>::max() - m.entries.size()) return false;
+  uint64_t prev_term = m.log_term;
+  for (size_t i = 0; i < m.entries.size(); ++i) {
+    const Entry& e = m.entries[i];
+    if (e.index != m.index + 1 + i || e.term == 0 || e.term > m.term || e.term < prev_term)
+      return false;
+    if (!entry_type_known(e.type)) return false;
+    if (e.type == EntryType::conf_change) {
+      ConfChange cc;
+      ConfState result;
+      bool has_result = false;
+      if (!decode_conf_change(e.data, &cc, &result, &has_result) || !has_result ||
+          !conf_well_formed(result))
+        return false;
+    }
+    prev_term = e.term;
+  }
+  return true;
+}
+
+// A snapshot as a leader's storage makes it (DroppedCounts::snapshot_malformed).
+bool snapshot_well_formed(const Message& m) {
+  if (!m.snapshot) return false;
+  const SnapshotMeta& meta = m.snapshot->meta;
+  return meta.index > 0 && meta.term > 0 && meta.term <= m.term && conf_well_formed(meta.conf);
 }
 
 }  // namespace
@@ -269,8 +309,56 @@ void RawNode::send(Message m) {
   msgs_.push_back(std::move(m));
 }
 
+uint64_t DroppedCounts::*RawNode::refusal(const Message& m) const {
+  using T = MessageType;
+  // Every member speaks for itself (a forwarded request travels under the forwarder's id), so
+  // nothing comes from ourselves.
+  if (!type_known(m.type) || m.from == kNoNode || m.from == cfg_.id)
+    return &DroppedCounts::malformed;
+  // Term 0 marks a forwarded request (treated as local at the leader, etcd's convention); any
+  // other message without a term would skip the term checks below.
+  const bool termless = m.type == T::prop || m.type == T::read_index;
+  if (termless != (m.term == 0)) return &DroppedCounts::malformed;
+  switch (m.type) {
+    case T::read_index:
+      if (m.context.empty()) return &DroppedCounts::malformed;
+      break;
+    case T::prop:
+      for (const Entry& e : m.entries) {
+        if (!entry_type_known(e.type)) return &DroppedCounts::malformed;
+      }
+      break;
+    case T::app:
+      if (!append_well_formed(m)) return &DroppedCounts::append_malformed;
+      break;
+    case T::snap:
+      if (!snapshot_well_formed(m)) return &DroppedCounts::snapshot_malformed;
+      break;
+    default:
+      break;
+  }
+  if (role_ == Role::leader && m.term == term_) {
+    // §5.2: at most one leader per term, and it is us.
+    if (m.type == T::app || m.type == T::heartbeat || m.type == T::snap)
+      return &DroppedCounts::same_term_leader;
+    // We never sent an append (nor a snapshot) ending beyond our log, and our log only grows
+    // while we lead: counting it would move match (and commit) past what we hold.
+    if (m.type == T::app_resp && m.index > log_.last_index()) return &DroppedCounts::ack_beyond_log;
+  }
+  // A correct leader's heartbeat carries min(match, commit), and match is never beyond our log
+  // (etcd's commitTo panics here). Committing a clamped index could commit entries the leader
+  // does not hold, so nothing is taken from the message.
+  if (m.type == T::heartbeat && m.commit > log_.last_index())
+    return &DroppedCounts::commit_beyond_log;
+  return nullptr;
+}
+
 void RawNode::step(Message m) {
   KEEL_RAFT_ASSERT(m.to == cfg_.id, "message addressed to another member");
+  if (auto reason = refusal(m)) {
+    ++(dropped_.*reason);
+    return;
+  }
   if (m.term == 0) {
     // prop / read_index forwarded by a follower: no term.
   } else if (m.term > term_) {
@@ -373,7 +461,7 @@ void RawNode::step_leader(Message& m) {
     case MessageType::app:
     case MessageType::heartbeat:
     case MessageType::snap:
-      KEEL_RAFT_ASSERT(false, "two leaders in one term");
+      KEEL_RAFT_ASSERT(false, "two leaders in one term (refusal() drops these)");
       break;
     default:
       break;  // stale vote responses etc.
@@ -407,18 +495,26 @@ void RawNode::step_candidate(Message& m) {
 
 void RawNode::step_follower(Message& m) {
   switch (m.type) {
+    // A request forwarded to us by a member that took us for the leader. The transport accepts
+    // a message only from the member at the other end of its stream, so we pass it on as ours
+    // (the leader ignores the origin of a proposal or a transfer). A read is answered to its
+    // origin, which the leader could not reach through us: it is dropped, and its origin's
+    // driver retries on its deadline.
     case MessageType::prop:
       if (lead_ != kNoNode && cfg_.forward_proposals) {
         m.to = lead_;
+        m.from = cfg_.id;
+        send(std::move(m));
+      }
+      break;
+    case MessageType::transfer_leader:
+      if (lead_ != kNoNode) {
+        m.to = lead_;
+        m.from = cfg_.id;
         send(std::move(m));
       }
       break;
     case MessageType::read_index:
-    case MessageType::transfer_leader:
-      if (lead_ != kNoNode) {
-        m.to = lead_;
-        send(std::move(m));
-      }
       break;
     case MessageType::app:
       election_elapsed_ = 0;
@@ -447,7 +543,10 @@ void RawNode::step_follower(Message& m) {
 }
 
 void RawNode::tally(const Message& m) {
-  if (!conf_.is_voter(m.from)) return;  // learners and strangers never count (§6 / learners)
+  if (!conf_.is_voter(m.from)) {  // learners and strangers never count (§6 / learners)
+    ++dropped_.from_non_member;
+    return;
+  }
   votes_.emplace(m.from, !m.reject);
   int granted = 0;
   int rejected = 0;
@@ -484,7 +583,7 @@ void RawNode::handle_append(Message& m) {
   }
   for (size_t i = 0; i < m.entries.size(); ++i) {
     KEEL_RAFT_ASSERT(m.entries[i].index == m.index + 1 + i && m.entries[i].term <= m.term,
-                     "malformed append");
+                     "malformed append (refusal() drops these)");
   }
   Message r;
   r.type = MessageType::app_resp;
@@ -523,7 +622,7 @@ void RawNode::handle_heartbeat(const Message& m) {
 }
 
 void RawNode::handle_snapshot(const Message& m) {
-  KEEL_RAFT_ASSERT(m.snapshot != nullptr);
+  KEEL_RAFT_ASSERT(m.snapshot != nullptr, "refusal() drops a snap without snapshot");
   const SnapshotMeta& meta = m.snapshot->meta;
   Message r;
   r.type = MessageType::app_resp;
@@ -535,6 +634,15 @@ void RawNode::handle_snapshot(const Message& m) {
     log_.commit_to(meta.index);
     r.index = log_.committed();
   } else {
+    // The configurations we drop are committed up to our commit index, and so is the
+    // snapshot's: whoever left in between was removed.
+    const ConfState* committed_conf = &conf_history_.front().conf;
+    for (size_t i = 1; i < conf_history_.size() && conf_history_[i].index <= log_.committed();
+         ++i) {
+      note_removals(conf_history_[i - 1].conf, conf_history_[i].conf);
+      committed_conf = &conf_history_[i].conf;
+    }
+    note_removals(*committed_conf, meta.conf);
     log_.restore(m.snapshot);
     conf_history_.clear();
     conf_history_.push_back({meta.index, meta.conf});
@@ -546,7 +654,10 @@ void RawNode::handle_snapshot(const Message& m) {
 
 void RawNode::handle_app_resp(const Message& m) {
   auto it = prs_.find(m.from);
-  if (it == prs_.end()) return;
+  if (it == prs_.end()) {
+    ++dropped_.from_non_member;
+    return;
+  }
   Progress* pr = &it->second;
   pr->recent_active = true;
   if (m.reject) {
@@ -588,7 +699,10 @@ void RawNode::handle_app_resp(const Message& m) {
 
 void RawNode::handle_heartbeat_resp(const Message& m) {
   auto it = prs_.find(m.from);
-  if (it == prs_.end()) return;
+  if (it == prs_.end()) {
+    ++dropped_.from_non_member;
+    return;
+  }
   Progress& pr = it->second;
   pr.recent_active = true;
   pr.probe_sent = false;
@@ -819,6 +933,10 @@ ProposeResult RawNode::append_proposal(Entry e) {
       return {ProposeStatus::conf_change_pending};
     auto next = apply_conf_change(conf_, cc);
     if (!next) return {ProposeStatus::invalid};
+    // A removed id never comes back (etcd refuses it too, ErrIDRemoved): the member behind it
+    // may still hold a log, a vote and a term from its earlier life, and the driver has shut it
+    // down. Demoting or promoting a current member is fine.
+    if (!conf_.contains(cc.node) && was_removed(cc.node)) return {ProposeStatus::invalid};
     e.data = encode_conf_change(cc, &*next, context);
   }
   const uint64_t bytes = e.data.size();
@@ -943,9 +1061,31 @@ void RawNode::set_conf(const ConfState& conf) {
   conf_ = conf;
   // Keep the history short: points at or below the applied index are only needed as the base.
   while (conf_history_.size() > 2 && conf_history_[1].index <= log_.applied()) {
+    note_removals(conf_history_[0].conf, conf_history_[1].conf);
     conf_history_.erase(conf_history_.begin());
   }
   if (role_ == Role::leader) sync_progress();
+}
+
+void RawNode::note_removals(const ConfState& before, const ConfState& after) {
+  for (const auto* ids : {&before.voters, &before.learners}) {
+    for (NodeId id : *ids) {
+      if (!after.contains(id)) removed_.insert(id);
+    }
+  }
+}
+
+// Every id that left a committed configuration the core has seen: the retained log's
+// configurations (conf_history_ up to the commit index) and those discarded since the core
+// started (removed_). Best effort by design: a removal compacted into a snapshot before a
+// restart is forgotten, because a snapshot lists members, not former members; a registry that
+// never forgets belongs with the member data the driver keeps (as etcd's store keeps removed ids).
+bool RawNode::was_removed(NodeId id) const {
+  if (removed_.count(id) != 0) return true;
+  for (size_t i = 1; i < conf_history_.size() && conf_history_[i].index <= log_.committed(); ++i) {
+    if (conf_history_[i - 1].conf.contains(id) && !conf_history_[i].conf.contains(id)) return true;
+  }
+  return false;
 }
 
 void RawNode::sync_progress() {

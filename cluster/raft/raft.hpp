@@ -18,12 +18,14 @@
 // ready() and advance() strictly alternate. Inputs may be fed between them.
 //
 // Expected outcomes are values (ProposeResult, ReadResult, TransferResult); broken invariants
-// are KEEL_RAFT_ASSERT failures, on in release builds.
+// are KEEL_RAFT_ASSERT failures, on in release builds. A peer message that no correct member
+// sends is never an assertion: step() drops it and counts it (DroppedCounts).
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -60,7 +62,8 @@ enum class ProposeStatus : uint8_t {
                         // bound (max_uncommitted_entries_size) is reached: retry later
   conf_change_pending,  // another membership change is uncommitted, or the leader has not
                         // committed an entry of its term yet (thesis §4.1 safety rule)
-  invalid,              // the membership change changes nothing or leaves no voter
+  invalid,              // the membership change changes nothing, leaves no voter, or adds back
+                        // a member removed earlier (an id never returns; see README.md)
 };
 const char* to_string(ProposeStatus s);
 
@@ -83,6 +86,53 @@ enum class TransferResult : uint8_t {
   forwarded,   // sent to the leader
   not_leader,  // no leader known
   invalid,     // target is not a voter, or is this member
+};
+
+// Peer messages step() dropped because no correct member sends them, by reason. A dropped
+// message changes nothing and is not answered (from_non_member: see there). transport::validate()
+// rejects the stateless cases (malformed, *_malformed) before step(); the judgements that need the
+// member's state are only made here. Any count other than from_non_member means a buggy or
+// corrupting peer: a metric to alert on.
+struct DroppedCounts {
+  // Type out of range; from 0 or this member; term 0 on a message that needs one, or a term on
+  // a forwarded prop/read_index; a read_index without context; a prop entry of unknown type.
+  uint64_t malformed = 0;
+  // app entries not contiguous from index + 1 (or overflowing), of term 0, above the message
+  // term or decreasing (from log_term on); log_term above term; an entry of unknown type or a
+  // conf_change entry without a well-formed resulting configuration.
+  uint64_t append_malformed = 0;
+  // snap without snapshot, with index 0, term 0 or above the message term, or a configuration
+  // without voters or not well formed (ids sorted, unique, non-zero; voters and learners
+  // disjoint).
+  uint64_t snapshot_malformed = 0;
+  // app / heartbeat / snap reaching a leader from another "leader" of its own term (§5.2: one
+  // leader per term; etcd's stepLeader ignores them too).
+  uint64_t same_term_leader = 0;
+  // heartbeat whose commit is beyond our last index (a correct leader sends min(match, commit);
+  // etcd would panic in commitTo). Nothing is committed from it.
+  uint64_t commit_beyond_log = 0;
+  // app_resp (accept or reject) whose index is beyond the leader's last index.
+  uint64_t ack_beyond_log = 0;
+  // app_resp / heartbeat_resp from an id the leader has no progress for; vote or pre-vote
+  // response from a non-voter. Ignored after the usual term handling. Also reached by a
+  // member's answer arriving just after its removal: not an alarm on its own.
+  uint64_t from_non_member = 0;
+
+  uint64_t total() const {
+    return malformed + append_malformed + snapshot_malformed + same_term_leader +
+           commit_beyond_log + ack_beyond_log + from_non_member;
+  }
+  // f(name, count) for each reason, in declaration order (metrics export).
+  template <class F>
+  void for_each(F&& f) const {
+    f("malformed", malformed);
+    f("append_malformed", append_malformed);
+    f("snapshot_malformed", snapshot_malformed);
+    f("same_term_leader", same_term_leader);
+    f("commit_beyond_log", commit_beyond_log);
+    f("ack_beyond_log", ack_beyond_log);
+    f("from_non_member", from_non_member);
+  }
 };
 
 struct SoftState {
@@ -108,8 +158,9 @@ class RawNode {
 
   // Advances logical time by one tick: elections (§5.2), heartbeats, check-quorum.
   void tick();
-  // Handles a message addressed to this member. Stale, duplicated and reordered messages are
-  // expected and handled.
+  // Handles a message addressed to this member (m.to == id(): the caller routes). Stale,
+  // duplicated and reordered messages are expected and handled; messages no correct member
+  // sends are dropped and counted (dropped()).
   void step(Message m);
 
   // Proposes a command (§5.3). See ProposeStatus.
@@ -149,6 +200,8 @@ class RawNode {
   // Leader only: a follower's progress, or nullptr.
   const Progress* progress(NodeId id) const;
   uint64_t uncommitted_bytes() const { return uncommitted_bytes_; }
+  // Peer messages dropped by step(), by reason. Counts since construction (not persisted).
+  const DroppedCounts& dropped() const { return dropped_; }
 
   // Asserts the core's internal invariants. Called after every input when the core is built
   // with KEEL_RAFT_INVARIANTS (Debug builds); callable any time.
@@ -184,6 +237,9 @@ class RawNode {
   void step_leader(Message& m);
   void step_candidate(Message& m);
   void step_follower(Message& m);
+  // The counter of the reason `m` must be dropped for, or nullptr to handle it (see
+  // DroppedCounts). Judged against the state before step() changes anything.
+  uint64_t DroppedCounts::*refusal(const Message& m) const;
   void handle_vote_request(const Message& m);
   void handle_append(Message& m);
   void handle_heartbeat(const Message& m);
@@ -211,6 +267,9 @@ class RawNode {
   void log_appended(const std::vector<Entry>& ents, size_t from);
   void log_truncated_from(uint64_t index);
   void set_conf(const ConfState& conf);
+  // Ids removed by a committed configuration change that the core has seen (never re-added).
+  void note_removals(const ConfState& before, const ConfState& after);
+  bool was_removed(NodeId id) const;
   void sync_progress();
 
   Config cfg_;
@@ -228,6 +287,9 @@ class RawNode {
 
   ConfState conf_;
   std::vector<ConfPoint> conf_history_;  // [0] = snapshot's configuration; sorted by index
+  // Ids that left the configuration by a committed change, from history points discarded so far
+  // (the rest is read from conf_history_). In memory only: see was_removed().
+  std::set<NodeId> removed_;
 
   std::map<NodeId, Progress> prs_;  // leader only; ordered for determinism
   std::map<NodeId, bool> votes_;    // candidate / pre-candidate
@@ -247,6 +309,7 @@ class RawNode {
   SoftState prev_soft_;
   HardState prev_hard_;
   std::vector<uint64_t> scratch_;
+  DroppedCounts dropped_;
 };
 
 }  // namespace keel::raft

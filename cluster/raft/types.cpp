@@ -55,6 +55,20 @@ bool ConfState::is_learner(NodeId id) const {
   return has(learners, id);
 }
 
+bool conf_well_formed(const ConfState& conf) {
+  auto ids_ok = [](const std::vector<NodeId>& ids) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] == kNoNode || (i > 0 && ids[i - 1] >= ids[i])) return false;
+    }
+    return true;
+  };
+  if (conf.voters.empty() || !ids_ok(conf.voters) || !ids_ok(conf.learners)) return false;
+  for (NodeId l : conf.learners) {
+    if (conf.is_voter(l)) return false;
+  }
+  return true;
+}
+
 std::optional<ConfState> apply_conf_change(const ConfState& conf, const ConfChange& cc) {
   if (cc.node == kNoNode) return std::nullopt;
   ConfState next = conf;

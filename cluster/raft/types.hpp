@@ -50,6 +50,11 @@ struct ConfState {
   bool operator==(const ConfState&) const = default;
 };
 
+// What the core requires of a configuration it receives (snapshot, conf_change entry): at least
+// one voter; each list sorted, without duplicates or 0 (the core binary-searches them); no id
+// in both lists.
+bool conf_well_formed(const ConfState& conf);
+
 // A single-server membership change (thesis §4.1). Promotion = add_voter of a learner;
 // demotion = add_learner of a voter.
 enum class ConfChangeType : uint8_t { add_voter, add_learner, remove_node };

@@ -2,6 +2,8 @@
 //   keel_sim --seed N [--trace]        one seed (--trace prints every event)
 //   keel_sim --seeds K [--from N]      K seeds starting at N (soak: --seeds 100000)
 //   keel_sim --determinism N           runs seed N twice and compares the trace hashes
+//   --byzantine on|off                 a corrupting peer in every seed / none (default: drawn
+//                                      per seed, 30%)
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -33,7 +35,7 @@ void print_stats(uint64_t seed, const keel::sim::SimResult& r) {
   std::printf(
       "seed %llu: %s ticks=%llu events=%llu max_term=%llu leaders=%llu acked=%llu reads=%llu "
       "crashes=%llu confs=%llu snaps=%llu transfers=%llu liveness_ticks=%llu early=%d "
-      "hash=%016llx\n",
+      "corrupter=%llu corrupted=%llu hash=%016llx\n",
       static_cast<unsigned long long>(seed), r.ok ? "ok" : "FAILED",
       static_cast<unsigned long long>(s.ticks), static_cast<unsigned long long>(s.events),
       static_cast<unsigned long long>(s.max_term), static_cast<unsigned long long>(s.leaders),
@@ -43,6 +45,7 @@ void print_stats(uint64_t seed, const keel::sim::SimResult& r) {
       static_cast<unsigned long long>(s.snapshots_installed),
       static_cast<unsigned long long>(s.transfers),
       static_cast<unsigned long long>(s.liveness_ticks), s.leader_sends_first ? 1 : 0,
+      static_cast<unsigned long long>(s.corrupter), static_cast<unsigned long long>(s.corrupted),
       static_cast<unsigned long long>(r.trace_hash));
 }
 
@@ -57,6 +60,7 @@ int main(int argc, char** argv) {
   std::signal(SIGABRT, on_abort);
   uint64_t seed = 0, seeds = 0, from = 1, determinism = 0;
   bool have_seed = false, trace = false, have_determinism = false, verbose = false;
+  int byzantine = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -77,13 +81,20 @@ int main(int argc, char** argv) {
       trace = true;
     } else if (a == "--verbose") {
       verbose = true;
+    } else if (a == "--byzantine") {
+      const std::string v = next();
+      if (v != "on" && v != "off") {
+        std::fprintf(stderr, "--byzantine takes on or off\n");
+        return 2;
+      }
+      byzantine = v == "on" ? 1 : 0;
     } else if (a == "--determinism") {
       determinism = parse_u64(next());
       have_determinism = true;
     } else {
       std::fprintf(stderr,
                    "usage: %s --seed N [--trace] | --seeds K [--from N] [--verbose] | "
-                   "--determinism N\n",
+                   "--determinism N; [--byzantine on|off]\n",
                    argv[0]);
       return 2;
     }
@@ -91,8 +102,8 @@ int main(int argc, char** argv) {
 
   if (have_determinism) {
     g_seed = determinism;
-    const auto a = keel::sim::run_seed({determinism, nullptr});
-    const auto b = keel::sim::run_seed({determinism, nullptr});
+    const auto a = keel::sim::run_seed({determinism, nullptr, byzantine});
+    const auto b = keel::sim::run_seed({determinism, nullptr, byzantine});
     print_stats(determinism, a);
     if (!a.ok || !b.ok || a.trace_hash != b.trace_hash || a.stats.events != b.stats.events) {
       std::fprintf(stderr, "FAILED: seed %llu is not deterministic (%016llx vs %016llx) %s\n",
@@ -109,7 +120,7 @@ int main(int argc, char** argv) {
 
   if (have_seed) {
     g_seed = seed;
-    const auto r = keel::sim::run_seed({seed, trace ? stdout : nullptr});
+    const auto r = keel::sim::run_seed({seed, trace ? stdout : nullptr, byzantine});
     print_stats(seed, r);
     if (!r.ok) {
       std::fprintf(stderr, "FAILED seed %llu: %s\n", static_cast<unsigned long long>(seed),
@@ -123,10 +134,11 @@ int main(int argc, char** argv) {
   if (seeds == 0) seeds = 1;
   uint64_t failures = 0, acked = 0, reads = 0, crashes = 0, confs = 0, leaders = 0;
   uint64_t max_live = 0, early_seeds = 0, early_sends = 0, sent_unwritten = 0;
+  uint64_t corrupt_seeds = 0, corrupted = 0;
   uint64_t crashes_at[5] = {};
   for (uint64_t s = from; s < from + seeds; ++s) {
     g_seed = s;
-    const auto r = keel::sim::run_seed({s, nullptr});
+    const auto r = keel::sim::run_seed({s, nullptr, byzantine});
     acked += r.stats.acked_writes;
     reads += r.stats.reads_released;
     crashes += r.stats.crashes;
@@ -135,6 +147,8 @@ int main(int argc, char** argv) {
     early_seeds += r.stats.leader_sends_first ? 1 : 0;
     early_sends += r.stats.early_sends;
     sent_unwritten += r.stats.crashes_sent_unwritten;
+    corrupt_seeds += r.stats.corrupter != 0 ? 1 : 0;
+    corrupted += r.stats.corrupted;
     for (int p = 1; p < 5; ++p)
       crashes_at[p] += r.stats.crashes_at[p];
     if (r.stats.liveness_ticks > max_live) max_live = r.stats.liveness_ticks;
@@ -169,5 +183,8 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(crashes_at[3]),
       static_cast<unsigned long long>(sent_unwritten),
       static_cast<unsigned long long>(crashes_at[4]));
+  std::printf("a corrupting peer in %llu seeds: %llu mutated messages, each dropped\n",
+              static_cast<unsigned long long>(corrupt_seeds),
+              static_cast<unsigned long long>(corrupted));
   return failures == 0 ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -22,6 +23,7 @@ using namespace keel::raft;
 constexpr uint64_t kUnitsPerTick = 10;  // simulated time: 10 units per nominal tick
 constexpr uint64_t kLivenessTicks = 4000;
 constexpr uint64_t kBarrierId = ~uint64_t{0};
+constexpr NodeId kStrangers = 1000000;  // ids from here on are never members (forged senders)
 
 struct Failure {
   std::string what;
@@ -76,6 +78,10 @@ struct Swarm {
   uint64_t props_max = 1, propose_ppm = 0, read_ppm = 0, conf_ppm = 0, transfer_ppm = 0;
   uint64_t snapshot_every = 20, snapshot_keep = 5;
   uint64_t chaos_ticks = 500;
+  // One corrupting peer (0 = none): during chaos it mutates this share of the messages it
+  // sends, each in a way its receiver must detect and drop (Sim::corrupt).
+  NodeId corrupter = 0;
+  uint64_t corrupt_ppm = 0;
 };
 
 struct SimNode {
@@ -96,6 +102,7 @@ struct SimNode {
   ConfState app_conf;
   uint64_t chain_base = 0;
   std::vector<uint64_t> chain;  // chain[i - chain_base]: hash of the log prefix ending at i
+  uint64_t expected_drops = 0;  // corrupted messages this incarnation had to drop (counted)
 };
 
 struct ReadReq {
@@ -108,7 +115,8 @@ class SimReady;
 
 class Sim {
  public:
-  explicit Sim(const SimOptions& opt) : opt_(opt), rng_(opt.seed) {}
+  explicit Sim(const SimOptions& opt)
+      : opt_(opt), rng_(opt.seed), byz_rng_(opt.seed ^ 0xb12a47e5c0ffee11ULL) {}
   SimResult run();
 
  private:
@@ -121,6 +129,7 @@ class Sim {
 
   void send(Message m);
   void deliver_due();
+  bool corrupt(SimNode& n, const Message& orig);
   void tick_due();
   friend class SimReady;
   void process_ready(SimNode& n);
@@ -150,6 +159,7 @@ class Sim {
 
   SimOptions opt_;
   Rng rng_;
+  Rng byz_rng_;  // the corrupting peer's draws: seeds without one replay as before it existed
   Swarm sw_;
   DriveOptions drive_;
   uint64_t now_ = 0;
@@ -232,6 +242,16 @@ void Sim::draw_swarm() {
   // in the rest.
   drive_.leader_sends_first = rng_.chance(750000);
   stats_.leader_sends_first = drive_.leader_sends_first;
+  // A corrupting peer in 30% of seeds (all of them with --byzantine on), drawn from its own
+  // stream.
+  const bool byz = opt_.byzantine < 0 ? byz_rng_.chance(300000) : opt_.byzantine > 0;
+  if (byz) {
+    const uint64_t rates[] = {20000, 100000, 300000};
+    sw_.corrupt_ppm = rates[byz_rng_.below(3)];
+    sw_.corrupter = 1 + byz_rng_.below(static_cast<uint64_t>(sw_.voters + sw_.learners));
+    stats_.corrupter = sw_.corrupter;
+    ev("corrupter", sw_.corrupter, sw_.corrupt_ppm);
+  }
   ev("drive", drive_.leader_sends_first ? 1 : 0);
   ev("swarm", static_cast<uint64_t>(sw_.voters), static_cast<uint64_t>(sw_.learners), sw_.drop_ppm,
      sw_.crash_ppm);
@@ -293,6 +313,7 @@ void Sim::rebuild_chain(SimNode& n) {
 void Sim::start(SimNode& n) {
   n.up = true;
   n.raft = std::make_unique<RawNode>(node_config(n));
+  n.expected_drops = 0;
   auto snap = n.live.snapshot();
   n.app_conf = snap->meta.conf;
   if (snap->meta.index == 0) {
@@ -353,6 +374,9 @@ void Sim::deliver_due() {
       continue;
     }
     SimNode& n = *it->second;
+    if (chaos_ && m.from == sw_.corrupter && byz_rng_.chance(sw_.corrupt_ppm) && corrupt(n, m)) {
+      continue;  // the mutated message replaced the original
+    }
     ev(to_string(m.type), m.from, m.to, m.term, m.index);
     n.raft->step(std::move(m));
     check_node(n);
@@ -371,6 +395,68 @@ void Sim::tick_due() {
       process_ready(n);
     }
   }
+}
+
+// The corrupting peer: mutates `orig` so that its receiver `n` must detect it, judged against
+// n's state now, and steps the result. The receiver must drop it: nothing changes, nothing is
+// answered, one drop is counted. Returns false (deliver the original) when the drawn mutation
+// does not apply to this message. Only detectable lies are in scope: Raft makes no promise
+// against a member that forges votes or entries, and neither does keel.
+bool Sim::corrupt(SimNode& n, const Message& orig) {
+  RawNode& r = *n.raft;
+  Message m = orig;
+  const bool at_leader = r.role() == Role::leader && r.term() == m.term;
+  const bool forwarded = m.type == MessageType::prop || m.type == MessageType::read_index ||
+                         m.type == MessageType::transfer_leader;
+  bool counted = true;  // false: from_non_member, which is not an alarm
+  uint64_t kind = byz_rng_.below(6);
+  switch (kind) {
+    case 0:  // commit beyond the follower's log
+      if (m.type != MessageType::heartbeat) return false;
+      m.commit = r.last_index() + 1 + byz_rng_.below(100);
+      break;
+    case 1:  // acknowledgement beyond the leader's log
+      if (m.type != MessageType::app_resp || !at_leader) return false;
+      m.index = r.last_index() + 1 + byz_rng_.below(100);
+      break;
+    case 2:  // entries with a gap, or a term above the message's
+      if (m.type != MessageType::app || m.entries.empty()) return false;
+      if (byz_rng_.chance(500000)) {
+        m.entries.back().index += 1 + byz_rng_.below(3);
+      } else {
+        m.entries.back().term = m.term + 1;
+      }
+      break;
+    case 3:  // an answer from a stranger
+      if ((m.type != MessageType::app_resp && m.type != MessageType::heartbeat_resp) || !at_leader)
+        return false;
+      m.from = kStrangers + byz_rng_.below(1000);
+      counted = false;
+      break;
+    case 4:  // from no one, or from the receiver itself
+      m.from = forwarded || byz_rng_.chance(500000) ? kNoNode : m.to;
+      break;
+    default:  // a term where none belongs, or none where one does
+      m.term = m.type == MessageType::prop || m.type == MessageType::read_index ? r.term() + 1 : 0;
+      break;
+  }
+  auto state = [&] {
+    return std::make_tuple(r.term(), r.vote(), r.leader(), r.role(), r.commit_index(),
+                           r.last_index(), r.has_ready());
+  };
+  const auto before = state();
+  const uint64_t drops = r.dropped().total();
+  ++stats_.corrupted;
+  ev("corrupt", orig.from, m.to, static_cast<uint64_t>(m.type), kind);
+  const MessageType type = m.type;
+  r.step(std::move(m));
+  if (state() != before || r.dropped().total() != drops + 1) {
+    fail("corrupted " + std::string(to_string(type)) + " (mutation " + std::to_string(kind) +
+         ") from " + std::to_string(orig.from) + " was not dropped by " + std::to_string(n.id));
+  }
+  if (counted) ++n.expected_drops;
+  check_node(n);
+  return true;
 }
 
 // The simulator's side of the shared Ready loop (raft::drive_ready): "persist" writes to the
@@ -429,8 +515,15 @@ bool Sim::persist(SimNode& n, const Ready& rd) {
 }
 
 bool Sim::send_all(SimNode& n, std::vector<Message>& messages, bool persisted) {
-  for (Message& m : messages)
+  for (Message& m : messages) {
+    // The transport delivers a message only from the member at the other end of its stream
+    // (transport.cpp drops the whole batch otherwise), so a member only ever speaks for itself.
+    if (m.from != n.id) {
+      fail("node " + std::to_string(n.id) + " sent a " + to_string(m.type) + " as " +
+           std::to_string(m.from) + ": a real transport would drop it");
+    }
     send(std::move(m));
+  }
   // Point 3 is "after send"; when the leader sent first, the Ready's write has not happened.
   if (!ready_crash(n, 3)) return true;
   if (!persisted) ++stats_.crashes_sent_unwritten;
@@ -585,6 +678,18 @@ void Sim::check_node(SimNode& n) {
   if (!n.up) return;
   RawNode& r = *n.raft;
   r.check_invariants();
+  // What the core drops as "no correct member sends this" must be exactly what the corrupting
+  // peer sent it (from_non_member is also a normal race, e.g. an answer right after a removal).
+  const DroppedCounts& d = r.dropped();
+  if (d.total() - d.from_non_member != n.expected_drops) {
+    std::string why = "node " + std::to_string(n.id) + " dropped " +
+                      std::to_string(d.total() - d.from_non_member - n.expected_drops) +
+                      " message(s) from honest peers:";
+    d.for_each([&](const char* name, uint64_t count) {
+      if (count != 0) why += std::string(" ") + name + "=" + std::to_string(count);
+    });
+    fail(why);
+  }
   stats_.max_term = std::max(stats_.max_term, r.term());
   if (r.role() != Role::leader) return;
   note_commit(n);

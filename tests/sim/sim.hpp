@@ -11,6 +11,7 @@ namespace keel::sim {
 struct SimOptions {
   uint64_t seed = 1;
   FILE* trace = nullptr;  // when set, one line per event
+  int byzantine = -1;     // a corrupting peer: -1 drawn per seed (30%), 0 never, 1 always
 };
 
 struct SimStats {
@@ -30,6 +31,8 @@ struct SimStats {
                                         // sync; 2 after sync; 3 after send; 4 after apply
   uint64_t crashes_sent_unwritten = 0;  // point 3 reached before the Ready's write (early send)
   uint64_t early_sends = 0;             // Readys whose messages went out before their write
+  uint64_t corrupter = 0;               // the corrupting peer's id, 0 if none (drawn per seed)
+  uint64_t corrupted = 0;               // messages it mutated (each dropped by its receiver)
 };
 
 struct SimResult {
