@@ -661,8 +661,10 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
                         "another membership change is not committed yet (or the new leader "
                         "has not committed an entry of its term); retry"));
       case raft::ProposeStatus::invalid:
-        return done(
-            err(ErrorCode::invalid_argument, "the change leaves no voter or changes nothing"));
+        return done(err(ErrorCode::invalid_argument,
+                        "refused: the change would leave no voter or change nothing, or it adds "
+                        "back a member that was removed (a removed member cannot rejoin under "
+                        "its old name: give it a new --name and an empty data dir)"));
     }
   }
 
