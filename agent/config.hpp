@@ -19,7 +19,7 @@ struct Config {
   storage::Limits limits;
   size_t max_connections = 1024;  // limits.max_connections: connections open at once
 
-  size_t cache_size_mb = 256;
+  size_t cache_size_mb = 48;
   size_t log_file_max_mb = 16;
   size_t compaction_batch_rows = 1000;
   size_t max_batch_entries = 1024;  // proposals per fsync'd log batch

@@ -33,7 +33,7 @@ namespace keel::storage {
 
 struct EngineOptions {
   std::string dir;  // created if missing
-  size_t cache_size_mb = 256;
+  size_t cache_size_mb = 48;
   size_t log_file_max_mb = 16;  // WiredTiger's own journal file size; no preallocation
   // Compaction deletes history in chunks of this many rows per WiredTiger transaction, on a
   // background thread, so that reads and writes never wait for a whole compaction.
