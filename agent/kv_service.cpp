@@ -192,10 +192,10 @@ class KeelImpl final : public rpc::Keel::Server {
       fill_status(*s_, peer_, list[0]);
       return kj::READY_NOW;
     }
-    using Statuses = std::shared_ptr<std::vector<Result<node::NodeStatus>>>;
+    using Statuses = std::shared_ptr<std::vector<node::MemberStatus>>;
     auto p = from_node<Statuses>([](node::Node& n, auto done) {
                n.cluster_status(2000, [done = std::move(done)](auto all) mutable {
-                 done(std::make_shared<std::vector<Result<node::NodeStatus>>>(std::move(all)));
+                 done(std::make_shared<std::vector<node::MemberStatus>>(std::move(all)));
                });
              }).then([s = s_, peer = peer_, ctx](Statuses shared) mutable {
       auto& all = *shared;
@@ -206,13 +206,17 @@ class KeelImpl final : public rpc::Keel::Server {
           fill_status(*s, peer, out);  // this member: the full local status
           continue;
         }
-        if (!all[i]) {
-          to_rpc(all[i].error(), out.initError());
+        auto& st = all[i].status;
+        if (!st) {
+          // Who did not answer: the row still names the member.
+          out.setMemberId(all[i].id);
+          out.setName(all[i].name);
+          to_rpc(st.error(), out.initError());
           continue;
         }
-        fill_raft(out, *all[i]);
-        out.initHeader().setRevision(all[i]->revision);
-        out.setAppliedIndex(all[i]->applied_index);
+        fill_raft(out, *st);
+        out.initHeader().setRevision(st->revision);
+        out.setAppliedIndex(st->applied_index);
       }
     });
     return track(kj::mv(p));

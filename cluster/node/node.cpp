@@ -94,7 +94,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     std::vector<std::optional<Result<NodeStatus>>> results;  // [0] = self
     std::map<NodeId, size_t> slot;
     size_t missing = 0;
-    std::function<void(std::vector<Result<NodeStatus>>)> done;
+    std::function<void(std::vector<MemberStatus>)> done;
     std::unique_ptr<asio::steady_timer> timer;
     uint64_t seq = 0;
     Clock::time_point last_send;
@@ -714,8 +714,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     shared_status = std::move(s);
   }
 
-  void query_cluster(uint32_t timeout_ms,
-                     std::function<void(std::vector<Result<NodeStatus>>)> done) {
+  void query_cluster(uint32_t timeout_ms, std::function<void(std::vector<MemberStatus>)> done) {
     auto q = std::make_unique<StatusQuery>();
     q->done = std::move(done);
     q->results.emplace_back(local_status());
@@ -744,16 +743,16 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   }
 
   void finish_query(std::unique_ptr<StatusQuery> q) {
-    std::vector<Result<NodeStatus>> out;
+    std::vector<MemberStatus> out;
+    out.push_back(MemberStatus{opt.id, opt.name, std::move(*q->results[0])});
     for (auto& [id, slot] : q->slot) {
+      std::string name = members.count(id) ? members.at(id).name : std::to_string(id);
       if (!q->results[slot]) {
-        std::string name = members.count(id) ? members.at(id).name : std::to_string(id);
         q->results[slot] = err(ErrorCode::unavailable,
                                "member " + name + " did not answer (unreachable or stopped)");
       }
+      out.push_back(MemberStatus{id, std::move(name), std::move(*q->results[slot])});
     }
-    for (auto& r : q->results)
-      out.push_back(std::move(*r));
     q->done(std::move(out));
   }
 
@@ -1425,7 +1424,7 @@ void Node::change_member(MemberChange change, const std::string& name,
 }
 
 void Node::cluster_status(uint32_t timeout_ms,
-                          std::function<void(std::vector<Result<NodeStatus>>)> done) {
+                          std::function<void(std::vector<MemberStatus>)> done) {
   asio::post(impl_->io, [impl = impl_.get(), timeout_ms, done = std::move(done)]() mutable {
     impl->query_cluster(timeout_ms, std::move(done));
   });

@@ -104,6 +104,13 @@ struct NodeStatus {
 
 using Completion = std::function<void(Result<storage::CommandResult>)>;
 
+// One member's answer to a cluster status query: who was asked, and what it said.
+struct MemberStatus {
+  raft::NodeId id = 0;
+  std::string name;
+  Result<NodeStatus> status;
+};
+
 enum class MemberChange : uint8_t { add_learner, promote, remove };
 
 class Node {
@@ -125,10 +132,9 @@ class Node {
   // on this member.
   void change_member(MemberChange change, const std::string& name, const std::string& peer_address,
                      std::function<void(Result<std::vector<Member>>)> done);
-  // This member's status and every other member's, asked over the peer connections; a member
-  // that does not answer within timeout_ms gets an `unavailable` entry.
-  void cluster_status(uint32_t timeout_ms,
-                      std::function<void(std::vector<Result<NodeStatus>>)> done);
+  // This member's status ([0]) and every other member's, asked over the peer connections; a
+  // member that does not answer within timeout_ms gets an `unavailable` status.
+  void cluster_status(uint32_t timeout_ms, std::function<void(std::vector<MemberStatus>)> done);
 
   NodeStatus status() const;  // any thread
 

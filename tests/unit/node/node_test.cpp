@@ -300,18 +300,34 @@ TEST_CASE("three members: elect, write through a follower and read it there at o
 TEST_CASE("three members: every member's status over the peer connections", "[node][cluster]") {
   Cluster c(3);
   REQUIRE(c.wait_leader() >= 0);
-  std::promise<std::vector<Result<node::NodeStatus>>> done;
+  std::promise<std::vector<node::MemberStatus>> done;
   c.nodes[0]->cluster_status(2000, [&](auto all) { done.set_value(std::move(all)); });
   auto all = done.get_future().get();
   REQUIRE(all.size() == 3);
   int leaders = 0;
-  for (auto& s : all) {
-    REQUIRE(s.ok());
-    CHECK(s->members.size() == 3);
-    if (s->role == "leader") leaders++;
+  for (auto& m : all) {
+    REQUIRE(m.status.ok());
+    CHECK(m.status->members.size() == 3);
+    CHECK(m.status->name == m.name);
+    if (m.status->role == "leader") leaders++;
   }
   CHECK(leaders == 1);
-  CHECK(all[0]->name == "m0");
+  CHECK(all[0].name == "m0");
+  // A stopped member's row still names it.
+  c.nodes[2]->stop();
+  std::promise<std::vector<node::MemberStatus>> again;
+  c.nodes[0]->cluster_status(500, [&](auto all) { again.set_value(std::move(all)); });
+  auto rows = again.get_future().get();
+  REQUIRE(rows.size() == 3);
+  bool named = false;
+  for (auto& m : rows) {
+    if (m.name != "m2") continue;
+    named = true;
+    REQUIRE_FALSE(m.status.ok());
+    CHECK(m.status.error().code == ErrorCode::unavailable);
+    CHECK(m.id == c.members[2].id);
+  }
+  CHECK(named);
 }
 
 TEST_CASE("three members: a stopping leader hands leadership over; no write is lost",
