@@ -783,7 +783,15 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       pump();
     });
   }
-  void on_unreachable(NodeId peer) override { raw->report_unreachable(peer); }
+  void on_unreachable(NodeId peer) override {
+    raw->report_unreachable(peer);
+    // A chunk of a running snapshot transfer was dropped with the connection: the transfer
+    // cannot finish, so the core may start a new one now rather than after the timeout.
+    if (snaps_out.count(peer)) {
+      abort_snapshot(peer, "the connection to the member was lost");
+      schedule_pump();
+    }
+  }
   void on_app(NodeId from, std::string payload) override {
     auto kind = wire::app_kind(payload);
     if (kind == wire::AppKind::status_request) {
