@@ -222,6 +222,7 @@ StatusInfo status_from_rpc(rpc::Status::Reader s) {
   out.commit_index = s.getCommitIndex();
   out.last_index = s.getLastIndex();
   out.cluster_id = s.getClusterId();
+  out.cluster_time_ms = s.getClusterTimeMs();
   if (s.hasError() && s.getError().getCode() != rpc::ErrorCode::OK)
     out.error = from_rpc(s.getError());
   return out;

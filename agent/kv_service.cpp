@@ -254,6 +254,7 @@ class KeelImpl final : public rpc::Keel::Server {
     s.setCommitIndex(st.commit_index);
     s.setLastIndex(st.last_index);
     s.setClusterId(st.cluster_id);
+    s.setClusterTimeMs(st.cluster_ms);
   }
 
   template <typename Builder>

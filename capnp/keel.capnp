@@ -218,6 +218,7 @@ struct Status {
   clusterId @18 :UInt64 $Json.name("cluster_id");
   leaderName @19 :Text $Json.name("leader_name");
   error @20 :Error;                                     # clusterStatus: this member did not answer
+  clusterTimeMs @21 :UInt64 $Json.name("cluster_time_ms");  # cluster time as of applied_index
 }
 
 struct Member {

@@ -181,6 +181,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   uint64_t next_transfer = 1;
   uint64_t stat_snapshots_sent = 0, stat_snapshots_installed = 0, stat_dropped_props = 0;
   uint64_t applied_term = 0;  // term of the last applied entry
+  // Cluster time (see cluster_now): the newest stamp in this member's log or state, and the
+  // leader's clock base, set when it became leader.
+  uint64_t last_stamp = 0;
+  uint64_t clock_base_ms = 0;
+  Clock::time_point clock_base_at;
   bool pump_posted = false;
 
   // ---- bootstrap -------------------------------------------------------------------------
@@ -240,6 +245,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     }
     applied = store.applied_index();
     applied_term = log.term(applied).value_or(log.snapshot()->meta.term);
+    last_stamp = store.applied_cluster_ms();
     applied_conf = store.applied_conf();
     if (applied_conf.voters.empty() && applied_conf.learners.empty()) {
       // Nothing applied recorded a configuration yet (no membership change so far): the
@@ -299,10 +305,36 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     while (from <= last) {
       std::vector<raft::Entry> ents;
       log.entries(from, last + 1, 4 << 20, &ents);
-      for (const auto& e : ents)
+      for (const auto& e : ents) {
         note_conf_entry(e);
+        note_stamp(e);
+      }
       from = ents.back().index + 1;
     }
+  }
+
+  // Cluster time (LogCabin's ClusterClock): the leader's monotonic clock, continued from the
+  // newest stamp in its log when it became leader, so a leaderless gap is not counted and a
+  // wall-clock jump changes nothing. Only the leader stamps (submit, on_message), as it
+  // appends; stamps never go back. apply() never reads a clock: the state machine's time is
+  // the stamps in the log (MvccStore::applied_cluster_ms).
+  uint64_t cluster_now() {
+    const auto elapsed =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - clock_base_at).count();
+    last_stamp =
+        std::max(last_stamp, clock_base_ms + static_cast<uint64_t>(std::max<int64_t>(0, elapsed)));
+    return last_stamp;
+  }
+  void start_cluster_clock() {
+    clock_base_ms = last_stamp;
+    clock_base_at = Clock::now();
+  }
+  void note_stamp(const raft::Entry& e) {
+    if (e.type != raft::EntryType::normal || e.data.empty()) return;
+    wire::Origin origin;
+    std::string_view cmd;
+    uint64_t stamp = 0;
+    if (wire::decode_entry(e.data, &origin, &cmd, &stamp)) last_stamp = std::max(last_stamp, stamp);
   }
 
   // A membership entry takes effect when appended (thesis §4.1): the new member's address
@@ -455,6 +487,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       return complete(std::move(done), bytes, removed_error());
     }
     if (failed) return complete(std::move(done), bytes, *failed);
+    if (raw->role() == raft::Role::leader) wire::stamp_entry(&data, cluster_now());
     auto r = raw->propose(data);
     switch (r.status) {
       case raft::ProposeStatus::ok:
@@ -699,6 +732,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     s.applied_index = applied;
     s.last_index = raw->last_index();
     s.revision = store.current_revision();
+    s.cluster_ms = store.applied_cluster_ms();
     s.members = member_list();
     s.readies = stat_readies;
     s.proposals = stat_proposals;
@@ -768,6 +802,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       // (see settle_forwarded).
       stat_dropped_props++;
       return;
+    }
+    if (m.type == raft::MessageType::prop) {
+      for (auto& e : m.entries) {
+        if (e.type == raft::EntryType::normal) wire::stamp_entry(&e.data, cluster_now());
+      }
     }
     raw->step(std::move(m));
     // One Ready for everything a batch frame carried (e.g. many forwarded proposals share
@@ -859,8 +898,10 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     } else {
       log.persist(rd);  // one WiredTiger transaction, synced; aborts on an I/O failure
     }
-    for (const auto& e : rd.entries)
+    for (const auto& e : rd.entries) {
       note_conf_entry(e);
+      note_stamp(e);
+    }
     return true;
   }
 
@@ -1056,6 +1097,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     stat_snapshots_installed++;
     applied = snap.meta.index;
     applied_term = std::max(applied_term, snap.meta.term);
+    last_stamp = std::max(last_stamp, store.applied_cluster_ms());
     settle_forwarded(snap.meta.term, true);
     applied_conf = snap.meta.conf;
     conf_unrecorded = false;
@@ -1115,6 +1157,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   void apply_entries(const std::vector<raft::Entry>& entries) {
     std::vector<Decoded> decoded;
     decoded.reserve(entries.size());
+    uint64_t batch_ms = 0;  // the batch's cluster time: its newest stamp
     bool conf_changed = false;
     std::vector<std::pair<uint64_t, std::function<void()>>> conf_done;
     for (const auto& e : entries) {
@@ -1126,7 +1169,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       if (e.data.empty()) continue;  // a new leader's no-op
       wire::Origin origin;
       std::string_view cmd_bytes;
-      if (!wire::decode_entry(e.data, &origin, &cmd_bytes)) {
+      uint64_t stamp = 0;
+      if (!wire::decode_entry(e.data, &origin, &cmd_bytes, &stamp)) {
         spdlog::error("log entry {} is not a keel command; skipped on every member", e.index);
         continue;
       }
@@ -1137,6 +1181,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         continue;
       }
       decoded.push_back(Decoded{e.index, origin, std::move(cmd).value()});
+      batch_ms = std::max(batch_ms, stamp);
     }
     const uint64_t last = entries.back().index;
     std::vector<std::pair<uint64_t, const storage::Command*>> batch;
@@ -1147,7 +1192,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     const bool record_conf = conf_changed || conf_unrecorded;
     if (record_conf) members_blob = wire::encode_members(member_list_applied());
     auto results = store.apply(batch, last, record_conf ? &applied_conf : nullptr,
-                               record_conf ? &members_blob : nullptr);
+                               record_conf ? &members_blob : nullptr, batch_ms);
     conf_unrecorded = false;
     KEEL_ASSERT(results.size() == batch.size(), "apply returned a result per command");
     applied = last;
@@ -1317,6 +1362,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       if (raw->leader() != soft.lead || raw->role() != soft.role) {
         const bool leader_appeared = raw->leader() != raft::kNoNode && soft.lead != raw->leader();
         soft = {raw->leader(), raw->role()};
+        if (soft.role == raft::Role::leader) start_cluster_clock();
         if (soft.lead != raft::kNoNode) {
           spdlog::info("term {}: leader is {:x}{}", raw->term(), soft.lead,
                        soft.lead == opt.id ? " (this member)" : "");

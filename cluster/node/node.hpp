@@ -93,6 +93,7 @@ struct NodeStatus {
   uint64_t applied_index = 0;
   uint64_t last_index = 0;
   int64_t revision = 0;
+  uint64_t cluster_ms = 0;  // cluster time as of applied_index (see NodeOptions)
   std::vector<Member> members;
   // Totals since start.
   uint64_t readies = 0;

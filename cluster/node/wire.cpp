@@ -6,7 +6,9 @@ namespace {
 
 constexpr char kEntryMagic = 'K';
 constexpr char kVersion = 1;
-constexpr size_t kMaxString = 1 << 16;  // names, addresses, roles
+constexpr char kEntryVersion = 2;        // entries: version 1 had no cluster time
+constexpr size_t kStampOffset = 2 + 24;  // magic, version, origin
+constexpr size_t kMaxString = 1 << 16;   // names, addresses, roles
 constexpr size_t kMaxMembers = 1 << 16;
 
 void put_u64(std::string* out, uint64_t v) {
@@ -96,18 +98,33 @@ void put_members(std::string* out, const std::vector<Member>& members) {
 
 std::string encode_entry(const Origin& origin, std::string_view command) {
   std::string out;
-  out.reserve(2 + 24 + command.size());
+  out.reserve(kStampOffset + 8 + command.size());
   out.push_back(kEntryMagic);
-  out.push_back(kVersion);
+  out.push_back(kEntryVersion);
   put_origin(&out, origin);
+  put_u64(&out, 0);  // cluster time: stamped by the leader (stamp_entry)
   out.append(command);
   return out;
 }
 
-bool decode_entry(std::string_view data, Origin* origin, std::string_view* command) {
-  if (data.size() < 2 || data[0] != kEntryMagic || data[1] != kVersion) return false;
+bool stamp_entry(std::string* data, uint64_t cluster_ms) {
+  if (data->size() < kStampOffset + 8 || (*data)[0] != kEntryMagic || (*data)[1] != kEntryVersion) {
+    return false;
+  }
+  for (int i = 0; i < 8; ++i)
+    (*data)[kStampOffset + i] = static_cast<char>((cluster_ms >> (8 * i)) & 0xff);
+  return true;
+}
+
+bool decode_entry(std::string_view data, Origin* origin, std::string_view* command,
+                  uint64_t* cluster_ms) {
+  if (data.size() < 2 || data[0] != kEntryMagic) return false;
+  if (data[1] != kVersion && data[1] != kEntryVersion) return false;
   Reader r(data.substr(2));
   if (!r.origin(origin)) return false;
+  uint64_t stamp = 0;
+  if (data[1] == kEntryVersion && !r.u64(&stamp)) return false;  // version 1: no stamp
+  if (cluster_ms != nullptr) *cluster_ms = stamp;
   *command = r.rest();
   return true;
 }
@@ -164,6 +181,7 @@ std::string encode_status_response(uint64_t seq, const NodeStatus& s) {
   put_u64(&out, s.readies);
   put_u64(&out, s.proposals);
   put_u64(&out, s.log_syncs);
+  put_u64(&out, s.cluster_ms);
   return out;
 }
 
@@ -204,7 +222,7 @@ bool decode_status_response(std::string_view data, uint64_t* seq, NodeStatus* s)
          r.str(&s->role) && r.u64(&s->leader) && r.u64(&s->term) && r.u64(&s->commit_index) &&
          r.u64(&s->applied_index) && r.u64(&s->last_index) && r.i64(&s->revision) &&
          r.members(&s->members) && r.u64(&s->readies) && r.u64(&s->proposals) &&
-         r.u64(&s->log_syncs) && r.done();
+         r.u64(&s->log_syncs) && r.u64(&s->cluster_ms) && r.done();
 }
 
 std::string encode_snapshot_chunk(uint64_t transfer, uint64_t seq, bool last,

@@ -21,10 +21,15 @@ struct Origin {
   bool operator==(const Origin&) const = default;
 };
 
-// Normal entry: 'K' version(1) origin(24 bytes) command bytes.
+// Normal entry: 'K' version(2) origin(24 bytes) cluster_ms(8 bytes) command bytes. The
+// proposer leaves cluster_ms 0; the leader stamps it as it appends the entry (stamp_entry).
+// Version 1 (no cluster time) still decodes, with cluster_ms 0.
 std::string encode_entry(const Origin& origin, std::string_view command);
+// Sets the cluster time of an encoded version-2 entry in place; false if it is not one.
+bool stamp_entry(std::string* data, uint64_t cluster_ms);
 // False if `data` is not an entry of this format (the command bytes are returned unchecked).
-bool decode_entry(std::string_view data, Origin* origin, std::string_view* command);
+bool decode_entry(std::string_view data, Origin* origin, std::string_view* command,
+                  uint64_t* cluster_ms = nullptr);
 
 // Conf-change context: origin, the member's name and peer address.
 std::string encode_member_context(const Origin& origin, const Member& member);

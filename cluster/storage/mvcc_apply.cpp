@@ -130,6 +130,7 @@ class StoreImpl : public MvccStore {
     revision_ = state.revision;
     compact_revision_ = state.compact_revision;
     applied_index_ = state.applied_index;
+    cluster_ms_ = state.cluster_ms;
     {
       std::lock_guard lk(conf_mu_);
       applied_conf_ = state.conf;
@@ -218,7 +219,7 @@ class StoreImpl : public MvccStore {
   using MvccStore::apply;
   std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& entries, uint64_t applied_index,
-      const raft::ConfState* conf, const std::string* members) override {
+      const raft::ConfState* conf, const std::string* members, uint64_t cluster_ms) override {
     if (applied_index != 0) {
       KEEL_ASSERT(applied_index >= applied_index_.load(), "apply: applied index goes back");
       for (const auto& e : entries)
@@ -231,11 +232,9 @@ class StoreImpl : public MvccStore {
     for (;;) {
       std::vector<Result<CommandResult>> results;
       results.reserve(entries.size());
-      State state{revision_.load(),
-                  compact_revision_.load(),
-                  applied_index_.load(),
-                  {},
-                  generation_.load()};
+      State state{revision_.load(),      compact_revision_.load(),
+                  applied_index_.load(), {},
+                  generation_.load(),    std::max(cluster_ms_.load(), cluster_ms)};
       {
         std::lock_guard lk(conf_mu_);
         state.conf = conf != nullptr ? *conf : applied_conf_;
@@ -274,6 +273,7 @@ class StoreImpl : public MvccStore {
       revision_.store(state.revision);
       compact_revision_.store(state.compact_revision);
       applied_index_.store(state.applied_index);
+      cluster_ms_.store(state.cluster_ms);
       if (conf != nullptr || members != nullptr) {
         std::lock_guard lk(conf_mu_);
         if (conf != nullptr) applied_conf_ = std::move(state.conf);
@@ -291,6 +291,7 @@ class StoreImpl : public MvccStore {
   }
 
   uint64_t applied_index() const override { return applied_index_.load(); }
+  uint64_t applied_cluster_ms() const override { return cluster_ms_.load(); }
   raft::ConfState applied_conf() const override {
     std::lock_guard lk(conf_mu_);
     return applied_conf_;
@@ -633,9 +634,10 @@ class StoreImpl : public MvccStore {
   std::atomic<int64_t> compact_revision_{0};
   std::atomic<uint64_t> applied_index_{0};
   std::atomic<uint64_t> generation_{0};  // of the state tables (wt_internal.hpp)
-  uint64_t next_sink_generation_ = 1;    // node thread
-  bool retired_pending_ = false;         // node thread: replaced tables left to drop
-  mutable std::mutex conf_mu_;           // applied_conf_ is read from any thread
+  std::atomic<uint64_t> cluster_ms_{0};
+  uint64_t next_sink_generation_ = 1;  // node thread
+  bool retired_pending_ = false;       // node thread: replaced tables left to drop
+  mutable std::mutex conf_mu_;         // applied_conf_ is read from any thread
   raft::ConfState applied_conf_;
   std::string applied_members_;  // the node's member list (opaque here), meta row "members"
 

@@ -140,6 +140,8 @@ class MvccStore {
   //     change is in the batch); becomes applied_conf().
   //   members: when not null, an opaque blob (the node's member names and addresses as of
   //     applied_index), stored in the same transaction; becomes applied_members().
+  //   cluster_ms: the cluster time of the batch (leader-stamped in the log); 0 = unchanged.
+  //     Never goes back: a smaller value leaves it as it was. Becomes applied_cluster_ms().
   // `commands` may be empty (a batch of no-ops/conf changes only).
   // Each command either fully applies or has no effect and yields its error (key_not_found
   // for ignore_value/ignore_lease on a missing key, future_revision/compacted for Compact,
@@ -149,7 +151,8 @@ class MvccStore {
   // applied_index()).
   virtual std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& commands, uint64_t applied_index,
-      const raft::ConfState* conf, const std::string* members = nullptr) = 0;
+      const raft::ConfState* conf, const std::string* members = nullptr,
+      uint64_t cluster_ms = 0) = 0;
   // The same, with applied_index() = the last non-zero command index, conf unchanged.
   std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& entries) {
@@ -157,6 +160,8 @@ class MvccStore {
   }
 
   virtual uint64_t applied_index() const = 0;
+  // Cluster time as of applied_index() (0 before any stamped entry).
+  virtual uint64_t applied_cluster_ms() const = 0;
   // The raft configuration as of applied_index() (empty until an apply() passed one).
   virtual raft::ConfState applied_conf() const = 0;
   // The blob last passed as `members` (empty if none).

@@ -250,13 +250,14 @@ inline KeyValue record_kv(Record&& r) {
 
 // The "state" row of meta: what apply() changes atomically with the data. The applied
 // configuration was added later: a row without it decodes with an empty one.
-// The generation ('g' varint) was added after that; a row without it is generation 0.
+// Then tagged fields: generation ('g' varint; absent = 0) and cluster time ('t' varint).
 struct State {
   int64_t revision = 1;
   int64_t compact_revision = 0;
   uint64_t applied_index = 0;
   raft::ConfState conf;     // the raft configuration as of applied_index
   uint64_t generation = 0;  // of the state machine's tables (see "Generations" above)
+  uint64_t cluster_ms = 0;  // cluster time as of applied_index (leader-stamped, in the log)
 };
 inline std::string encode_state(const State& s) {
   std::string out;
@@ -267,6 +268,10 @@ inline std::string encode_state(const State& s) {
   if (s.generation != 0) {
     out.push_back('g');
     put_varint(out, s.generation);
+  }
+  if (s.cluster_ms != 0) {
+    out.push_back('t');
+    put_varint(out, s.cluster_ms);
   }
   return out;
 }
@@ -279,11 +284,17 @@ inline bool decode_state(std::string_view in, State* s) {
   s->conf = raft::ConfState{};
   s->generation = 0;
   if (!in.empty() && !get_conf(&in, &s->conf)) return false;
-  if (in.empty()) return true;
-  if (in.front() != 'g') return false;
-  in.remove_prefix(1);
-  if (!get_varint(&in, &s->generation) || !in.empty()) return false;
-  return true;
+  s->cluster_ms = 0;
+  // Tagged fields added later, each at most once, in this order.
+  if (!in.empty() && in.front() == 'g') {
+    in.remove_prefix(1);
+    if (!get_varint(&in, &s->generation)) return false;
+  }
+  if (!in.empty() && in.front() == 't') {
+    in.remove_prefix(1);
+    if (!get_varint(&in, &s->cluster_ms)) return false;
+  }
+  return in.empty();
 }
 
 // ---- cursors ----

@@ -491,6 +491,75 @@ TEST_CASE("three members: members behind the compacted log catch up by a streame
   (*again)->stop();
 }
 
+TEST_CASE(
+    "three members: cluster time is stamped by the leader, the same on every replica, "
+    "never going back and not counting a leaderless gap",
+    "[node][cluster][clock]") {
+  Cluster c(3);
+  int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  auto applied_ms = [&](int i) { return c.engines[i]->store().applied_cluster_ms(); };
+  REQUIRE(propose_wait(*c.nodes[l], put("t", "1")).ok());
+  const uint64_t t1 = applied_ms(l);
+  std::this_thread::sleep_for(300ms);
+  REQUIRE(
+      propose_wait(*c.nodes[(l + 1) % 3], put("t", "2")).ok());  // forwarded: stamped by the leader
+  const uint64_t t2 = applied_ms(l);
+  CHECK(t2 >= t1 + 250);  // the leader's clock moved on
+  // Every replica reaches the same cluster time at the same applied index.
+  CHECK(eventually([&] {
+    for (int i = 0; i < 3; ++i)
+      if (c.engines[i]->store().applied_index() != c.engines[l]->store().applied_index() ||
+          applied_ms(i) != applied_ms(l))
+        return false;
+    return true;
+  }));
+
+  // No quorum for a while: the leaderless gap is not counted, and time never goes back.
+  const int a = (l + 1) % 3, b = (l + 2) % 3;
+  c.nodes[a]->stop();
+  c.nodes[b]->stop();
+  c.nodes[a].reset();
+  c.nodes[b].reset();
+  std::this_thread::sleep_for(1500ms);
+  c.nodes[a] = std::move(node::Node::open(*c.engines[a], c.options[a])).value();
+  REQUIRE(c.nodes[a]->start(nullptr).ok());
+  int lead = -1;
+  REQUIRE(eventually(
+      [&] {
+        for (int i : {a, l}) {
+          if (c.nodes[i]->status().role == "leader") lead = i;
+        }
+        return lead >= 0;
+      },
+      20s));
+  REQUIRE(propose_wait(*c.nodes[lead], put("t", "3")).ok());
+  const uint64_t t3 = applied_ms(lead);
+  CHECK(t3 >= t2);
+  CHECK(t3 < t2 + 1000);  // not t2 + 1500 ms or more: the gap without a leader is not time
+}
+
+TEST_CASE("entries carry the leader's cluster time; version-1 entries still decode",
+          "[node][wire][clock]") {
+  namespace w = node::wire;
+  auto e = w::encode_entry({1, 2, 3}, "cmd");
+  w::Origin o;
+  std::string_view cmd;
+  uint64_t ms = 99;
+  REQUIRE(w::decode_entry(e, &o, &cmd, &ms));
+  CHECK((ms == 0 && cmd == "cmd" && o == w::Origin{1, 2, 3}));
+  REQUIRE(w::stamp_entry(&e, 123456789));
+  REQUIRE(w::decode_entry(e, &o, &cmd, &ms));
+  CHECK((ms == 123456789 && cmd == "cmd"));
+  std::string v1 = e.substr(0, 26) + "cmd";  // magic, version, origin, command
+  v1[1] = 1;
+  REQUIRE(w::decode_entry(v1, &o, &cmd, &ms));
+  CHECK((ms == 0 && cmd == "cmd"));
+  CHECK_FALSE(w::stamp_entry(&v1, 5));
+  std::string short_entry = e.substr(0, 30);
+  CHECK_FALSE(w::decode_entry(short_entry, &o, &cmd, &ms));
+}
+
 TEST_CASE("snapshot chunk and acknowledgement formats round-trip and reject bad input",
           "[node][wire]") {
   namespace w = node::wire;

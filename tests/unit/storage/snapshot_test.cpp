@@ -27,7 +27,7 @@ void fill(test::Store& s, int keys, size_t value_bytes = 40) {
   REQUIRE(s.apply(CompactRequest{mid}).ok());
   s.put("after-compaction", "x");
   const std::string members = "opaque member list";
-  s.store().apply({}, ++s.index, &kConf, &members);
+  s.store().apply({}, ++s.index, &kConf, &members, 777000);  // cluster time 777 s
 }
 
 // Every chunk of `src` into `sink`; returns the number of chunks.
@@ -64,6 +64,7 @@ struct Observed {
   uint64_t applied = 0;
   raft::ConfState conf;
   std::string members;
+  uint64_t cluster_ms = 0;
   bool operator==(const Observed&) const = default;
 };
 
@@ -84,6 +85,7 @@ Observed observe(test::Store& s) {
   o.applied = s.store().applied_index();
   o.conf = s.store().applied_conf();
   o.members = s.store().applied_members();
+  o.cluster_ms = s.store().applied_cluster_ms();
   return o;
 }
 
@@ -125,9 +127,13 @@ TEST_CASE("snapshot: a streamed copy installs the same state, across a reopen", 
   CHECK(log.last_index() == before.applied);
   CHECK(log.hard_state().commit == before.applied);
 
-  // It keeps applying on top, and the old generation's files are gone.
+  CHECK(b.store().applied_cluster_ms() == 777000);
+  // It keeps applying on top (cluster time never goes back), and the old generation's files
+  // are gone.
   b.index = before.applied;
   b.put("on-top", "y");
+  b.store().apply({}, ++b.index, nullptr, nullptr, 5);
+  CHECK(b.store().applied_cluster_ms() == 777000);
   CHECK(b.store().drop_retired() == 0);
   CHECK_FALSE(has_file(b.dir.path, "current.wt"));
   CHECK(has_file(b.dir.path, "current_g1.wt"));
