@@ -187,6 +187,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   uint64_t clock_base_ms = 0;
   Clock::time_point clock_base_at;
   bool pump_posted = false;
+  int fresh_campaign_ticks = 0;  // see start(): a fresh cluster's first campaign is repeated
 
   // ---- bootstrap -------------------------------------------------------------------------
   Status open() {
@@ -378,10 +379,14 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     // A fresh cluster: the lowest-id voter campaigns at once instead of waiting out an
     // election timeout, so a new cluster elects in one round trip (the others wait their
     // randomized timeout, so no split vote). A single voter always campaigns at once.
+    // Its peers usually start at the same moment, so the first requests can find them not
+    // listening yet: it asks again every other tick until a leader is known or one election
+    // timeout has passed (campaigning is always safe; it only costs a term).
     const auto& conf = raw->conf_state();
     if (!conf.voters.empty() && conf.voters.front() == opt.id &&
         (raw->term() == 0 || conf.voters.size() == 1)) {
       raw->campaign();
+      if (conf.voters.size() > 1) fresh_campaign_ticks = opt.election_ticks;
     }
     asio::post(io, [this] {
       pump();
@@ -396,6 +401,14 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     tick_timer.async_wait([this](const asio::error_code& ec) {
       if (ec) return;
       raw->tick();
+      if (fresh_campaign_ticks > 0) {
+        --fresh_campaign_ticks;
+        if (raw->leader() != raft::kNoNode) {
+          fresh_campaign_ticks = 0;
+        } else if (fresh_campaign_ticks % 2 == 0 && raw->role() != raft::Role::leader) {
+          raw->campaign();
+        }
+      }
       expire(Clock::now());
       expire_snapshots(Clock::now());
       pump();
