@@ -149,6 +149,18 @@ struct Cluster {
       if (nodes[i] && members[i].id == lead) return static_cast<int>(i);
     return -1;
   }
+  // Options for a member that joins this running cluster (--initial-cluster-state
+  // existing): it knows the others and itself, and holds no configuration.
+  node::NodeOptions joiner(const std::string& name) const {
+    node::NodeOptions o = options[0];
+    o.name = name;
+    o.id = node::member_id_of(o.cluster_id, o.name);
+    o.listen_peer = "127.0.0.1:" + std::to_string(free_port());
+    o.join_existing = true;
+    o.initial_members = members;
+    o.initial_members.push_back({o.id, o.name, o.listen_peer, false});
+    return o;
+  }
   int wait_leader() {
     int l = -1;
     eventually([&] { return (l = leader()) >= 0; });
@@ -376,13 +388,7 @@ TEST_CASE("three members: add a learner, promote it, remove an old voter",
   REQUIRE(propose_wait(*c.nodes[l], put("before", "join")).ok());
 
   // The new member joins an existing cluster: it knows the others, holds no configuration.
-  node::NodeOptions o = c.options[0];
-  o.name = "m3";
-  o.id = node::member_id_of(o.cluster_id, o.name);
-  o.listen_peer = "127.0.0.1:" + std::to_string(free_port());
-  o.join_existing = true;
-  o.initial_members = c.members;
-  o.initial_members.push_back({o.id, o.name, o.listen_peer, false});
+  node::NodeOptions o = c.joiner("m3");
   auto engine = open_at(c.root.path / "m3");
   auto joined = node::Node::open(*engine, o);
   REQUIRE(joined.ok());
@@ -444,13 +450,7 @@ TEST_CASE("three members: members behind the compacted log catch up by a streame
   REQUIRE(c.engines[l]->raft().first_index() > 100);  // the prefix is compacted
 
   // A new member joins as a learner: it starts from nothing, far behind the log.
-  node::NodeOptions o = c.options[0];
-  o.name = "m3";
-  o.id = node::member_id_of(o.cluster_id, o.name);
-  o.listen_peer = "127.0.0.1:" + std::to_string(free_port());
-  o.join_existing = true;
-  o.initial_members = c.members;
-  o.initial_members.push_back({o.id, o.name, o.listen_peer, false});
+  node::NodeOptions o = c.joiner("m3");
   auto engine = open_at(c.root.path / "m3");
   auto joined = node::Node::open(*engine, o);
   REQUIRE(joined.ok());

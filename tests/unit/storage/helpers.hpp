@@ -1,7 +1,10 @@
 #pragma once
 // Shared fixtures for the storage tests: a temp data directory that is removed afterwards,
 // and one-line wrappers around apply() and Reader.
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -108,6 +111,40 @@ struct Store {
     return r.kvs.empty() ? "<none>" : r.kvs[0].value;
   }
 };
+
+// Crash tests: runs child(ack) in a forked process (it must loop until killed; ack(v) tells
+// the parent that v is durable, and is false once the parent is gone), waits until `wanted`
+// acks arrived, waits `delay_us` more, kills the child with SIGKILL and returns the last
+// acknowledged value (acks racing the kill included). Catch2 runs only in the parent.
+template <typename Child>
+uint64_t kill9_after(Child child, int wanted, useconds_t delay_us = 0) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    child([&](uint64_t v) { return ::write(fds[1], &v, sizeof v) == sizeof v; });
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  uint64_t acked = 0, got = 0;
+  int n = 0;
+  while (n < wanted && ::read(fds[0], &got, sizeof got) == sizeof got) {
+    acked = got;
+    n++;
+  }
+  REQUIRE(n == wanted);  // else the child failed early
+  if (delay_us > 0) ::usleep(delay_us);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  CHECK(WIFSIGNALED(status));
+  while (::read(fds[0], &got, sizeof got) == sizeof got)
+    acked = got;
+  ::close(fds[0]);
+  return acked;
+}
 
 inline RangeRequest all_keys(int64_t rev = 0) {
   RangeRequest r;

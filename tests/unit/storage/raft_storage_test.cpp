@@ -260,37 +260,22 @@ TEST_CASE("raftlog: a joining member is initialized by its first write", "[raftl
 TEST_CASE("raftlog: acknowledged Readys survive kill -9", "[raftlog][crash]") {
   test::TempDir dir;
   auto data = [](uint64_t i) { return std::string(100 + i % 50, static_cast<char>('a' + i % 26)); };
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    auto e = open_engine(test::test_options(dir.path));
-    if (!e) ::_exit(2);
-    RaftStorage& r = e.value()->raft();
-    if (!r.bootstrap(kConf)) ::_exit(3);
-    for (uint64_t i = 1;; i++) {
-      // Each Ready: entry i plus the hard state committing it.
-      raft::Ready rd = ready({Entry{i, 1 + i / 100, EntryType::normal, data(i)}},
-                             raft::HardState{1 + i / 100, 1, i});
-      r.persist(rd);
-      if (i % 50 == 0) r.create_snapshot(i - 10, kConf, "s", i - 20);  // unsynced compaction
-      if (::write(fds[1], &i, sizeof i) != sizeof i) ::_exit(4);
-    }
-  }
-  ::close(fds[1]);
-  uint64_t acked = 0, got = 0;
-  while (acked < 300 && ::read(fds[0], &got, sizeof got) == sizeof got)
-    acked = got;
-  REQUIRE(acked >= 300);
-  ::kill(pid, SIGKILL);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  CHECK(WIFSIGNALED(status));
-  while (::read(fds[0], &got, sizeof got) == sizeof got)
-    acked = got;
-  ::close(fds[0]);
+  const uint64_t acked = test::kill9_after(
+      [&](auto ack) {
+        auto e = open_engine(test::test_options(dir.path));
+        if (!e) ::_exit(2);
+        RaftStorage& r = e.value()->raft();
+        if (!r.bootstrap(kConf)) ::_exit(3);
+        for (uint64_t i = 1;; i++) {
+          // Each Ready: entry i plus the hard state committing it.
+          raft::Ready rd = ready({Entry{i, 1 + i / 100, EntryType::normal, data(i)}},
+                                 raft::HardState{1 + i / 100, 1, i});
+          r.persist(rd);
+          if (i % 50 == 0) r.create_snapshot(i - 10, kConf, "s", i - 20);  // unsynced compaction
+          if (!ack(i)) ::_exit(4);
+        }
+      },
+      300);
 
   auto e = open_engine(test::test_options(dir.path));
   REQUIRE(e.ok());

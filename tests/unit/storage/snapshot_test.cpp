@@ -1,8 +1,4 @@
 // Streamed snapshots: SnapshotSource -> chunks -> SnapshotSink -> Engine::install_snapshot.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <map>
 
 #include "cluster/raft/raft.hpp"
@@ -223,52 +219,37 @@ TEST_CASE("snapshot: kill -9 during streaming and install leaves the old state o
           "[snapshot][crash]") {
   test::TempDir src_dir, dst_dir;
   for (int trial = 0; trial < 4; trial++) {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::close(fds[0]);
-      auto src_engine = open_engine(test::test_options(src_dir.path));
-      auto dst_engine = open_engine(test::test_options(dst_dir.path));
-      if (!src_engine || !dst_engine) ::_exit(2);
-      MvccStore& src = src_engine.value()->store();
-      // The source's applies are not synced: after a kill it may be behind the destination.
-      uint64_t index = std::max(src.applied_index(), dst_engine.value()->store().applied_index());
-      for (uint64_t round = 1;; round++) {
-        std::vector<Command> cmds;
-        for (int i = 0; i < 200; i++)
-          cmds.emplace_back(test::put_req("k" + std::to_string(i), std::to_string(index + 1)));
-        std::vector<std::pair<uint64_t, const Command*>> batch;
-        for (auto& c : cmds)
-          batch.emplace_back(++index, &c);
-        src.apply(batch, index, &kConf);
-        auto so = src.snapshot_source();
-        auto si = dst_engine.value()->store().snapshot_sink();
-        if (!so || !si) ::_exit(3);
-        std::string chunk;
-        while (so.value()->next(256, &chunk).value())
-          if (!si.value()->add(chunk)) ::_exit(4);
-        auto info = si.value()->finish();
-        if (!info) ::_exit(5);
-        if (!dst_engine.value()->install_snapshot(*si.value(), snapshot_ready(*info, 1)))
-          ::_exit(6);
-        if (::write(fds[1], &index, sizeof index) != sizeof index) ::_exit(7);
-      }
-    }
-    ::close(fds[1]);
-    uint64_t acked = 0, got = 0;
-    const int wanted = 2 + trial;
-    for (int n = 0; n < wanted && ::read(fds[0], &got, sizeof got) == sizeof got; n++)
-      acked = got;
-    ::usleep(static_cast<useconds_t>(1000 * (trial * 7 % 5)));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    CHECK(WIFSIGNALED(status));
-    while (::read(fds[0], &got, sizeof got) == sizeof got)
-      acked = got;
-    ::close(fds[0]);
+    const uint64_t acked = test::kill9_after(
+        [&](auto ack) {
+          auto src_engine = open_engine(test::test_options(src_dir.path));
+          auto dst_engine = open_engine(test::test_options(dst_dir.path));
+          if (!src_engine || !dst_engine) ::_exit(2);
+          MvccStore& src = src_engine.value()->store();
+          // The source's applies are not synced: after a kill it may be behind the destination.
+          uint64_t index =
+              std::max(src.applied_index(), dst_engine.value()->store().applied_index());
+          for (uint64_t round = 1;; round++) {
+            std::vector<Command> cmds;
+            for (int i = 0; i < 200; i++)
+              cmds.emplace_back(test::put_req("k" + std::to_string(i), std::to_string(index + 1)));
+            std::vector<std::pair<uint64_t, const Command*>> batch;
+            for (auto& c : cmds)
+              batch.emplace_back(++index, &c);
+            src.apply(batch, index, &kConf);
+            auto so = src.snapshot_source();
+            auto si = dst_engine.value()->store().snapshot_sink();
+            if (!so || !si) ::_exit(3);
+            std::string chunk;
+            while (so.value()->next(256, &chunk).value())
+              if (!si.value()->add(chunk)) ::_exit(4);
+            auto info = si.value()->finish();
+            if (!info) ::_exit(5);
+            if (!dst_engine.value()->install_snapshot(*si.value(), snapshot_ready(*info, 1)))
+              ::_exit(6);
+            if (!ack(index)) ::_exit(7);
+          }
+        },
+        2 + trial, static_cast<useconds_t>(1000 * (trial * 7 % 5)));
 
     auto e = open_engine(test::test_options(dst_dir.path));
     REQUIRE(e.ok());
