@@ -1112,6 +1112,20 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     applied_term = std::max(applied_term, snap.meta.term);
     last_stamp = std::max(last_stamp, store.applied_cluster_ms());
     settle_forwarded(snap.meta.term, true);
+    // Writes this member appended as leader at indexes the snapshot covers: the snapshot
+    // holds either them or the entries that replaced them, and this member cannot tell which.
+    while (!pending_by_index.empty() && pending_by_index.begin()->first <= snap.meta.index) {
+      const uint64_t seq = pending_by_index.begin()->second;
+      pending_by_index.erase(pending_by_index.begin());
+      auto it = pending.find(seq);
+      if (it == pending.end()) continue;
+      auto p = std::move(it->second);
+      pending.erase(it);
+      complete(std::move(p.done), p.bytes,
+               err(ErrorCode::outcome_unknown,
+                   "a snapshot replaced this member's state before the write was seen "
+                   "applied; it may or may not have been applied"));
+    }
     applied_conf = snap.meta.conf;
     conf_unrecorded = false;
     std::vector<Member> stored;
