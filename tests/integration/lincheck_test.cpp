@@ -1,0 +1,416 @@
+// Linearizability of a real 3-member keel cluster under faults. Clients put, get
+// (linearizable), compare-and-swap (a txn comparing the value, or the mod revision read
+// earlier) and delete a few keys through every member while a nemesis cycles kill -9 +
+// restart, SIGSTOP/SIGCONT and (where network namespaces work) partitions. Every call is
+// recorded with its invoke and return time from one monotonic clock, and the history is fed to
+// keel::lincheck::check (tests/lincheck). Outcomes: a reply is the operation's output;
+// unavailable / overloaded mean not applied (left out of the history); outcome_unknown, a
+// broken connection or any other error mean possibly applied (no return: open-ended).
+//
+// ctest runs a short history (KEEL_LINCHECK_SECONDS, default 20 s of load). Longer:
+//   KEEL_LINCHECK_SECONDS=600 build/tests/integration/integration_tests '[lincheck]'
+// KEEL_LINCHECK_SEED fixes the clients' and the nemesis's random choices (the schedule of a
+// real cluster does not replay exactly; the seed is printed either way).
+#include <signal.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "cluster_harness.hpp"
+#include "netlab.hpp"
+#include "tests/lincheck/lincheck.hpp"
+
+using namespace keel;
+using namespace keel::test;
+using namespace std::chrono_literals;
+namespace lc = keel::lincheck;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+const Clock::time_point t0 = Clock::now();
+uint64_t now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+}
+std::string ms(uint64_t ns) {
+  if (ns == lc::kNoReply) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3fs", static_cast<double>(ns) / 1e9);
+  return buf;
+}
+
+uint64_t env_u64(const char* name, uint64_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  return std::strtoull(v, nullptr, 10);
+}
+
+constexpr int kMembers = 3;
+constexpr int kClients = 6;
+const std::vector<std::string> kKeys = {"lin/a", "lin/b", "lin/c"};
+
+// Whether a failed write may still have been applied.
+bool maybe_applied(ErrorCode code) {
+  return code != ErrorCode::unavailable && code != ErrorCode::overloaded;
+}
+
+struct Known {  // what a client last saw of a key: value and mod revision (nullopt: absent)
+  std::optional<std::string> value;
+  int64_t mod = 0;
+};
+
+// One client: a thread with its own connection to member `member`, appending to its own
+// history. Returns when `stop` is set (at most one call in flight: bounded by keeld's timeouts
+// or, for a stopped member, by the nemesis's SIGCONT).
+void client_loop(KeelCluster& c, int id, int member, uint64_t seed, const std::atomic<bool>& stop,
+                 std::vector<lc::Operation>* history) {
+  std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(id));
+  std::unique_ptr<client::Client> cl;
+  std::map<std::string, Known> known;
+  uint64_t n = 0;
+  while (!stop) {
+    if (!cl) cl = c.member(member).client();
+    if (!cl) {  // the member is down: nothing was sent
+      std::this_thread::sleep_for(20ms);
+      continue;
+    }
+    const std::string& key = kKeys[rng() % kKeys.size()];
+    const std::string fresh = "c" + std::to_string(id) + "-" + std::to_string(n++);
+    const unsigned roll = rng() % 100;
+    lc::Operation op;
+    op.client = static_cast<uint64_t>(id);
+    op.key = key;
+    std::optional<Error> error;
+    op.call = now_ns();
+    if (roll < 35) {
+      op.kind = lc::OpKind::get;
+      storage::RangeRequest r;
+      r.key = key;
+      auto got = cl->range(r);
+      op.ret = now_ns();
+      if (got) {
+        if (got->kvs.empty()) {
+          op.output = std::nullopt;
+          known[key] = {};
+        } else {
+          op.output = got->kvs[0].value;
+          known[key] = {got->kvs[0].value, got->kvs[0].mod_revision};
+        }
+      } else {
+        error = got.error();
+      }
+    } else if (roll < 60) {
+      op.kind = lc::OpKind::put;
+      op.value = fresh;
+      auto got = cl->put(put(key, fresh));
+      op.ret = now_ns();
+      if (got) {
+        known[key] = {fresh, got->revision};
+      } else {
+        error = got.error();
+      }
+    } else if (roll < 88) {
+      // Compare-and-swap from what this client last saw of the key: on the value, or (half
+      // of the time) on the mod revision; every value is written once, so the two agree.
+      op.kind = lc::OpKind::cas;
+      op.value = fresh;
+      const Known k = known[key];
+      op.expected = k.value;
+      storage::TxnRequest t;
+      storage::Compare cmp;
+      cmp.key = key;
+      cmp.result = storage::CompareResult::equal;
+      if (!k.value) {
+        cmp.target = storage::CompareTarget::version;
+        cmp.number = 0;
+      } else if (k.mod != 0 && rng() % 2 == 0) {
+        cmp.target = storage::CompareTarget::mod;
+        cmp.number = k.mod;
+      } else {
+        cmp.target = storage::CompareTarget::value;
+        cmp.value = *k.value;
+      }
+      t.compare.push_back(cmp);
+      t.success.push_back(put(key, fresh));
+      storage::RangeRequest read;
+      read.key = key;
+      t.failure.push_back(read);
+      auto got = cl->txn(t);
+      op.ret = now_ns();
+      if (got) {
+        op.ok = got->succeeded;
+        if (got->succeeded) {
+          known[key] = {fresh, got->revision};
+        } else if (!got->responses.empty()) {
+          // Not part of the checked output (the model's cas returns only ok/fail); it only
+          // makes the next cas of this client more likely to succeed.
+          const auto* rr = std::get_if<storage::RangeResponse>(&got->responses[0]);
+          if (rr && !rr->kvs.empty()) {
+            known[key] = {rr->kvs[0].value, rr->kvs[0].mod_revision};
+          } else {
+            known[key] = {};
+          }
+        }
+      } else {
+        error = got.error();
+      }
+    } else {
+      op.kind = lc::OpKind::del;
+      storage::DeleteRangeRequest d;
+      d.key = key;
+      auto got = cl->delete_range(d);
+      op.ret = now_ns();
+      if (got) {
+        known[key] = {};
+      } else {
+        error = got.error();
+      }
+    }
+    if (error) {
+      if (error->code == ErrorCode::internal) cl.reset();  // the connection broke
+      known.erase(key);
+      if (op.kind == lc::OpKind::get || !maybe_applied(error->code)) continue;
+      op.ret = lc::kNoReply;
+      op.output = std::nullopt;
+      op.ok = true;
+    }
+    history->push_back(std::move(op));
+  }
+}
+
+struct Event {
+  uint64_t at = 0;
+  std::string what;
+};
+
+// The nemesis: the only thread that signals or restarts processes or cuts links. Cycles
+// faults with a healthy pause between them; on stop it heals everything it broke.
+class Nemesis {
+ public:
+  Nemesis(KeelCluster& c, NetLab* lab, uint64_t seed) : c_(c), lab_(lab), rng_(seed) {}
+
+  void run(const std::atomic<bool>& stop) {
+    while (!stop) {
+      const int kinds = lab_ ? 3 : 2;
+      const int kind = static_cast<int>(rng_() % kinds);
+      const int victim = pick_victim();
+      const auto hold = std::chrono::milliseconds(400 + rng_() % 1200);
+      if (kind == 0) {
+        note("kill -9 " + c_.name(victim));
+        c_.member(victim).kill9();
+        c_.running[victim] = false;
+        pause(hold, stop);
+        const bool ok = c_.start(victim);
+        note("restart " + c_.name(victim) + (ok ? "" : " FAILED"));
+        if (!ok) failures.push_back("restart of " + c_.name(victim) + " failed");
+      } else if (kind == 1) {
+        note("SIGSTOP " + c_.name(victim));
+        ::kill(c_.member(victim).pid(), SIGSTOP);
+        stopped_ = victim;
+        pause(hold, stop);
+        ::kill(c_.member(victim).pid(), SIGCONT);
+        stopped_ = -1;
+        note("SIGCONT " + c_.name(victim));
+      } else {
+        note("partition " + c_.name(victim) + " from the others");
+        if (!lab_->cut(victim)) failures.push_back(lab_->error());
+        pause(hold + 1s, stop);
+        if (!lab_->heal(victim)) failures.push_back(lab_->error());
+        note("heal " + c_.name(victim));
+      }
+      ++faults;
+      pause(std::chrono::milliseconds(500 + rng_() % 1000), stop);
+    }
+  }
+
+  std::vector<Event> events;
+  std::vector<std::string> failures;
+  int faults = 0;
+
+ private:
+  // The leader half of the time (if one is known), else any member.
+  int pick_victim() {
+    if (rng_() % 2 == 0) {
+      for (int i = 0; i < c_.size(); ++i) {
+        if (!c_.running[i] || i == stopped_) continue;
+        auto s = c_.status(i);
+        if (s && s->role == "leader") return i;
+      }
+    }
+    return static_cast<int>(rng_() % static_cast<uint64_t>(c_.size()));
+  }
+  void note(std::string what) { events.push_back({now_ns(), std::move(what)}); }
+  // Fault durations (not waits for a condition); ends early when stopped.
+  static void pause(std::chrono::milliseconds d, const std::atomic<bool>& stop) {
+    const auto until = Clock::now() + d;
+    while (!stop && Clock::now() < until)
+      std::this_thread::sleep_for(10ms);
+  }
+
+  KeelCluster& c_;
+  NetLab* lab_;
+  std::mt19937_64 rng_;
+  int stopped_ = -1;
+};
+
+std::string excerpt(const std::vector<lc::Operation>& history, const lc::CheckResult& r,
+                    const std::vector<Event>& events) {
+  // The offending key's operations overlapping the offending ones (a 200 ms margin), in
+  // invocation order, and the nemesis events in that window.
+  uint64_t lo = lc::kNoReply, hi = 0;
+  for (size_t i : r.ops) {
+    lo = std::min(lo, history[i].call);
+    hi = std::max(hi, history[i].replied() ? history[i].ret : history[i].call);
+  }
+  if (r.ops.empty()) return "";
+  lo = lo > 200'000'000 ? lo - 200'000'000 : 0;
+  hi += 200'000'000;
+  std::vector<const lc::Operation*> ops;
+  for (const auto& op : history) {
+    if (op.key != r.key) continue;
+    if (op.call > hi || (op.replied() && op.ret < lo)) continue;
+    ops.push_back(&op);
+  }
+  std::sort(ops.begin(), ops.end(),
+            [](const lc::Operation* a, const lc::Operation* b) { return a->call < b->call; });
+  std::string s = "history of " + r.key + " from " + ms(lo) + " to " + ms(hi) + " (" +
+                  std::to_string(ops.size()) + " ops; first 80):\n";
+  for (size_t i = 0; i < ops.size() && i < 80; ++i)
+    s += "  [" + ms(ops[i]->call) + ", " + ms(ops[i]->ret) + "] " + lc::describe(*ops[i]) + "\n";
+  s += "nemesis:\n";
+  for (const auto& e : events) {
+    if (e.at + 3'000'000'000ULL < lo || e.at > hi) continue;
+    s += "  " + ms(e.at) + " " + e.what + "\n";
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "linearizable history: put, get, cas and delete on 3 keys through every member under "
+    "kill -9, SIGSTOP and (with network namespaces) partitions (KEEL_LINCHECK_SECONDS for a "
+    "longer run)",
+    "[integration][cluster][fault][lincheck]") {
+  const uint64_t seconds = env_u64("KEEL_LINCHECK_SECONDS", 20);
+  const uint64_t seed =
+      env_u64("KEEL_LINCHECK_SEED", static_cast<uint64_t>(std::random_device{}()));
+  std::unique_ptr<NetLab> lab;
+  if (auto why = NetLab::unavailable()) {
+    WARN("no partitions in this run (only kill -9 and SIGSTOP): " << *why);
+  } else {
+    lab = std::make_unique<NetLab>(kMembers);
+    INFO(lab->error());
+    REQUIRE(lab->error().empty());
+  }
+  INFO("seed " << seed << " (KEEL_LINCHECK_SEED), " << seconds << " s of load");
+  TempDir dir;
+  const std::string config =
+      "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 1000\n"
+      "request_timeout_ms = 2000\n[storage]\ncache_size_mb = 32\n";
+  ClusterNet net;
+  if (lab) net = ClusterNet{lab->hosts(), lab->netns(), 2380};
+  KeelCluster c(dir.path, kMembers, config, net);
+  REQUIRE(c.start_all());
+  REQUIRE(c.wait_leader());
+
+  std::atomic<bool> stop{false};
+  std::vector<std::vector<lc::Operation>> histories(kClients);
+  Nemesis nemesis(c, lab.get(), seed);
+  {
+    // The nemesis heals, resumes and restarts what it broke when it sees `stop`; clients
+    // blocked on a stopped member return after its SIGCONT.
+    Workers w([&] { stop = true; });
+    for (int i = 0; i < kClients; ++i) {
+      w.spawn([&, i] { client_loop(c, i, i % kMembers, seed, stop, &histories[i]); });
+    }
+    w.spawn([&] {
+      nemesis.run(stop);
+      // Heal everything before the clients finish their last calls.
+    });
+    const auto until = Clock::now() + std::chrono::seconds(seconds);
+    while (Clock::now() < until)
+      std::this_thread::sleep_for(50ms);
+    stop = true;
+    REQUIRE(w.join_within(60s));
+    INFO("worker exceptions: " << w.errors().size());
+    CHECK(w.errors().empty());
+  }
+  {
+    INFO("nemesis failures: " << (nemesis.failures.empty() ? "" : nemesis.failures[0]));
+    CHECK(nemesis.failures.empty());
+  }
+  // Every member is back; read every key through every member, as the history's last ops.
+  for (int i = 0; i < kMembers; ++i) {
+    if (!c.running[i]) REQUIRE(c.start(i));
+  }
+  REQUIRE(c.wait_leader());
+  std::vector<lc::Operation> history;
+  for (auto& h : histories)
+    history.insert(history.end(), h.begin(), h.end());
+  for (int i = 0; i < kMembers; ++i) {
+    auto cl = c.member(i).client();
+    REQUIRE(cl);
+    for (const auto& key : kKeys) {
+      storage::RangeRequest r;
+      r.key = key;
+      for (int attempt = 0; attempt < 20; ++attempt) {
+        const uint64_t call = now_ns();
+        auto got = cl->range(r);
+        if (!got) continue;  // e.g. unavailable right after an election; a read is repeatable
+        std::optional<std::string> out;
+        if (!got->kvs.empty()) out = got->kvs[0].value;
+        history.push_back(lc::get(100 + static_cast<uint64_t>(i), key, out, call, now_ns()));
+        break;
+      }
+    }
+  }
+
+  std::map<std::string, int> counts;
+  int unknown = 0;
+  for (const auto& op : history) {
+    counts[std::string(lc::to_string(op.kind)) +
+           (op.kind == lc::OpKind::cas && op.replied() ? (op.ok ? " ok" : " fail") : "")]++;
+    unknown += !op.replied();
+  }
+  std::string summary;
+  for (const auto& [k, n] : counts)
+    summary += k + " x" + std::to_string(n) + ", ";
+  summary +=
+      std::to_string(unknown) + " possibly applied; " + std::to_string(nemesis.faults) + " faults";
+  // Enough happened for the check to mean something.
+  INFO("history: " << summary);
+  CHECK(nemesis.faults >= 3);
+  CHECK(counts["get"] >= 50);
+  CHECK(counts["cas ok"] >= 10);
+
+  const auto result = lc::check(history);
+  std::string report = std::string(lc::to_string(result.outcome)) + " after " +
+                       std::to_string(result.steps) + " steps\n" + result.description;
+  if (result.outcome == lc::Outcome::violation) {
+    report += excerpt(history, result, nemesis.events);
+    // The whole history, for replaying the check offline.
+    const std::string path = "/tmp/keel-lincheck-" + std::to_string(getpid()) + ".txt";
+    std::ofstream out(path);
+    for (const auto& op : history)
+      out << op.call << " " << (op.replied() ? std::to_string(op.ret) : "-") << " "
+          << lc::describe(op) << "\n";
+    for (const auto& e : nemesis.events)
+      out << "# " << e.at << " " << e.what << "\n";
+    report += "whole history written to " + path + "\n";
+  }
+  if (result.outcome == lc::Outcome::unknown) {
+    WARN("the checker's step budget ran out: no verdict on this history. " << summary);
+  }
+  INFO(report);
+  CHECK(result.outcome != lc::Outcome::violation);
+}

@@ -1,0 +1,47 @@
+#pragma once
+// Real network partitions for integration tests: one network namespace per member, each with
+// a veth link to a bridge in a hub namespace (so the test's own namespace is never touched):
+//
+//   ns <tag>-m<i>: eth0 10.199.0.<i+1>/24  <--veth-->  ns <tag>-hub: h<i> -- br0 -- h<j> ...
+//
+// cut(i) sets the hub side of member i's link down (no frame crosses it in either direction;
+// TCP connections stall, as on a pulled cable); heal(i) sets it up again. The destructor
+// deletes every namespace it created (the links go with them). Namespaces are named after the
+// test process's pid, and a NetLab first removes the namespaces of earlier test processes that
+// are gone (left behind by a crash or a ctest timeout).
+//
+// Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2's `ip`; unavailable() says why not.
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace keel::test {
+
+class NetLab {
+ public:
+  // Why network namespaces cannot be used here (nullopt: they can). Probes by creating and
+  // deleting one namespace with a veth link.
+  static std::optional<std::string> unavailable();
+
+  explicit NetLab(int members);
+  ~NetLab();
+  NetLab(const NetLab&) = delete;
+  NetLab& operator=(const NetLab&) = delete;
+
+  // Empty if every command succeeded; otherwise the failing command and its stderr.
+  const std::string& error() const { return error_; }
+  const std::vector<std::string>& netns() const { return member_ns_; }
+  const std::vector<std::string>& hosts() const { return hosts_; }
+
+  bool cut(int member);
+  bool heal(int member);
+
+ private:
+  bool ip(const std::vector<std::string>& args);
+  std::string hub_;
+  std::vector<std::string> member_ns_, hosts_;
+  std::vector<std::string> created_;
+  std::string error_;
+};
+
+}  // namespace keel::test
