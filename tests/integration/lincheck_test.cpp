@@ -11,8 +11,11 @@
 //   KEEL_LINCHECK_SECONDS=600 build/tests/integration/integration_tests '[lincheck]'
 // KEEL_LINCHECK_SEED fixes the clients' and the nemesis's random choices (the schedule of a
 // real cluster does not replay exactly; the seed is printed either way).
+// KEEL_LINCHECK_SERIALIZABLE=1 makes the clients' gets serializable (local replica, allowed
+// to be stale): the check should then fail under partitions, which shows that it can.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -71,8 +74,8 @@ struct Known {  // what a client last saw of a key: value and mod revision (null
 // One client: a thread with its own connection to member `member`, appending to its own
 // history. Returns when `stop` is set (at most one call in flight: bounded by keeld's timeouts
 // or, for a stopped member, by the nemesis's SIGCONT).
-void client_loop(KeelCluster& c, int id, int member, uint64_t seed, const std::atomic<bool>& stop,
-                 std::vector<lc::Operation>* history) {
+void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool serializable,
+                 const std::atomic<bool>& stop, std::vector<lc::Operation>* history) {
   std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(id));
   std::unique_ptr<client::Client> cl;
   std::map<std::string, Known> known;
@@ -95,6 +98,7 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, const std::a
       op.kind = lc::OpKind::get;
       storage::RangeRequest r;
       r.key = key;
+      r.serializable = serializable;
       auto got = cl->range(r);
       op.ret = now_ns();
       if (got) {
@@ -193,18 +197,22 @@ struct Event {
 };
 
 // The nemesis: the only thread that signals or restarts processes or cuts links. Cycles
-// faults with a healthy pause between them; on stop it heals everything it broke.
+// faults with a healthy pause between them: kill -9 one member and restart it; SIGSTOP one
+// for 0.4-1.6 s (past the election timeout) and SIGCONT it; kill -9 two (no quorum) and
+// restart them; cut one member's link for 1.4-2.6 s and heal it. The victim is the leader
+// half of the time. On stop it heals everything it broke before returning.
 class Nemesis {
  public:
+  enum class Fault { kill, stop, kill_majority, partition };
   Nemesis(KeelCluster& c, NetLab* lab, uint64_t seed) : c_(c), lab_(lab), rng_(seed) {}
 
   void run(const std::atomic<bool>& stop) {
     while (!stop) {
-      const int kinds = lab_ ? 3 : 2;
-      const int kind = static_cast<int>(rng_() % kinds);
+      // Partitions only with network namespaces (last in the enum).
+      const auto kind = static_cast<Fault>(rng_() % (lab_ ? 4 : 3));
       const int victim = pick_victim();
       const auto hold = std::chrono::milliseconds(400 + rng_() % 1200);
-      if (kind == 0) {
+      if (kind == Fault::kill) {
         note("kill -9 " + c_.name(victim));
         c_.member(victim).kill9();
         c_.running[victim] = false;
@@ -212,7 +220,7 @@ class Nemesis {
         const bool ok = c_.start(victim);
         note("restart " + c_.name(victim) + (ok ? "" : " FAILED"));
         if (!ok) failures.push_back("restart of " + c_.name(victim) + " failed");
-      } else if (kind == 1) {
+      } else if (kind == Fault::stop) {
         note("SIGSTOP " + c_.name(victim));
         ::kill(c_.member(victim).pid(), SIGSTOP);
         stopped_ = victim;
@@ -220,6 +228,20 @@ class Nemesis {
         ::kill(c_.member(victim).pid(), SIGCONT);
         stopped_ = -1;
         note("SIGCONT " + c_.name(victim));
+      } else if (kind == Fault::kill_majority) {
+        // Quorum loss: kill -9 the victim and one more member, restart both.
+        const int second = (victim + 1 + static_cast<int>(rng_() % 2)) % c_.size();
+        note("kill -9 " + c_.name(victim) + " and " + c_.name(second) + " (no quorum)");
+        for (int m : {victim, second}) {
+          c_.member(m).kill9();
+          c_.running[m] = false;
+        }
+        pause(hold, stop);
+        for (int m : {victim, second}) {
+          const bool ok = c_.start(m);
+          note("restart " + c_.name(m) + (ok ? "" : " FAILED"));
+          if (!ok) failures.push_back("restart of " + c_.name(m) + " failed");
+        }
       } else {
         note("partition " + c_.name(victim) + " from the others");
         if (!lab_->cut(victim)) failures.push_back(lab_->error());
@@ -264,31 +286,30 @@ class Nemesis {
 
 std::string excerpt(const std::vector<lc::Operation>& history, const lc::CheckResult& r,
                     const std::vector<Event>& events) {
-  // The offending key's operations overlapping the offending ones (a 200 ms margin), in
-  // invocation order, and the nemesis events in that window.
-  uint64_t lo = lc::kNoReply, hi = 0;
-  for (size_t i : r.ops) {
-    lo = std::min(lo, history[i].call);
-    hi = std::max(hi, history[i].replied() ? history[i].ret : history[i].call);
-  }
+  // The offending key's operations around the one that cannot take effect (r.ops[0]): the 60
+  // invoked last before it returned and 10 after, in invocation order; then the nemesis events
+  // of the 5 s before it.
   if (r.ops.empty()) return "";
-  lo = lo > 200'000'000 ? lo - 200'000'000 : 0;
-  hi += 200'000'000;
+  const lc::Operation& bad = history[r.ops[0]];
+  const uint64_t end = bad.replied() ? bad.ret : bad.call;
   std::vector<const lc::Operation*> ops;
-  for (const auto& op : history) {
-    if (op.key != r.key) continue;
-    if (op.call > hi || (op.replied() && op.ret < lo)) continue;
-    ops.push_back(&op);
-  }
+  for (const auto& op : history)
+    if (op.key == r.key) ops.push_back(&op);
   std::sort(ops.begin(), ops.end(),
             [](const lc::Operation* a, const lc::Operation* b) { return a->call < b->call; });
-  std::string s = "history of " + r.key + " from " + ms(lo) + " to " + ms(hi) + " (" +
-                  std::to_string(ops.size()) + " ops; first 80):\n";
-  for (size_t i = 0; i < ops.size() && i < 80; ++i)
-    s += "  [" + ms(ops[i]->call) + ", " + ms(ops[i]->ret) + "] " + lc::describe(*ops[i]) + "\n";
-  s += "nemesis:\n";
+  size_t at = 0;
+  while (at < ops.size() && ops[at]->call <= end)
+    ++at;
+  const size_t from = at > 60 ? at - 60 : 0;
+  const size_t to = std::min(ops.size(), at + 10);
+  std::string s = "history of " + r.key + " around it (times in s since the test began):\n";
+  for (size_t i = from; i < to; ++i) {
+    s += std::string(ops[i] == &bad ? "=>" : "  ") + " [" + ms(ops[i]->call) + ", " +
+         ms(ops[i]->ret) + "] " + lc::describe(*ops[i]) + "\n";
+  }
+  s += "nemesis in the 5 s before:\n";
   for (const auto& e : events) {
-    if (e.at + 3'000'000'000ULL < lo || e.at > hi) continue;
+    if (e.at + 5'000'000'000ULL < end || e.at > end) continue;
     s += "  " + ms(e.at) + " " + e.what + "\n";
   }
   return s;
@@ -302,6 +323,7 @@ TEST_CASE(
     "longer run)",
     "[integration][cluster][fault][lincheck]") {
   const uint64_t seconds = env_u64("KEEL_LINCHECK_SECONDS", 20);
+  const bool serializable = env_u64("KEEL_LINCHECK_SERIALIZABLE", 0) != 0;
   const uint64_t seed =
       env_u64("KEEL_LINCHECK_SEED", static_cast<uint64_t>(std::random_device{}()));
   std::unique_ptr<NetLab> lab;
@@ -331,7 +353,7 @@ TEST_CASE(
     // blocked on a stopped member return after its SIGCONT.
     Workers w([&] { stop = true; });
     for (int i = 0; i < kClients; ++i) {
-      w.spawn([&, i] { client_loop(c, i, i % kMembers, seed, stop, &histories[i]); });
+      w.spawn([&, i] { client_loop(c, i, i % kMembers, seed, serializable, stop, &histories[i]); });
     }
     w.spawn([&] {
       nemesis.run(stop);
@@ -408,6 +430,8 @@ TEST_CASE(
       out << "# " << e.at << " " << e.what << "\n";
     report += "whole history written to " + path + "\n";
   }
+  WARN("lincheck " << lc::to_string(result.outcome) << " after " << result.steps << " steps; seed "
+                   << seed << "; history: " << summary);
   if (result.outcome == lc::Outcome::unknown) {
     WARN("the checker's step budget ran out: no verdict on this history. " << summary);
   }
