@@ -276,9 +276,9 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "netns partition of the leader: its clients get errors, never a stale success; the "
-    "majority elects a leader and commits; healed, the old leader follows and converges "
-    "(SKIPPED with a warning where network namespaces cannot be created)",
+    "netns partition of the leader: its clients get errors and never a stale success, the "
+    "majority elects a leader and commits, and once healed the old leader follows and "
+    "converges (SKIPPED with a warning where network namespaces cannot be created)",
     "[integration][cluster][fault][netns]") {
   if (auto why = NetLab::unavailable()) {
     WARN("SKIPPED: network namespaces are not usable here: " << *why);
