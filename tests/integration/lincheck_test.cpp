@@ -199,17 +199,19 @@ struct Event {
 // The nemesis: the only thread that signals or restarts processes or cuts links. Cycles
 // faults with a healthy pause between them: kill -9 one member and restart it; SIGSTOP one
 // for 0.4-1.6 s (past the election timeout) and SIGCONT it; kill -9 two (no quorum) and
-// restart them; cut one member's link for 1.4-2.6 s and heal it. The victim is the leader
-// half of the time. On stop it heals everything it broke before returning.
+// restart them; SIGTERM one (a leader hands over leadership first) and restart it; cut one
+// member off for 1.4-2.6 s (both directions, or with `tc` one direction only) and heal it.
+// The victim is the leader half of the time. On stop it heals what it broke, then returns.
 class Nemesis {
  public:
-  enum class Fault { kill, stop, kill_majority, partition };
-  Nemesis(KeelCluster& c, NetLab* lab, uint64_t seed) : c_(c), lab_(lab), rng_(seed) {}
+  enum class Fault { kill, stop, kill_majority, terminate, partition };
+  Nemesis(KeelCluster& c, NetLab* lab, uint64_t seed)
+      : c_(c), lab_(lab), one_way_(lab && NetLab::has_tc()), rng_(seed) {}
 
   void run(const std::atomic<bool>& stop) {
     while (!stop) {
       // Partitions only with network namespaces (last in the enum).
-      const auto kind = static_cast<Fault>(rng_() % (lab_ ? 4 : 3));
+      const auto kind = static_cast<Fault>(rng_() % (lab_ ? 5 : 4));
       const int victim = pick_victim();
       const auto hold = std::chrono::milliseconds(400 + rng_() % 1200);
       if (kind == Fault::kill) {
@@ -242,14 +244,35 @@ class Nemesis {
           note("restart " + c_.name(m) + (ok ? "" : " FAILED"));
           if (!ok) failures.push_back("restart of " + c_.name(m) + " failed");
         }
+      } else if (kind == Fault::terminate) {
+        note("SIGTERM " + c_.name(victim));
+        const int status = c_.member(victim).terminate();
+        c_.running[victim] = false;
+        note(c_.name(victim) + " exited with status " + std::to_string(status));
+        if (status != 0) {
+          failures.push_back(c_.name(victim) + " exited with status " + std::to_string(status) +
+                             " on SIGTERM");
+        }
+        pause(hold, stop);
+        const bool ok = c_.start(victim);
+        note("restart " + c_.name(victim) + (ok ? "" : " FAILED"));
+        if (!ok) failures.push_back("restart of " + c_.name(victim) + " failed");
       } else {
-        note("partition " + c_.name(victim) + " from the others");
-        if (!lab_->cut(victim)) failures.push_back(lab_->error());
+        auto how = NetLab::Cut::both;
+        const auto dice = rng_() % 4;
+        if (one_way_ && dice == 2) how = NetLab::Cut::inbound;
+        if (one_way_ && dice == 3) how = NetLab::Cut::outbound;
+        note(std::string(how == NetLab::Cut::both      ? "partition "
+                         : how == NetLab::Cut::inbound ? "drop what is sent to "
+                                                       : "drop what is sent by ") +
+             c_.name(victim));
+        if (!lab_->cut(victim, how)) failures.push_back(lab_->error());
         pause(hold + 1s, stop);
         if (!lab_->heal(victim)) failures.push_back(lab_->error());
         note("heal " + c_.name(victim));
       }
       ++faults;
+      ++fault_counts[kind_name(kind)];
       pause(std::chrono::milliseconds(500 + rng_() % 1000), stop);
     }
   }
@@ -257,8 +280,24 @@ class Nemesis {
   std::vector<Event> events;
   std::vector<std::string> failures;
   int faults = 0;
+  std::map<std::string, int> fault_counts;
 
  private:
+  static const char* kind_name(Fault f) {
+    switch (f) {
+      case Fault::kill:
+        return "kill";
+      case Fault::stop:
+        return "stop";
+      case Fault::kill_majority:
+        return "kill-majority";
+      case Fault::terminate:
+        return "term";
+      case Fault::partition:
+        return "partition";
+    }
+    return "?";
+  }
   // The leader half of the time (if one is known), else any member.
   int pick_victim() {
     if (rng_() % 2 == 0) {
@@ -280,6 +319,7 @@ class Nemesis {
 
   KeelCluster& c_;
   NetLab* lab_;
+  bool one_way_;
   std::mt19937_64 rng_;
   int stopped_ = -1;
 };
@@ -408,7 +448,9 @@ TEST_CASE(
   for (const auto& [k, n] : counts)
     summary += k + " x" + std::to_string(n) + ", ";
   summary +=
-      std::to_string(unknown) + " possibly applied; " + std::to_string(nemesis.faults) + " faults";
+      std::to_string(unknown) + " possibly applied; " + std::to_string(nemesis.faults) + " faults:";
+  for (const auto& [k, n] : nemesis.fault_counts)
+    summary += " " + k + " x" + std::to_string(n);
   // Enough happened for the check to mean something.
   INFO("history: " << summary);
   CHECK(nemesis.faults >= 3);

@@ -56,6 +56,10 @@ std::optional<std::string> NetLab::unavailable() {
   return std::nullopt;
 }
 
+bool NetLab::has_tc() {
+  return run_command({"tc", "-V"}, "", 10).status == 0;
+}
+
 bool NetLab::ip(const std::vector<std::string>& args) {
   std::vector<std::string> full = {"ip"};
   full.insert(full.end(), args.begin(), args.end());
@@ -103,12 +107,39 @@ NetLab::~NetLab() {
     run_command({"ip", "netns", "del", *it}, "", 10);
 }
 
-bool NetLab::cut(int member) {
-  return ip({"-n", hub_, "link", "set", "h" + std::to_string(member), "down"});
+bool NetLab::cut(int member, Cut how) {
+  const std::string h = "h" + std::to_string(member);
+  switch (how) {
+    case Cut::both:
+      return ip({"-n", hub_, "link", "set", h, "down"});
+    case Cut::inbound:
+      return tc({hub_, "qdisc", "replace", "dev", h, "root", "pfifo", "limit", "0"});
+    case Cut::outbound:
+      return tc({member_ns_.at(member), "qdisc", "replace", "dev", "eth0", "root", "pfifo", "limit",
+                 "0"});
+  }
+  return false;
 }
 
 bool NetLab::heal(int member) {
-  return ip({"-n", hub_, "link", "set", "h" + std::to_string(member), "up"});
+  const std::string h = "h" + std::to_string(member);
+  // Removing a root qdisc that is not there fails; only the link state must succeed.
+  run_command({"ip", "netns", "exec", hub_, "tc", "qdisc", "del", "dev", h, "root"}, "", 10);
+  run_command(
+      {"ip", "netns", "exec", member_ns_.at(member), "tc", "qdisc", "del", "dev", "eth0", "root"},
+      "", 10);
+  return ip({"-n", hub_, "link", "set", h, "up"});
+}
+
+bool NetLab::tc(const std::vector<std::string>& ns_and_args) {
+  std::vector<std::string> full = {"ip", "netns", "exec", ns_and_args.at(0), "tc"};
+  full.insert(full.end(), ns_and_args.begin() + 1, ns_and_args.end());
+  auto r = run_command(full, "", 10);
+  if (r.status == 0) return true;
+  if (error_.empty()) {
+    error_ = "`" + join(full) + "` failed (" + std::to_string(r.status) + "): " + r.err;
+  }
+  return false;
 }
 
 }  // namespace keel::test
