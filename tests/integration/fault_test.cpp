@@ -209,9 +209,18 @@ TEST_CASE(
     "SIGSTOP of the leader past the election timeout: the others elect a leader and commit, "
     "the old leader steps down and follows in the new term, no acknowledged write is lost",
     "[integration][cluster][fault][sigstop]") {
+  // Run twice: the resumed member catches up from the log, then (a 100-entry retained log,
+  // compacted past 200 applied entries while it is stopped) from a streamed snapshot that
+  // replaces its uncommitted tail.
+  const bool small_log = GENERATE(false, true);
+  INFO((small_log ? "retained log: 100 entries (catch-up by snapshot)" : "retained log: default"));
   TempDir dir;
-  // kFastRaft: tick 20 ms, election timeout 10 ticks (200-400 ms randomized).
-  KeelCluster c(dir.path, 3);
+  // tick 20 ms, election timeout 10 ticks (200-400 ms randomized), as kFastRaft.
+  KeelCluster c(dir.path, 3,
+                std::string("[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
+                            "request_timeout_ms = 5000\n") +
+                    (small_log ? "log_retain_entries = 100\n" : "") +
+                    "[storage]\ncache_size_mb = 32\n");
   REQUIRE(c.start_all());
   auto leader = c.wait_leader();
   REQUIRE(leader);
@@ -245,7 +254,7 @@ TEST_CASE(
     INFO("new leader " << describe(*elected) << "; old leader was in term " << before->raft_term);
     CHECK(elected->raft_term > before->raft_term);
     const int acked_at_election = load.acked(rest);
-    CHECK(wait_until([&] { return load.acked(rest) >= acked_at_election + 200; }, 30s));
+    CHECK(wait_until([&] { return load.acked(rest) >= acked_at_election + 400; }, 30s));
 
     REQUIRE(::kill(old_pid, SIGCONT) == 0);
     std::string seen;
@@ -273,6 +282,10 @@ TEST_CASE(
       acked += call.ok;
   INFO(acked << " acknowledged puts; missing (first 20):\n" << first_lines(missing, 20));
   CHECK(missing.empty());
+  if (small_log) {
+    INFO(c.member(old).log());
+    CHECK(c.member(old).log().find("installed the snapshot") != std::string::npos);
+  }
 }
 
 TEST_CASE(
@@ -287,11 +300,16 @@ TEST_CASE(
   NetLab lab(3);
   INFO(lab.error());
   REQUIRE(lab.error().empty());
+  // Run twice: the healed member catches up from the log, then from a streamed snapshot.
+  const bool small_log = GENERATE(false, true);
+  INFO((small_log ? "retained log: 100 entries (catch-up by snapshot)" : "retained log: default"));
   TempDir dir;
   // Short waits so that the partitioned member's clients are answered within the test.
   const std::string config =
-      "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 1000\n"
-      "request_timeout_ms = 2000\n[storage]\ncache_size_mb = 32\n";
+      std::string(
+          "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 1000\n"
+          "request_timeout_ms = 2000\n") +
+      (small_log ? "log_retain_entries = 100\n" : "") + "[storage]\ncache_size_mb = 32\n";
   KeelCluster c(dir.path, 3, config, ClusterNet{lab.hosts(), lab.netns(), 2380});
   REQUIRE(c.start_all());
   auto leader = c.wait_leader();
@@ -319,7 +337,7 @@ TEST_CASE(
     REQUIRE(next);
     CHECK(*next != old);
     const int acked_at_election = load.acked(rest);
-    CHECK(wait_until([&] { return load.acked(rest) >= acked_at_election + 200; }, 30s));
+    CHECK(wait_until([&] { return load.acked(rest) >= acked_at_election + 400; }, 30s));
     // The cut-off member's clients are answered with errors (bounded by
     // raft.request_timeout_ms and raft.leader_wait_ms), and it no longer calls itself leader.
     const int errors_at_cut = *load.errors_by_member[old];
@@ -399,4 +417,8 @@ TEST_CASE(
     revisions.insert(s->revision);
   }
   CHECK(revisions.size() == 1);
+  if (small_log) {
+    INFO(c.member(old).log());
+    CHECK(c.member(old).log().find("installed the snapshot") != std::string::npos);
+  }
 }
