@@ -46,6 +46,7 @@ struct Load {
   explicit Load(KeelCluster& cluster) : c(cluster) {}
   KeelCluster& c;
   std::atomic<bool> stop{false};
+  std::string pad;  // appended to every value (a bigger state)
   std::vector<std::vector<Call>> logs;
   std::vector<int> target;
   std::vector<std::unique_ptr<std::atomic<int>>> acked_by_member, errors_by_member;
@@ -77,7 +78,7 @@ struct Load {
       call.member = m;
       call.read = is_reader;
       call.key = is_reader ? "probe" : "s/" + std::to_string(t) + "/" + std::to_string(i);
-      call.value = std::to_string(i);
+      call.value = std::to_string(i) + pad;
       call.invoke = now_ns();
       Status st = ok_status();
       if (is_reader) {
@@ -421,4 +422,146 @@ TEST_CASE(
     INFO(c.member(old).log());
     CHECK(c.member(old).log().find("installed the snapshot") != std::string::npos);
   }
+}
+
+TEST_CASE(
+    "kill -9 of a member while it receives a streamed snapshot, three times, then restart: it "
+    "converges and holds every acknowledged write",
+    "[integration][cluster][fault][snapshot]") {
+  TempDir dir;
+  // A 100-entry retained log and 4 KiB chunks: a member that missed a few hundred writes is
+  // caught up by a snapshot of 1-2 MB in hundreds of chunks, long enough to be killed in it.
+  KeelCluster c(dir.path, 3,
+                "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
+                "request_timeout_ms = 5000\nlog_retain_entries = 100\n"
+                "snapshot_chunk_bytes = 4096\nsnapshot_window_chunks = 2\n"
+                // The leader keeps a transfer to a member that died in it until this timeout
+                // (see the [!mayfail] test below); short, so that the rounds are quick.
+                "snapshot_timeout_ms = 1000\n"
+                "[storage]\ncache_size_mb = 32\n");
+  REQUIRE(c.start_all());
+  auto leader = c.wait_leader();
+  REQUIRE(leader);
+  const int victim = (*leader + 1) % 3;
+  const auto rest = others(3, victim);
+  Load load(c);
+  load.pad = std::string(1000, 'x');
+  load.plan({rest[0], rest[1], rest[0], rest[1]});
+  int receiving = 0;
+  {
+    Workers w([&] { load.stop = true; });
+    for (size_t t = 0; t < load.target.size(); ++t)
+      w.spawn([&load, t] { load.run(t); });
+    REQUIRE(wait_until([&] { return load.acked(rest) >= 800; }, 60s));
+    c.member(victim).kill9();
+    c.running[victim] = false;
+    for (int round = 0; round < 3; ++round) {
+      const int acked = load.acked(rest);
+      REQUIRE(wait_until([&] { return load.acked(rest) >= acked + 250; }, 60s));
+      const size_t seen = c.member(victim).log().size();
+      REQUIRE(c.start(victim));
+      // Killed as soon as it logs that a snapshot is coming (bounded: if it never does, the
+      // round ends after the deadline and the member is killed anyway).
+      if (wait_until(
+              [&] {
+                return c.member(victim).log().find("receiving a snapshot", seen) !=
+                       std::string::npos;
+              },
+              20s))
+        ++receiving;
+      c.member(victim).kill9();
+      c.running[victim] = false;
+    }
+    const int acked = load.acked(rest);
+    REQUIRE(wait_until([&] { return load.acked(rest) >= acked + 250; }, 60s));
+    REQUIRE(c.start(victim));
+    load.stop = true;
+    REQUIRE(w.join_within(60s));
+    CHECK(w.errors().empty());
+  }
+  CHECK(receiving == 3);
+  auto final_leader = c.wait_leader();
+  REQUIRE(final_leader);
+  const auto missing = missing_acked(c, *final_leader, load.logs);
+  {
+    INFO("missing (first 20):\n" << first_lines(missing, 20));
+    CHECK(missing.empty());
+  }
+  std::set<int64_t> revisions;
+  for (int i = 0; i < 3; ++i) {
+    auto s = c.status(i);
+    REQUIRE(s);
+    revisions.insert(s->revision);
+  }
+  CHECK(revisions.size() == 1);
+  const std::string log = c.member(victim).log();
+  INFO(log.substr(log.size() > 6000 ? log.size() - 6000 : 0));
+  CHECK(log.find("installed the snapshot") != std::string::npos);
+}
+
+// KNOWN BUG (tagged [!mayfail]: runs and reports, does not fail the suite). A member killed
+// while it receives a streamed snapshot and restarted is not sent a new snapshot until the
+// leader abandons the dead transfer for want of acknowledgements, raft.snapshot_timeout_ms
+// later (cluster/node/node.cpp: send_snapshot returns early while snaps_out holds a transfer to
+// that member, and only expire_snapshots ends it): the restarted member stays behind, and the
+// cluster one failure from unavailable, for the whole timeout (10 s by default). The check is
+// on the order of events, not on time: when the restarted member logs that a new snapshot is
+// coming, the leader must not have had to time the old transfer out first.
+TEST_CASE(
+    "a member killed during a snapshot transfer and restarted gets a new snapshot without the "
+    "leader first timing out the dead transfer",
+    "[integration][cluster][fault][snapshot][!mayfail]") {
+  TempDir dir;
+  KeelCluster c(dir.path, 3,
+                "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
+                "request_timeout_ms = 5000\nlog_retain_entries = 100\n"
+                "snapshot_chunk_bytes = 4096\nsnapshot_window_chunks = 2\n"
+                "snapshot_timeout_ms = 4000\n[storage]\ncache_size_mb = 32\n");
+  REQUIRE(c.start_all());
+  auto leader = c.wait_leader();
+  REQUIRE(leader);
+  const int victim = (*leader + 1) % 3;
+  const auto rest = others(3, victim);
+  Load load(c);
+  load.pad = std::string(1000, 'x');
+  load.plan({rest[0], rest[1], rest[0], rest[1]});
+  bool second_transfer = false;
+  std::string leader_log;
+  {
+    Workers w([&] { load.stop = true; });
+    for (size_t t = 0; t < load.target.size(); ++t)
+      w.spawn([&load, t] { load.run(t); });
+    REQUIRE(wait_until([&] { return load.acked(rest) >= 800; }, 60s));
+    c.member(victim).kill9();
+    c.running[victim] = false;
+    int acked = load.acked(rest);
+    REQUIRE(wait_until([&] { return load.acked(rest) >= acked + 250; }, 60s));
+    size_t seen = c.member(victim).log().size();
+    REQUIRE(c.start(victim));
+    REQUIRE(wait_until(
+        [&] {
+          return c.member(victim).log().find("receiving a snapshot", seen) != std::string::npos;
+        },
+        20s));
+    c.member(victim).kill9();  // in the middle of the transfer (hundreds of 4 KiB chunks)
+    c.running[victim] = false;
+    acked = load.acked(rest);
+    REQUIRE(wait_until([&] { return load.acked(rest) >= acked + 250; }, 60s));
+    auto l = c.wait_leader_among(rest, 20s);
+    REQUIRE(l);
+    const size_t leader_seen = c.member(*l).log().size();
+    seen = c.member(victim).log().size();
+    REQUIRE(c.start(victim));
+    second_transfer = wait_until(
+        [&] {
+          return c.member(victim).log().find("receiving a snapshot", seen) != std::string::npos;
+        },
+        30s);
+    leader_log = c.member(*l).log().substr(leader_seen);
+    load.stop = true;
+    REQUIRE(w.join_within(60s));
+  }
+  REQUIRE(second_transfer);
+  INFO("leader's log after the restart:\n" << leader_log.substr(0, 4000));
+  CHECK(leader_log.find("abandoned: no acknowledgement") == std::string::npos);
 }
