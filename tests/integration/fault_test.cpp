@@ -255,7 +255,8 @@ TEST_CASE(
     INFO("new leader " << describe(*elected) << "; old leader was in term " << before->raft_term);
     CHECK(elected->raft_term > before->raft_term);
     const int acked_at_election = load.acked(rest);
-    CHECK(wait_until([&] { return load.acked(rest) >= acked_at_election + 400; }, 30s));
+    CHECK(wait_until(
+        [&] { return load.acked(rest) >= acked_at_election + (small_log ? 400 : 200); }, 30s));
 
     REQUIRE(::kill(old_pid, SIGCONT) == 0);
     std::string seen;
@@ -338,11 +339,12 @@ TEST_CASE(
     REQUIRE(next);
     CHECK(*next != old);
     const int acked_at_election = load.acked(rest);
-    CHECK(wait_until([&] { return load.acked(rest) >= acked_at_election + 400; }, 30s));
+    CHECK(wait_until(
+        [&] { return load.acked(rest) >= acked_at_election + (small_log ? 400 : 200); }, 30s));
     // The cut-off member's clients are answered with errors (bounded by
     // raft.request_timeout_ms and raft.leader_wait_ms), and it no longer calls itself leader.
     const int errors_at_cut = *load.errors_by_member[old];
-    CHECK(wait_until([&] { return *load.errors_by_member[old] >= errors_at_cut + 6; }, 30s));
+    CHECK(wait_until([&] { return *load.errors_by_member[old] >= errors_at_cut + 3; }, 30s));
     std::string seen;
     const bool stepped_down = wait_until(
         [&] {
