@@ -39,7 +39,7 @@ struct Call {
   std::string message;
 };
 
-// Workers that put s/<thread>/<i> = <i> (a new key every call) through one member each, and
+// Workers that put s/<tag><thread>/<i> = <i> (a new key every call) through one member each, and
 // optionally read through one member, until stopped. Each thread appends to its own log; the
 // main thread reads the logs only after joining. Counters are for waiting on progress.
 struct Load {
@@ -47,6 +47,7 @@ struct Load {
   KeelCluster& c;
   std::atomic<bool> stop{false};
   std::string pad;  // appended to every value (a bigger state)
+  std::string tag;  // in every key: s/<tag><thread>/<i> (two Loads on one cluster differ)
   std::vector<std::vector<Call>> logs;
   std::vector<int> target;
   std::vector<std::unique_ptr<std::atomic<int>>> acked_by_member, errors_by_member;
@@ -77,7 +78,7 @@ struct Load {
       Call call;
       call.member = m;
       call.read = is_reader;
-      call.key = is_reader ? "probe" : "s/" + std::to_string(t) + "/" + std::to_string(i);
+      call.key = is_reader ? "probe" : "s/" + tag + std::to_string(t) + "/" + std::to_string(i);
       call.value = std::to_string(i) + pad;
       call.invoke = now_ns();
       Status st = ok_status();
@@ -143,9 +144,14 @@ bool wait_follows(KeelCluster& c, int old, int leader, std::string* last) {
 
 // After the load stopped: every member applies up to the leader's commit index; then each
 // member's local replica (serializable read) holds every acknowledged put. Returns what is
-// missing, "member: key=value" per line.
+// missing, "member: key=value" per line. Every put has its own key, so a put answered
+// unavailable or overloaded ("not applied") must be absent everywhere: those found are added
+// to *refused_but_applied; and every key must have version 1 (one put each): a key put more
+// than once means a write was applied twice (*applied_twice).
 std::vector<std::string> missing_acked(KeelCluster& c, int leader,
-                                       const std::vector<std::vector<Call>>& logs) {
+                                       const std::vector<std::vector<Call>>& logs,
+                                       std::vector<std::string>* refused_but_applied,
+                                       std::vector<std::string>* applied_twice) {
   std::vector<std::string> missing;
   auto l = c.status(leader);
   if (!l) return {"the leader does not answer status"};
@@ -171,14 +177,30 @@ std::vector<std::string> missing_acked(KeelCluster& c, int leader,
     r.key = "s/";
     r.range_end = storage::prefix_end("s/");
     r.serializable = true;
-    auto got = cl->range_all(r, [&](const storage::KeyValue& kv) { held[kv.key] = kv.value; });
+    auto got = cl->range_all(r, [&](const storage::KeyValue& kv) {
+      held[kv.key] = kv.value;
+      if (kv.version != 1) {
+        applied_twice->push_back(c.name(i) + ": " + kv.key + " version " +
+                                 std::to_string(kv.version) + ", create revision " +
+                                 std::to_string(kv.create_revision) + ", mod revision " +
+                                 std::to_string(kv.mod_revision));
+      }
+    });
     if (!got) {
       missing.push_back(c.name(i) + ": range failed: " + got.error().message);
       continue;
     }
     for (const auto& log : logs) {
       for (const auto& call : log) {
-        if (call.read || !call.ok) continue;
+        if (call.read) continue;
+        if (!call.ok) {
+          if ((call.code == ErrorCode::unavailable || call.code == ErrorCode::overloaded) &&
+              held.count(call.key)) {
+            refused_but_applied->push_back(c.name(i) + ": " + call.key + " (" +
+                                           error_code_name(call.code) + ": " + call.message + ")");
+          }
+          continue;
+        }
         auto it = held.find(call.key);
         if (it == held.end() || it->second != call.value) {
           missing.push_back(c.name(i) + ": " + call.key + "=" + call.value);
@@ -232,9 +254,9 @@ TEST_CASE(
   const pid_t old_pid = c.member(old).pid();
 
   Load load(c);
-  // Two writers through each other member, one through the leader (its calls block while it
+  // Two writers through each other member, three through the leader (their calls block while it
   // is stopped and are answered after SIGCONT: success only if really committed).
-  load.plan({rest[0], rest[1], rest[0], rest[1], old});
+  load.plan({rest[0], rest[1], rest[0], rest[1], old, old, old});
   {
     Workers w([&] {
       load.stop = true;
@@ -277,13 +299,25 @@ TEST_CASE(
   }
   auto final_leader = c.wait_leader();
   REQUIRE(final_leader);
-  const auto missing = missing_acked(c, *final_leader, load.logs);
+  std::vector<std::string> refused;
+  std::vector<std::string> twice;
+  const auto missing = missing_acked(c, *final_leader, load.logs, &refused, &twice);
   size_t acked = 0;
   for (const auto& log : load.logs)
     for (const auto& call : log)
       acked += call.ok;
-  INFO(acked << " acknowledged puts; missing (first 20):\n" << first_lines(missing, 20));
-  CHECK(missing.empty());
+  {
+    INFO(acked << " acknowledged puts; missing (first 20):\n" << first_lines(missing, 20));
+    CHECK(missing.empty());
+  }
+  {
+    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
+    CHECK(refused.empty());
+  }
+  {
+    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
+    CHECK(twice.empty());
+  }
   if (small_log) {
     INFO(c.member(old).log());
     CHECK(c.member(old).log().find("installed the snapshot") != std::string::npos);
@@ -408,10 +442,20 @@ TEST_CASE(
   // Converged: every member holds every acknowledged put, and all are at one revision.
   auto final_leader = c.wait_leader();
   REQUIRE(final_leader);
-  const auto missing = missing_acked(c, *final_leader, load.logs);
+  std::vector<std::string> refused;
+  std::vector<std::string> twice;
+  const auto missing = missing_acked(c, *final_leader, load.logs, &refused, &twice);
   {
     INFO("missing (first 20):\n" << first_lines(missing, 20));
     CHECK(missing.empty());
+  }
+  {
+    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
+    CHECK(refused.empty());
+  }
+  {
+    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
+    CHECK(twice.empty());
   }
   std::set<int64_t> revisions;
   for (int i = 0; i < 3; ++i) {
@@ -484,10 +528,20 @@ TEST_CASE(
   CHECK(receiving == 3);
   auto final_leader = c.wait_leader();
   REQUIRE(final_leader);
-  const auto missing = missing_acked(c, *final_leader, load.logs);
+  std::vector<std::string> refused;
+  std::vector<std::string> twice;
+  const auto missing = missing_acked(c, *final_leader, load.logs, &refused, &twice);
   {
     INFO("missing (first 20):\n" << first_lines(missing, 20));
     CHECK(missing.empty());
+  }
+  {
+    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
+    CHECK(refused.empty());
+  }
+  {
+    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
+    CHECK(twice.empty());
   }
   std::set<int64_t> revisions;
   for (int i = 0; i < 3; ++i) {
@@ -566,4 +620,119 @@ TEST_CASE(
   REQUIRE(second_transfer);
   INFO("leader's log after the restart:\n" << leader_log.substr(0, 4000));
   CHECK(leader_log.find("abandoned: no acknowledgement") == std::string::npos);
+}
+
+// Where the contract "unavailable = not applied" meets a snapshot. The leader's inbound
+// frames are dropped (netns, tc): its appends still reach the followers, their answers do
+// not, so it never learns that its last writes committed. It steps down (check-quorum), a
+// follower that holds those writes is elected and commits them, and compacts its log (100
+// retained entries); healed, the old leader may be caught up by a snapshot that covers them.
+// Its clients' writes must end as success (or outcome_unknown), never as unavailable: each
+// put has its own key, so a put answered "not applied" must be absent from every member.
+//
+// KNOWN BUG (tagged [!mayfail]; fails in about one run in four here): after a snapshot
+// install sets `applied` past a leader-appended pending write (cluster/node/node.cpp,
+// installed_snapshot), the next apply_entries completes it from pending_by_index as
+// "unavailable: leadership changed before the write committed; not applied" without knowing
+// what the snapshot holds at that index; here it holds that very write. It passes when the
+// old leader gets those entries by append instead (the new leader's term-2 appends were
+// still in TCP's retransmission queue at the heal).
+TEST_CASE(
+    "a deposed leader whose writes a snapshot covers never answers them unavailable (not "
+    "applied) (netns, SKIPPED with a warning where network namespaces cannot be created)",
+    "[integration][cluster][fault][netns][snapshot][!mayfail]") {
+  if (auto why = NetLab::unavailable()) {
+    WARN("SKIPPED: network namespaces are not usable here: " << *why);
+    return;
+  }
+  if (!NetLab::has_tc()) {
+    WARN("SKIPPED: `tc` is not installed (needed for a one-way cut)");
+    return;
+  }
+  NetLab lab(3);
+  INFO(lab.error());
+  REQUIRE(lab.error().empty());
+  TempDir dir;
+  // A long request timeout: the old leader's pending writes outlive the whole scenario, so
+  // they are answered by what happens to them, not by the deadline.
+  const std::string config =
+      "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 1000\n"
+      "request_timeout_ms = 30000\nlog_retain_entries = 100\n[storage]\ncache_size_mb = 32\n";
+  KeelCluster c(dir.path, 3, config, ClusterNet{lab.hosts(), lab.netns(), 2380});
+  REQUIRE(c.start_all());
+  auto leader = c.wait_leader();
+  REQUIRE(leader);
+  const int old = *leader;
+  const auto rest = others(3, old);
+  Load via_old(c), via_rest(c);
+  via_old.tag = "old";
+  via_rest.tag = "rest";
+  via_old.plan({old, old, old, old});
+  via_rest.plan({rest[0], rest[1], rest[0], rest[1]});
+  std::vector<std::vector<Call>> logs;
+  uint64_t cut_done = 0;
+  {
+    Workers w([&] {
+      via_old.stop = true;
+      via_rest.stop = true;
+      lab.heal(old);
+    });
+    for (size_t t = 0; t < via_old.target.size(); ++t)
+      w.spawn([&via_old, t] { via_old.run(t); });
+    REQUIRE(wait_until([&] { return via_old.acked({old}) >= 200; }, 30s));
+    REQUIRE(lab.cut(old, NetLab::Cut::inbound));
+    cut_done = now_ns();
+    auto next = c.wait_leader_among(rest, 20s);
+    REQUIRE(next);
+    // The majority commits and compacts past the old leader's log (writers start now, so
+    // none of them waits on a proposal forwarded to the cut-off member).
+    for (size_t t = 0; t < via_rest.target.size(); ++t)
+      w.spawn([&via_rest, t] { via_rest.run(t); });
+    CHECK(wait_until([&] { return via_rest.acked(rest) >= 400; }, 30s));
+    REQUIRE(lab.heal(old));
+    std::string seen;
+    const bool follows = wait_follows(c, old, *next, &seen);
+    INFO("old leader / new leader: " << seen);
+    CHECK(follows);
+    const int acked_old = via_old.acked({old});
+    CHECK(wait_until([&] { return via_old.acked({old}) >= acked_old + 20; }, 30s));
+    via_old.stop = true;
+    via_rest.stop = true;
+    REQUIRE(w.join_within(60s));
+    CHECK(w.errors().empty());
+  }
+  // What the old leader's writes in flight at the cut were answered (for the record).
+  std::map<std::string, int> in_flight;
+  for (const auto& log : via_old.logs) {
+    for (const auto& call : log) {
+      if (call.invoke < cut_done && call.ret > cut_done)
+        in_flight[call.ok ? "ok" : error_code_name(call.code)]++;
+    }
+  }
+  std::string answers;
+  for (const auto& [k, n] : in_flight)
+    answers += k + " x" + std::to_string(n) + " ";
+  INFO("the old leader's writes in flight at the cut were answered: " << answers);
+  logs = via_old.logs;
+  logs.insert(logs.end(), via_rest.logs.begin(), via_rest.logs.end());
+  auto final_leader = c.wait_leader();
+  REQUIRE(final_leader);
+  std::vector<std::string> refused;
+  std::vector<std::string> twice;
+  const auto missing = missing_acked(c, *final_leader, logs, &refused, &twice);
+  {
+    INFO("missing (first 20):\n" << first_lines(missing, 20));
+    CHECK(missing.empty());
+  }
+  {
+    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
+    CHECK(refused.empty());
+  }
+  {
+    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
+    CHECK(twice.empty());
+  }
+  const std::string log = c.member(old).log();
+  INFO(log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
+  CHECK(log.find("installed the snapshot") != std::string::npos);
 }
