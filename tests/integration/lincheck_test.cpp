@@ -11,6 +11,8 @@
 //   KEEL_LINCHECK_SECONDS=600 build/tests/integration/integration_tests '[lincheck]'
 // KEEL_LINCHECK_SEED fixes the clients' and the nemesis's random choices (the schedule of a
 // real cluster does not replay exactly; the seed is printed either way).
+// KEEL_LINCHECK_BUDGET bounds the checker's search (default: 2M steps per second of load, at
+// least 100M); running out gives no verdict (a warning, not a failure).
 // KEEL_LINCHECK_SERIALIZABLE=1 makes the clients' gets serializable (local replica, allowed
 // to be stale): the check should then fail under partitions, which shows that it can.
 #include <signal.h>
@@ -468,7 +470,10 @@ TEST_CASE(
   CHECK(counts["get"] >= 50);
   CHECK(counts["cas ok"] >= 10);
 
-  const auto result = lc::check(history);
+  // The search's step budget grows with the history (KEEL_LINCHECK_BUDGET overrides it).
+  const uint64_t budget =
+      env_u64("KEEL_LINCHECK_BUDGET", std::max<uint64_t>(100'000'000, seconds * 2'000'000));
+  const auto result = lc::check(history, budget);
   std::string report = std::string(lc::to_string(result.outcome)) + " after " +
                        std::to_string(result.steps) + " steps\n" + result.description;
   if (result.outcome == lc::Outcome::violation) {
