@@ -131,6 +131,18 @@ bool NetLab::heal(int member) {
   return ip({"-n", hub_, "link", "set", h, "up"});
 }
 
+void NetLab::reset_tcp(int member) {
+  for (size_t j = 0; j < member_ns_.size(); ++j) {
+    if (static_cast<int>(j) == member) {
+      run_command({"ip", "netns", "exec", member_ns_[j], "ss", "-K", "-t"}, "", 10);
+    } else {
+      run_command(
+          {"ip", "netns", "exec", member_ns_[j], "ss", "-K", "-t", "dst", hosts_.at(member)}, "",
+          10);
+    }
+  }
+}
+
 bool NetLab::tc(const std::vector<std::string>& ns_and_args) {
   std::vector<std::string> full = {"ip", "netns", "exec", ns_and_args.at(0), "tc"};
   full.insert(full.end(), ns_and_args.begin() + 1, ns_and_args.end());

@@ -43,6 +43,9 @@ class NetLab {
   enum class Cut { both, inbound, outbound };
   bool cut(int member, Cut how = Cut::both);
   bool heal(int member);
+  // Aborts every TCP connection to or from member i (`ss -K` in each namespace), as a long
+  // partition ends them: what was queued on them is gone, and peers reconnect when healed.
+  void reset_tcp(int member);
 
  private:
   bool ip(const std::vector<std::string>& args);
