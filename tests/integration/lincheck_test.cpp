@@ -76,8 +76,11 @@ struct Known {  // what a client last saw of a key: value and mod revision (null
 // One client: a thread with its own connection to member `member`, appending to its own
 // history. Returns when `stop` is set (at most one call in flight: bounded by keeld's timeouts
 // or, for a stopped member, by the nemesis's SIGCONT).
+// `notes` gets one line per operation (parallel to `history`): the member and the revisions
+// the reply carried (header revision; a read's mod revision), for diagnosing a violation.
 void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool serializable,
-                 const std::atomic<bool>& stop, std::vector<lc::Operation>* history) {
+                 const std::atomic<bool>& stop, std::vector<lc::Operation>* history,
+                 std::vector<std::string>* notes) {
   std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(id));
   std::unique_ptr<client::Client> cl;
   std::map<std::string, Known> known;
@@ -95,6 +98,7 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool seriali
     op.client = static_cast<uint64_t>(id);
     op.key = key;
     std::optional<Error> error;
+    std::string note = c.name(member);
     op.call = now_ns();
     if (roll < 35) {
       op.kind = lc::OpKind::get;
@@ -104,10 +108,12 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool seriali
       auto got = cl->range(r);
       op.ret = now_ns();
       if (got) {
+        note += " rev " + std::to_string(got->revision);
         if (got->kvs.empty()) {
           op.output = std::nullopt;
           known[key] = {};
         } else {
+          note += " mod " + std::to_string(got->kvs[0].mod_revision);
           op.output = got->kvs[0].value;
           known[key] = {got->kvs[0].value, got->kvs[0].mod_revision};
         }
@@ -120,6 +126,7 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool seriali
       auto got = cl->put(put(key, fresh));
       op.ret = now_ns();
       if (got) {
+        note += " rev " + std::to_string(got->revision);
         known[key] = {fresh, got->revision};
       } else {
         error = got.error();
@@ -153,6 +160,7 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool seriali
       auto got = cl->txn(t);
       op.ret = now_ns();
       if (got) {
+        note += " rev " + std::to_string(got->revision);
         op.ok = got->succeeded;
         if (got->succeeded) {
           known[key] = {fresh, got->revision};
@@ -176,6 +184,7 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool seriali
       auto got = cl->delete_range(d);
       op.ret = now_ns();
       if (got) {
+        note += " rev " + std::to_string(got->revision);
         known[key] = {};
       } else {
         error = got.error();
@@ -188,8 +197,10 @@ void client_loop(KeelCluster& c, int id, int member, uint64_t seed, bool seriali
       op.ret = lc::kNoReply;
       op.output = std::nullopt;
       op.ok = true;
+      note += std::string(" ") + error_code_name(error->code);
     }
     history->push_back(std::move(op));
+    notes->push_back(std::move(note));
   }
 }
 
@@ -326,7 +337,8 @@ class Nemesis {
   int stopped_ = -1;
 };
 
-std::string excerpt(const std::vector<lc::Operation>& history, const lc::CheckResult& r,
+std::string excerpt(const std::vector<lc::Operation>& history,
+                    const std::vector<std::string>& notes, const lc::CheckResult& r,
                     const std::vector<Event>& events) {
   // The offending key's operations around the one that cannot take effect (r.ops[0]): the 60
   // invoked last before it returned and 10 after, in invocation order; then the nemesis events
@@ -347,7 +359,8 @@ std::string excerpt(const std::vector<lc::Operation>& history, const lc::CheckRe
   std::string s = "history of " + r.key + " around it (times in s since the test began):\n";
   for (size_t i = from; i < to; ++i) {
     s += std::string(ops[i] == &bad ? "=>" : "  ") + " [" + ms(ops[i]->call) + ", " +
-         ms(ops[i]->ret) + "] " + lc::describe(*ops[i]) + "\n";
+         ms(ops[i]->ret) + "] " + lc::describe(*ops[i]) + " {" +
+         notes[static_cast<size_t>(ops[i] - history.data())] + "}\n";
   }
   s += "nemesis in the 5 s before:\n";
   for (const auto& e : events) {
@@ -392,13 +405,16 @@ TEST_CASE(
 
   std::atomic<bool> stop{false};
   std::vector<std::vector<lc::Operation>> histories(kClients);
+  std::vector<std::vector<std::string>> client_notes(kClients);
   Nemesis nemesis(c, lab.get(), seed);
   {
     // The nemesis heals, resumes and restarts what it broke when it sees `stop`; clients
     // blocked on a stopped member return after its SIGCONT.
     Workers w([&] { stop = true; });
     for (int i = 0; i < kClients; ++i) {
-      w.spawn([&, i] { client_loop(c, i, i % kMembers, seed, serializable, stop, &histories[i]); });
+      w.spawn([&, i] {
+        client_loop(c, i, i % kMembers, seed, serializable, stop, &histories[i], &client_notes[i]);
+      });
     }
     w.spawn([&] {
       nemesis.run(stop);
@@ -424,6 +440,9 @@ TEST_CASE(
   std::vector<lc::Operation> history;
   for (auto& h : histories)
     history.insert(history.end(), h.begin(), h.end());
+  std::vector<std::string> notes;
+  for (auto& n : client_notes)
+    notes.insert(notes.end(), n.begin(), n.end());
   for (int i = 0; i < kMembers; ++i) {
     auto cl = c.member(i).client();
     REQUIRE(cl);
@@ -437,6 +456,7 @@ TEST_CASE(
         std::optional<std::string> out;
         if (!got->kvs.empty()) out = got->kvs[0].value;
         history.push_back(lc::get(100 + static_cast<uint64_t>(i), key, out, call, now_ns()));
+        notes.push_back(c.name(i) + " final read");
         break;
       }
     }
@@ -477,13 +497,15 @@ TEST_CASE(
   std::string report = std::string(lc::to_string(result.outcome)) + " after " +
                        std::to_string(result.steps) + " steps\n" + result.description;
   if (result.outcome == lc::Outcome::violation) {
-    report += excerpt(history, result, nemesis.events);
+    report += excerpt(history, notes, result, nemesis.events);
     // The whole history, for replaying the check offline.
     const std::string path = "/tmp/keel-lincheck-" + std::to_string(getpid()) + ".txt";
     std::ofstream out(path);
-    for (const auto& op : history)
+    for (size_t i = 0; i < history.size(); ++i) {
+      const auto& op = history[i];
       out << op.call << " " << (op.replied() ? std::to_string(op.ret) : "-") << " "
-          << lc::describe(op) << "\n";
+          << lc::describe(op) << " {" << notes[i] << "}\n";
+    }
     for (const auto& e : nemesis.events)
       out << "# " << e.at << " " << e.what << "\n";
     report += "whole history written to " + path + "\n";
