@@ -51,12 +51,16 @@ struct Load {
   std::vector<std::vector<Call>> logs;
   std::vector<int> target;
   std::vector<std::unique_ptr<std::atomic<int>>> acked_by_member, errors_by_member;
+  // Errors of calls invoked at or after `mark` (a now_ns() time; set by the main thread).
+  std::atomic<uint64_t> mark{UINT64_MAX};
+  std::vector<std::unique_ptr<std::atomic<int>>> errors_after_mark;
 
   // Call before spawning: one log per thread.
   void plan(const std::vector<int>& writers, int reader_member = -1) {
     for (int i = 0; i < c.size(); ++i) {
       acked_by_member.push_back(std::make_unique<std::atomic<int>>(0));
       errors_by_member.push_back(std::make_unique<std::atomic<int>>(0));
+      errors_after_mark.push_back(std::make_unique<std::atomic<int>>(0));
     }
     target = writers;
     if (reader_member >= 0) target.push_back(reader_member);
@@ -97,6 +101,7 @@ struct Load {
         call.code = st.error().code;
         call.message = st.error().message;
         ++*errors_by_member[m];
+        if (call.invoke >= mark) ++*errors_after_mark[m];
         if (call.code == ErrorCode::internal) cl.reset();  // the connection failed
       } else if (!is_reader) {
         ++*acked_by_member[m];
@@ -369,6 +374,7 @@ TEST_CASE(
 
     REQUIRE(lab.cut(old));
     cut_done = now_ns();
+    load.mark = cut_done;
     auto next = c.wait_leader_among(rest, 20s);
     REQUIRE(next);
     CHECK(*next != old);
@@ -376,9 +382,9 @@ TEST_CASE(
     CHECK(wait_until(
         [&] { return load.acked(rest) >= acked_at_election + (small_log ? 400 : 200); }, 30s));
     // The cut-off member's clients are answered with errors (bounded by
-    // raft.request_timeout_ms and raft.leader_wait_ms), and it no longer calls itself leader.
-    const int errors_at_cut = *load.errors_by_member[old];
-    CHECK(wait_until([&] { return *load.errors_by_member[old] >= errors_at_cut + 3; }, 30s));
+    // raft.request_timeout_ms and raft.leader_wait_ms) for calls made after the cut, and it
+    // no longer calls itself leader.
+    CHECK(wait_until([&] { return *load.errors_after_mark[old] >= 3; }, 30s));
     std::string seen;
     const bool stepped_down = wait_until(
         [&] {
