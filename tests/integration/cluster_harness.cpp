@@ -24,14 +24,20 @@ uint16_t free_port() {
   return ntohs(a.sin_port);
 }
 
-KeelCluster::KeelCluster(const std::string& root, int members, std::string config_toml)
+KeelCluster::KeelCluster(const std::string& root, int members, std::string config_toml,
+                         const ClusterNet& net)
     : root_(root), config_(std::move(config_toml)) {
   for (int i = 0; i < members; ++i) {
     names_.push_back("m" + std::to_string(i));
-    peers_.push_back("127.0.0.1:" + std::to_string(free_port()));
+    if (net.hosts.empty()) {
+      peers_.push_back("127.0.0.1:" + std::to_string(free_port()));
+    } else {
+      peers_.push_back(net.hosts.at(i) + ":" + std::to_string(net.port));
+    }
     joiner_.push_back(false);
     std::filesystem::create_directories(root_ + "/" + names_.back());
     members_.push_back(std::make_unique<Keeld>(root_ + "/" + names_.back(), config_));
+    if (!net.netns.empty()) members_.back()->set_netns(net.netns.at(i));
     running.push_back(false);
   }
 }
@@ -78,18 +84,27 @@ std::optional<client::StatusInfo> KeelCluster::status(int i) {
 }
 
 std::optional<int> KeelCluster::wait_leader(std::chrono::milliseconds deadline) {
+  std::vector<int> all;
+  for (int i = 0; i < size(); ++i)
+    all.push_back(i);
+  return wait_leader_among(all, deadline);
+}
+
+std::optional<int> KeelCluster::wait_leader_among(const std::vector<int>& among,
+                                                  std::chrono::milliseconds deadline) {
   const auto until = std::chrono::steady_clock::now() + deadline;
   while (std::chrono::steady_clock::now() < until) {
     uint64_t lead = 0;
     bool agree = true;
-    for (int i = 0; i < size() && agree; ++i) {
+    for (int i : among) {
+      if (!agree) break;
       if (!running[i]) continue;
       auto s = status(i);
       if (!s || s->leader == 0 || (lead != 0 && s->leader != lead)) agree = false;
       if (s) lead = s->leader;
     }
     if (agree && lead != 0) {
-      for (int i = 0; i < size(); ++i) {
+      for (int i : among) {
         if (!running[i]) continue;
         auto s = status(i);
         if (s && s->member_id == lead) return i;

@@ -14,10 +14,20 @@ namespace keel::test {
 // A TCP port on 127.0.0.1 that was free a moment ago.
 uint16_t free_port();
 
+// Where the members live on the network. Default: 127.0.0.1 with a free port each, in the
+// test's own network namespace. With `hosts` (one per member) every member listens on
+// hosts[i]:port; with `netns` (one per member) member i runs in that network namespace.
+struct ClusterNet {
+  std::vector<std::string> hosts;
+  std::vector<std::string> netns;
+  uint16_t port = 2380;
+};
+
 class KeelCluster {
  public:
   // `config_toml` is given to every member (e.g. a faster [raft] tick for tests).
-  KeelCluster(const std::string& root, int members, std::string config_toml = kFastRaft);
+  KeelCluster(const std::string& root, int members, std::string config_toml = kFastRaft,
+              const ClusterNet& net = {});
   static constexpr const char* kFastRaft =
       "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
       "request_timeout_ms = 5000\n[storage]\ncache_size_mb = 32\n";
@@ -36,6 +46,10 @@ class KeelCluster {
   // Index of the member that every running member names as leader, within the deadline;
   // nullopt if they do not agree in time.
   std::optional<int> wait_leader(std::chrono::milliseconds deadline = std::chrono::seconds(20));
+  // The same among the members listed in `among` only (e.g. the majority side of a
+  // partition); the leader must be one of them.
+  std::optional<int> wait_leader_among(const std::vector<int>& among,
+                                       std::chrono::milliseconds deadline);
   // keelctl status of member i as seen by itself (nullopt if it does not answer).
   std::optional<client::StatusInfo> status(int i);
   std::vector<bool> running;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -85,15 +86,27 @@ pid_t Keeld::spawn(const std::vector<std::string>& extra_args) {
   args.push_back(config);
   for (const auto& a : extra_args)
     args.push_back(a);
+  const std::string log_path = dir_ + "/keeld.log";
+  const std::string netns_path = netns_.empty() ? std::string() : "/run/netns/" + netns_;
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
-    int fd = open((dir_ + "/keeld.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
+    if (!netns_path.empty()) {
+      int ns = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) {
+        static const char msg[] = "test harness: cannot enter the network namespace\n";
+        ssize_t n = write(2, msg, sizeof msg - 1);
+        (void)n;
+        _exit(126);
+      }
+      close(ns);
+    }
     execv(argv[0], argv.data());
     _exit(127);
   }
@@ -177,24 +190,29 @@ storage::PutRequest put(std::string key, std::string value) {
 
 Run keelctl(const std::string& socket, const std::vector<std::string>& args,
             const std::string& input, int timeout_s) {
+  std::vector<std::string> full = {KEELCTL_PATH, "--socket", socket};
+  for (const auto& a : args)
+    full.push_back(a);
+  return run_command(full, input, timeout_s);
+}
+
+Run run_command(const std::vector<std::string>& command, const std::string& input, int timeout_s) {
   int in_pipe[2], out_pipe[2], err_pipe[2];
   if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0 ||
       pipe2(err_pipe, O_CLOEXEC) != 0) {
     return {};
   }
-  std::vector<std::string> full = {KEELCTL_PATH, "--socket", socket};
-  for (const auto& a : args)
-    full.push_back(a);
+  std::vector<std::string> full = command;
+  std::vector<char*> argv;
+  for (auto& a : full)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
     dup2(in_pipe[0], 0);
     dup2(out_pipe[1], 1);
     dup2(err_pipe[1], 2);
-    std::vector<char*> argv;
-    for (auto& a : full)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
+    execvp(argv[0], argv.data());
     _exit(127);
   }
   close(in_pipe[0]);

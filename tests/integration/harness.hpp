@@ -41,10 +41,13 @@ class Keeld {
   std::string log() const;
   long rss_kib() const;  // VmRSS of the running process
   std::unique_ptr<client::Client> client() const;
+  // Run keeld inside the network namespace /run/netns/<name> (setns in the child before
+  // exec, as `ip netns exec` does); empty = the test's own namespace. Takes effect at start.
+  void set_netns(std::string name) { netns_ = std::move(name); }
 
  private:
   pid_t spawn(const std::vector<std::string>& extra_args);
-  std::string dir_, data_, socket_, config_path_;
+  std::string dir_, data_, socket_, config_path_, netns_;
   pid_t pid_ = -1;
 };
 
@@ -56,6 +59,10 @@ struct Run {
   std::string out;
   std::string err;
 };
+// Runs argv[0] (a path, or a name looked up in PATH) with its arguments, feeding `input` on
+// stdin, collecting stdout and stderr. Bounded by `timeout_s` (then SIGKILL, status -1).
+Run run_command(const std::vector<std::string>& argv, const std::string& input = "",
+                int timeout_s = 30);
 // Runs keelctl with args (and --socket), feeding `input` on stdin. Bounded by `timeout_s`.
 Run keelctl(const std::string& socket, const std::vector<std::string>& args,
             const std::string& input = "", int timeout_s = 30);
