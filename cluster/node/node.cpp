@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -155,7 +156,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   bool transfer_started = false;
   uint64_t stat_readies = 0, stat_proposals = 0;
   Clock::time_point last_snap_warning{};
-  bool conf_unrecorded = false;  // the store has no configuration yet: record it at next apply
+  bool conf_unrecorded = false;
+  std::set<NodeId> removed_ids;  // every member removed so far (stored with the member list)  //
+                                 // the store has no configuration yet: record it at next apply
 
   // ---- snapshots (node thread; see "Snapshots" below) ----
   struct OutgoingSnapshot {
@@ -234,6 +237,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       spdlog::info("bootstrapped member {} ({:x}) of cluster {:x}: {} initial voters", opt.name,
                    opt.id, opt.cluster_id, conf.voters.size());
     }
+    {
+      std::vector<Member> ignored;
+      std::vector<uint64_t> gone;
+      if (wire::decode_members(store.applied_members(), &ignored, &gone))
+        removed_ids.insert(gone.begin(), gone.end());
+    }
     if (members.empty()) {
       std::vector<Member> stored;
       if (wire::decode_members(store.applied_members(), &stored)) {
@@ -271,6 +280,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     cfg.heartbeat_tick = opt.heartbeat_ticks;
     cfg.applied = applied;
     cfg.max_uncommitted_entries_size = opt.max_uncommitted_bytes;
+    cfg.removed.assign(removed_ids.begin(), removed_ids.end());
     raw = std::make_unique<raft::RawNode>(cfg);
     update_members_roles();
     publish_status();
@@ -672,6 +682,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         }
         if (raw->conf_state().contains(id)) {
           return done(err(ErrorCode::invalid_argument, "member " + name + " is already a member"));
+        }
+        if (removed_ids.count(id)) {
+          return done(err(ErrorCode::invalid_argument,
+                          "member " + name +
+                              " was removed earlier and cannot rejoin under that name (its id "
+                              "never returns): give it a new --name and an empty data dir"));
         }
         cc.type = raft::ConfChangeType::add_learner;
         break;
@@ -1129,7 +1145,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     applied_conf = snap.meta.conf;
     conf_unrecorded = false;
     std::vector<Member> stored;
-    if (wire::decode_members(store.applied_members(), &stored)) {
+    std::vector<uint64_t> gone;
+    if (wire::decode_members(store.applied_members(), &stored, &gone)) {
+      removed_ids.insert(gone.begin(), gone.end());
       std::map<NodeId, Member> next;
       for (auto& m : stored)
         next[m.id] = m;
@@ -1217,7 +1235,10 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       batch.emplace_back(d.index, &d.command);
     std::string members_blob;
     const bool record_conf = conf_changed || conf_unrecorded;
-    if (record_conf) members_blob = wire::encode_members(member_list_applied());
+    if (record_conf) {
+      members_blob = wire::encode_members(
+          member_list_applied(), std::vector<uint64_t>(removed_ids.begin(), removed_ids.end()));
+    }
     auto results = store.apply(batch, last, record_conf ? &applied_conf : nullptr,
                                record_conf ? &members_blob : nullptr, batch_ms);
     conf_unrecorded = false;
@@ -1319,6 +1340,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     wire::Origin origin;
     Member m;
     const bool has_ctx = wire::decode_member_context(context, &origin, &m);
+    if (cc.type == raft::ConfChangeType::remove_node && !result.contains(cc.node)) {
+      removed_ids.insert(cc.node);  // recorded with the member list by this batch's apply
+    }
     if (cc.type == raft::ConfChangeType::remove_node) {
       auto it = members.find(cc.node);
       std::string name = it != members.end() ? it->second.name : std::to_string(cc.node);

@@ -143,17 +143,34 @@ bool decode_member_context(std::string_view data, Origin* origin, Member* member
   return r.origin(origin) && r.member(member) && r.done();
 }
 
-std::string encode_members(const std::vector<Member>& members) {
+std::string encode_members(const std::vector<Member>& members,
+                           const std::vector<uint64_t>& removed) {
   std::string out;
   out.push_back(kVersion);
   put_members(&out, members);
+  if (!removed.empty()) {
+    put_u64(&out, removed.size());
+    for (uint64_t id : removed)
+      put_u64(&out, id);
+  }
   return out;
 }
 
-bool decode_members(std::string_view data, std::vector<Member>* members) {
+bool decode_members(std::string_view data, std::vector<Member>* members,
+                    std::vector<uint64_t>* removed) {
   if (data.empty() || data[0] != kVersion) return false;
   Reader r(data.substr(1));
-  return r.members(members) && r.done();
+  if (!r.members(members)) return false;
+  if (removed != nullptr) removed->clear();
+  if (r.done()) return true;  // written before removed ids were recorded, or none
+  uint64_t n = 0;
+  if (!r.u64(&n) || n > kMaxMembers) return false;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t id = 0;
+    if (!r.u64(&id)) return false;
+    if (removed != nullptr) removed->push_back(id);
+  }
+  return r.done();
 }
 
 std::string encode_status_request(uint64_t seq) {

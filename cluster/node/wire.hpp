@@ -35,9 +35,12 @@ bool decode_entry(std::string_view data, Origin* origin, std::string_view* comma
 std::string encode_member_context(const Origin& origin, const Member& member);
 bool decode_member_context(std::string_view data, Origin* origin, Member* member);
 
-// The member list as stored with the applied state.
-std::string encode_members(const std::vector<Member>& members);
-bool decode_members(std::string_view data, std::vector<Member>* members);
+// The member list as stored with the applied state, and the ids removed so far (a removed id
+// never comes back: the core refuses to add it, Config::removed).
+std::string encode_members(const std::vector<Member>& members,
+                           const std::vector<uint64_t>& removed = {});
+bool decode_members(std::string_view data, std::vector<Member>* members,
+                    std::vector<uint64_t>* removed = nullptr);
 
 // App messages between nodes.
 enum class AppKind : uint8_t {

@@ -98,6 +98,7 @@ RawNode::RawNode(const Config& cfg)
   KEEL_RAFT_ASSERT(snap != nullptr && snap->meta.index >= st.first_index() - 1 &&
                    snap->meta.index <= st.last_index());
   KEEL_RAFT_ASSERT(hs.commit <= st.last_index(), "hard state commit beyond the stored log");
+  removed_.insert(cfg.removed.begin(), cfg.removed.end());
 
   // The configuration: the snapshot's, then every configuration entry after it (thesis §4.1:
   // a server uses the latest configuration in its log, committed or not).
@@ -1077,9 +1078,9 @@ void RawNode::note_removals(const ConfState& before, const ConfState& after) {
 
 // Every id that left a committed configuration the core has seen: the retained log's
 // configurations (conf_history_ up to the commit index) and those discarded since the core
-// started (removed_). Best effort by design: a removal compacted into a snapshot before a
-// restart is forgotten, because a snapshot lists members, not former members; a registry that
-// never forgets belongs with the member data the driver keeps (as etcd's store keeps removed ids).
+// started (removed_), plus the ids the driver's durable record lists (Config::removed: a
+// snapshot lists members, not former members, so without that record a removal compacted
+// into a snapshot before a restart would be forgotten; etcd's store keeps removed ids too).
 bool RawNode::was_removed(NodeId id) const {
   if (removed_.count(id) != 0) return true;
   for (size_t i = 1; i < conf_history_.size() && conf_history_[i].index <= log_.committed(); ++i) {

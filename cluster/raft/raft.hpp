@@ -52,6 +52,9 @@ struct Config {
   bool pre_vote = true;                              // thesis §9.6
   bool check_quorum = true;                          // thesis §6.2 (and leader leases on votes)
   bool forward_proposals = true;                     // followers forward to their leader
+  // Ids the driver's durable record says were removed: never added back (was_removed), even
+  // when their removal is older than the log and this core's memory.
+  std::vector<NodeId> removed;
 };
 
 enum class ProposeStatus : uint8_t {

@@ -492,6 +492,47 @@ TEST_CASE("three members: members behind the compacted log catch up by a streame
 }
 
 TEST_CASE(
+    "three members: a removed member's name is refused after its removal left the log "
+    "and every member restarted",
+    "[node][cluster][member]") {
+  Cluster c(3, snapshot_options);
+  int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  auto change = [&](int via, node::MemberChange kind, const std::string& name,
+                    const std::string& addr) {
+    std::promise<Result<std::vector<node::Member>>> done;
+    auto fut = done.get_future();
+    c.nodes[via]->change_member(kind, name, addr, [&](auto r) { done.set_value(std::move(r)); });
+    return fut.get();
+  };
+  const int gone = (l + 1) % 3;
+  REQUIRE(change(l, node::MemberChange::remove, c.members[gone].name, "").ok());
+  c.nodes[gone]->stop();
+  // The removal leaves the retained log (20 entries), then every member restarts: only the
+  // record stored with the member list remembers it.
+  for (int i = 0; i < 100; i++)
+    REQUIRE(propose_wait(*c.nodes[l], put("k" + std::to_string(i), "v")).ok());
+  REQUIRE(c.engines[l]->raft().first_index() > 30);
+  for (int i : {l, (l + 2) % 3}) {
+    c.nodes[i]->stop();
+    c.nodes[i].reset();
+  }
+  for (int i : {l, (l + 2) % 3}) {
+    c.nodes[i] = std::move(node::Node::open(*c.engines[i], c.options[i])).value();
+    REQUIRE(c.nodes[i]->start(nullptr).ok());
+  }
+  REQUIRE(eventually([&] { return c.nodes[l]->status().leader != 0; }));
+  for (int via : {l, (l + 2) % 3}) {
+    auto again = change(via, node::MemberChange::add_learner, c.members[gone].name,
+                        "127.0.0.1:" + std::to_string(free_port()));
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code == ErrorCode::invalid_argument);
+    CHECK_THAT(again.error().message, Catch::Contains("removed earlier"));
+  }
+  c.nodes[gone].reset();
+}
+
+TEST_CASE(
     "three members: cluster time is stamped by the leader, the same on every replica, "
     "never going back and not counting a leaderless gap",
     "[node][cluster][clock]") {
