@@ -223,6 +223,8 @@ StatusInfo status_from_rpc(rpc::Status::Reader s) {
   out.last_index = s.getLastIndex();
   out.cluster_id = s.getClusterId();
   out.cluster_time_ms = s.getClusterTimeMs();
+  out.dropped_peer_msgs = s.getDroppedPeerMsgs();
+  out.dropped_by_reason = s.getDroppedByReason();
   if (s.hasError() && s.getError().getCode() != rpc::ErrorCode::OK)
     out.error = from_rpc(s.getError());
   return out;

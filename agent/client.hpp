@@ -33,8 +33,10 @@ struct StatusInfo {
   uint64_t commit_index = 0;
   uint64_t last_index = 0;
   uint64_t cluster_id = 0;
-  uint64_t cluster_time_ms = 0;  // leader-stamped cluster time as of applied_index
-  std::optional<Error> error;    // cluster_status(): the member did not answer
+  uint64_t cluster_time_ms = 0;    // leader-stamped cluster time as of applied_index
+  uint64_t dropped_peer_msgs = 0;  // peer messages the Raft core refused
+  std::string dropped_by_reason;
+  std::optional<Error> error;  // cluster_status(): the member did not answer
 };
 
 struct MemberInfo {

@@ -105,8 +105,10 @@ std::string status_json(const client::StatusInfo& st) {
          ",\"leader_name\":" + json_string(st.leader_name) + ",\"raft_term\":" + num(st.raft_term) +
          ",\"commit_index\":" + num(st.commit_index) +
          ",\"applied_index\":" + num(st.applied_index) + ",\"last_index\":" + num(st.last_index) +
-         ",\"cluster_time_ms\":" + num(st.cluster_time_ms) + ",\"revision\":" + num(st.revision) +
-         ",\"compact_revision\":" + num(st.compact_revision) +
+         ",\"cluster_time_ms\":" + num(st.cluster_time_ms) +
+         ",\"dropped_peer_msgs\":" + num(st.dropped_peer_msgs) +
+         ",\"dropped_by_reason\":" + json_string(st.dropped_by_reason) +
+         ",\"revision\":" + num(st.revision) + ",\"compact_revision\":" + num(st.compact_revision) +
          ",\"version\":" + json_string(st.version) + ",\"data_dir\":" + json_string(st.data_dir) +
          ",\"log_syncs\":" + num(st.log_syncs) + ",\"log_entries\":" + num(st.log_entries) +
          ",\"watchers\":" + num(st.watchers) + ",\"connections\":" + num(st.connections) +
@@ -117,14 +119,17 @@ std::string status_json(const client::StatusInfo& st) {
 void print_status(const client::StatusInfo& st, bool with_caller) {
   std::printf(
       "name: %s\nmember_id: %016llx\nrole: %s\nleader: %s (%016llx)\nraft_term: %llu\n"
-      "commit_index: %llu\napplied_index: %llu\nlast_index: %llu\ncluster_time_ms: %llu\n",
+      "commit_index: %llu\napplied_index: %llu\nlast_index: %llu\ncluster_time_ms: %llu\n"
+      "dropped_peer_msgs: %llu%s%s\n",
       st.name.c_str(), static_cast<unsigned long long>(st.member_id), st.role.c_str(),
       st.leader_name.empty() ? "none" : st.leader_name.c_str(),
       static_cast<unsigned long long>(st.leader), static_cast<unsigned long long>(st.raft_term),
       static_cast<unsigned long long>(st.commit_index),
       static_cast<unsigned long long>(st.applied_index),
       static_cast<unsigned long long>(st.last_index),
-      static_cast<unsigned long long>(st.cluster_time_ms));
+      static_cast<unsigned long long>(st.cluster_time_ms),
+      static_cast<unsigned long long>(st.dropped_peer_msgs),
+      st.dropped_by_reason.empty() ? "" : " ", st.dropped_by_reason.c_str());
   std::printf(
       "version: %s\ndata_dir: %s\nrevision: %lld\ncompact_revision: %lld\n"
       "log_syncs: %llu\nlog_entries: %llu\nwatchers: %llu\nconnections: %llu\n",

@@ -255,6 +255,8 @@ class KeelImpl final : public rpc::Keel::Server {
     s.setLastIndex(st.last_index);
     s.setClusterId(st.cluster_id);
     s.setClusterTimeMs(st.cluster_ms);
+    s.setDroppedPeerMsgs(st.dropped_peer_msgs);
+    s.setDroppedByReason(st.dropped_by_reason);
   }
 
   template <typename Builder>

@@ -219,6 +219,8 @@ struct Status {
   leaderName @19 :Text $Json.name("leader_name");
   error @20 :Error;                                     # clusterStatus: this member did not answer
   clusterTimeMs @21 :UInt64 $Json.name("cluster_time_ms");  # cluster time as of applied_index
+  droppedPeerMsgs @22 :UInt64 $Json.name("dropped_peer_msgs");  # refused by the Raft core
+  droppedByReason @23 :Text $Json.name("dropped_by_reason");    # "reason=count ..."
 }
 
 struct Member {

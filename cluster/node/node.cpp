@@ -766,6 +766,13 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     s.readies = stat_readies;
     s.proposals = stat_proposals;
     s.log_syncs = engine.stats().log_syncs;
+    const raft::DroppedCounts& d = raw->dropped();
+    s.dropped_peer_msgs = d.total();
+    d.for_each([&](const char* reason, uint64_t n) {
+      if (n == 0) return;
+      if (!s.dropped_by_reason.empty()) s.dropped_by_reason += ' ';
+      s.dropped_by_reason += std::string(reason) + "=" + std::to_string(n);
+    });
     s.snapshots_sent = stat_snapshots_sent;
     s.snapshots_installed = stat_snapshots_installed;
     return s;

@@ -99,6 +99,10 @@ struct NodeStatus {
   uint64_t readies = 0;
   uint64_t proposals = 0;
   uint64_t log_syncs = 0;
+  // Peer messages the Raft core refused (no correct member sends them; see
+  // raft::DroppedCounts), in total and as "reason=count ..." for the non-zero reasons.
+  uint64_t dropped_peer_msgs = 0;
+  std::string dropped_by_reason;
   uint64_t snapshots_sent = 0;       // streams completed as sender
   uint64_t snapshots_installed = 0;  // streams installed as receiver
 };

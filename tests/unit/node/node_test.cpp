@@ -16,6 +16,7 @@
 #include "cluster/node/node.hpp"
 #include "cluster/node/wire.hpp"
 #include "cluster/storage/raft_storage.hpp"
+#include "cluster/transport/codec.hpp"
 
 using namespace keel;
 using namespace keel::storage;
@@ -489,6 +490,80 @@ TEST_CASE("three members: members behind the compacted log catch up by a streame
   REQUIRE(propose_wait(*c.nodes[l], put("after", "restart")).ok());
   CHECK(eventually([&] { return value_of(*engine, "after") == "restart"; }));
   (*again)->stop();
+}
+
+// Connects to `peer_address` as member `from` (peers are not authenticated until TLS) and
+// sends one batch frame holding `m`. False if the handshake is refused.
+bool send_as_peer(const std::string& peer_address, uint64_t cluster_id, raft::NodeId from,
+                  raft::NodeId to, raft::Message m) {
+  const auto colon = peer_address.rfind(':');
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(peer_address.substr(colon + 1))));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return false;
+  }
+  std::string out;
+  transport::encode_frame(transport::Hello{transport::kProtocolVersion, cluster_id, from, to},
+                          &out);
+  bool ok = write(fd, out.data(), out.size()) == static_cast<ssize_t>(out.size());
+  uint8_t header[4] = {0, 0, 0, 0};
+  ok = ok && read(fd, header, 4) == 4;
+  const uint32_t len =
+      header[0] | (header[1] << 8) | (header[2] << 16) | (uint32_t(header[3]) << 24);
+  std::string body(ok ? len : 0, '\0');
+  size_t got = 0;
+  while (ok && got < body.size()) {
+    ssize_t n = read(fd, body.data() + got, body.size() - got);
+    ok = n > 0;
+    got += ok ? static_cast<size_t>(n) : 0;
+  }
+  if (ok) {
+    auto reply = transport::decode_frame(reinterpret_cast<const uint8_t*>(body.data()), body.size(),
+                                         1 << 20);
+    ok = reply.ok() && std::holds_alternative<transport::HelloReply>(*reply) &&
+         std::get<transport::HelloReply>(*reply).accepted;
+  }
+  if (ok) {
+    out.clear();
+    transport::Batch b;
+    b.items.emplace_back(std::move(m));
+    transport::encode_frame(b, &out);
+    ok = write(fd, out.data(), out.size()) == static_cast<ssize_t>(out.size());
+  }
+  std::this_thread::sleep_for(50ms);  // let it be read before the close
+  close(fd);
+  return ok;
+}
+
+TEST_CASE(
+    "three members: a peer message no correct member sends is refused, counted and "
+    "changes nothing",
+    "[node][cluster][robustness]") {
+  Cluster c(3);
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  REQUIRE(propose_wait(*c.nodes[l], put("before", "1")).ok());
+  const int f = (l + 1) % 3;
+  const auto before = c.nodes[f]->status();
+  // A heartbeat "from the leader" committing far beyond the follower's log (etcd would panic).
+  raft::Message hb;
+  hb.type = raft::MessageType::heartbeat;
+  hb.from = c.members[l].id;
+  hb.to = c.members[f].id;
+  hb.term = before.term;
+  hb.commit = 1000000;
+  REQUIRE(send_as_peer(c.members[f].peer_address, c.options[0].cluster_id, hb.from, hb.to, hb));
+  CHECK(eventually([&] { return c.nodes[f]->status().dropped_peer_msgs >= 1; }));
+  const auto after = c.nodes[f]->status();
+  CHECK_THAT(after.dropped_by_reason, Catch::Contains("commit_beyond_log="));
+  CHECK(after.commit_index < 1000000);
+  CHECK(after.term == before.term);
+  // The member goes on serving.
+  REQUIRE(propose_wait(*c.nodes[f], put("after", "2")).ok());
 }
 
 TEST_CASE(
