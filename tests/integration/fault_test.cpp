@@ -233,6 +233,34 @@ std::vector<int> others(int n, int but) {
 
 }  // namespace
 
+// On the test's main thread, after the load stopped: every acknowledged put is on every
+// member, none answered "not applied" was applied, none was applied twice, and the members
+// are at one revision (see missing_acked).
+void check_converged(KeelCluster& c, int leader, const Load& load) {
+  std::vector<std::string> refused;
+  std::vector<std::string> twice;
+  const auto missing = missing_acked(c, leader, load.logs, &refused, &twice);
+  {
+    INFO("missing (first 20):\n" << first_lines(missing, 20));
+    CHECK(missing.empty());
+  }
+  {
+    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
+    CHECK(refused.empty());
+  }
+  {
+    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
+    CHECK(twice.empty());
+  }
+  std::set<int64_t> revisions;
+  for (int i = 0; i < 3; ++i) {
+    auto s = c.status(i);
+    REQUIRE(s);
+    revisions.insert(s->revision);
+  }
+  CHECK(revisions.size() == 1);
+}
+
 TEST_CASE(
     "SIGSTOP of the leader past the election timeout: the others elect a leader and commit, "
     "the old leader steps down and follows in the new term, no acknowledged write is lost",
@@ -448,28 +476,7 @@ TEST_CASE(
   // Converged: every member holds every acknowledged put, and all are at one revision.
   auto final_leader = c.wait_leader();
   REQUIRE(final_leader);
-  std::vector<std::string> refused;
-  std::vector<std::string> twice;
-  const auto missing = missing_acked(c, *final_leader, load.logs, &refused, &twice);
-  {
-    INFO("missing (first 20):\n" << first_lines(missing, 20));
-    CHECK(missing.empty());
-  }
-  {
-    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
-    CHECK(refused.empty());
-  }
-  {
-    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
-    CHECK(twice.empty());
-  }
-  std::set<int64_t> revisions;
-  for (int i = 0; i < 3; ++i) {
-    auto s = c.status(i);
-    REQUIRE(s);
-    revisions.insert(s->revision);
-  }
-  CHECK(revisions.size() == 1);
+  check_converged(c, *final_leader, load);
   if (small_log) {
     INFO(c.member(old).log());
     CHECK(c.member(old).log().find("installed the snapshot") != std::string::npos);
@@ -533,28 +540,7 @@ TEST_CASE(
   CHECK(receiving == 3);
   auto final_leader = c.wait_leader();
   REQUIRE(final_leader);
-  std::vector<std::string> refused;
-  std::vector<std::string> twice;
-  const auto missing = missing_acked(c, *final_leader, load.logs, &refused, &twice);
-  {
-    INFO("missing (first 20):\n" << first_lines(missing, 20));
-    CHECK(missing.empty());
-  }
-  {
-    INFO("answered \"not applied\" but applied (first 20):\n" << first_lines(refused, 20));
-    CHECK(refused.empty());
-  }
-  {
-    INFO("applied more than once (first 20):\n" << first_lines(twice, 20));
-    CHECK(twice.empty());
-  }
-  std::set<int64_t> revisions;
-  for (int i = 0; i < 3; ++i) {
-    auto s = c.status(i);
-    REQUIRE(s);
-    revisions.insert(s->revision);
-  }
-  CHECK(revisions.size() == 1);
+  check_converged(c, *final_leader, load);
   const std::string log = c.member(victim).log();
   INFO(log.substr(log.size() > 6000 ? log.size() - 6000 : 0));
   CHECK(log.find("installed the snapshot") != std::string::npos);
