@@ -6,8 +6,10 @@
 
 #include "agent/kv_service.hpp"
 #include "agent/listener.hpp"
+#include "agent/prim_service.hpp"
 #include "agent/watch_hub.hpp"
 #include "cluster/node/node.hpp"
+#include "primitives/state.hpp"
 
 namespace keel::agent {
 
@@ -15,10 +17,13 @@ namespace keel::agent {
 struct Agent::Parts {
   Config config;
   kj::AsyncIoContext& io;
+  primitives::State prim_state;  // the store's StateExtension: outlives the engine
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<node::Node> node;
   std::shared_ptr<RevisionSignal> signal = std::make_shared<RevisionSignal>();
   std::shared_ptr<WatchHub> hub;
+  std::shared_ptr<RevisionSignal> prim_epoch = std::make_shared<RevisionSignal>();
+  std::shared_ptr<PrimService> prim;
   std::shared_ptr<KvService> service;
   std::unique_ptr<Listener> listener;
   std::string socket_path;
@@ -49,6 +54,7 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   // Ranges inside a txn are paged like top-level ones. Part of apply, so every replica must
   // use the same value.
   eo.txn_range_max_bytes = config.limits.max_response_bytes;
+  eo.extension = &p->prim_state;
   auto engine = storage::open_engine(eo);
   if (!engine) return std::move(engine).error();
   p->engine = std::move(engine).value();
@@ -70,6 +76,9 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
 
   p->service =
       std::make_shared<KvService>(config, *p->engine, *p->node, p->hub, io.provider->getTimer());
+  p->prim = std::make_shared<PrimService>(config, *p->engine, *p->node, p->prim_epoch,
+                                          io.provider->getTimer());
+  p->service->set_primitives(p->prim);
 
   ListenerOptions lo;
   lo.path = config.effective_socket_path();
@@ -97,6 +106,7 @@ Agent::~Agent() {
   if (p_->listener) p_->listener->close();
   p_->listener.reset();
   if (p_->service) p_->service->close();
+  if (p_->prim) p_->prim->close();
   if (p_->hub) p_->hub->close();
   if (p_->node) p_->node->stop();
   p_->node.reset();    // joins the node thread
@@ -105,9 +115,15 @@ Agent::~Agent() {
 
 Status Agent::start() {
   p_->hub->start();
+  p_->prim->start();
   std::shared_ptr<RevisionSignal> signal = p_->signal;
-  if (auto st = p_->node->start([signal](int64_t revision) { signal->publish(revision); }); !st)
-    return st;
+  std::shared_ptr<RevisionSignal> epoch = p_->prim_epoch;
+  const primitives::State* state = &p_->prim_state;
+  auto on_applied = [signal, epoch, state](int64_t revision) {
+    signal->publish(revision);
+    epoch->publish(state->epoch());
+  };
+  if (auto st = p_->node->start(on_applied); !st) return st;
   p_->listener->start();
   return ok_status();
 }

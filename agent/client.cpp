@@ -329,3 +329,227 @@ Status Client::watch(const WatchOptions& o, const EventsFn& on_events,
 }
 
 }  // namespace keel::client
+
+// ---- leases and locks ----
+
+namespace keel::client {
+
+// Each keeps one `ended` / `lost` call outstanding across waits (forked), so an end that
+// happens between two waits is never missed.
+struct Lease::Impl {
+  Client::Impl& client;
+  rpc::Lease::Client cap;
+  kj::Maybe<kj::ForkedPromise<void>> ended;
+};
+
+struct LockHandle::Impl {
+  Client::Impl& client;
+  rpc::LockHandle::Client cap;
+  kj::Maybe<kj::ForkedPromise<void>> lost;
+};
+
+namespace {
+
+LeaseInfo lease_info_from(rpc::LeaseInfo::Reader r) {
+  LeaseInfo out;
+  out.id = r.getId();
+  out.ttl_ms = r.getTtlMs();
+  out.remaining_ms = r.getRemainingMs();
+  for (auto k : r.getKeys())
+    out.keys.push_back(agent::to_string(k));
+  for (auto l : r.getLocks())
+    out.locks.push_back(agent::to_string(l));
+  return out;
+}
+
+template <typename Resp>
+Status status_of(Resp& resp) {
+  if (resp.hasError() && resp.getError().getCode() != rpc::ErrorCode::OK)
+    return from_rpc(resp.getError());
+  return ok_status();
+}
+
+// Waits for `p` (true when it resolves) or timeout_ms, whichever is first.
+Result<bool> wait_for(Client::Impl& c, kj::Promise<void> p, int64_t timeout_ms) {
+  return call<bool>([&]() -> Result<bool> {
+    auto done =
+        p.then([] { return true; })
+            .exclusiveJoin(
+                c.io.provider->getTimer().afterDelay(timeout_ms * kj::MILLISECONDS).then([] {
+                  return false;
+                }));
+    return done.wait(c.io.waitScope);
+  });
+}
+
+}  // namespace
+
+Lease::Lease(std::unique_ptr<Impl> impl, int64_t id, int64_t ttl_ms)
+    : impl_(std::move(impl)), id_(id), ttl_ms_(ttl_ms) {}
+Lease::~Lease() = default;
+
+Result<LeaseInfo> Lease::info(bool keys) {
+  return call<LeaseInfo>([&]() -> Result<LeaseInfo> {
+    auto req = impl_->cap.infoRequest();
+    req.setKeys(keys);
+    auto resp = req.send().wait(impl_->client.io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return lease_info_from(resp.getInfo());
+  });
+}
+
+Status Lease::revoke() {
+  return call<Unit>([&]() -> Status {
+    auto resp = impl_->cap.revokeRequest().send().wait(impl_->client.io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<bool> Lease::wait_ended(int64_t timeout_ms) {
+  if (impl_->ended == nullptr)
+    impl_->ended = impl_->cap.endedRequest().send().ignoreResult().fork();
+  KJ_IF_MAYBE (f, impl_->ended) {
+    return wait_for(impl_->client, f->addBranch(), timeout_ms);
+  }
+  return false;
+}
+
+LockHandle::LockHandle(std::unique_ptr<Impl> impl, std::string name, int64_t token, int64_t lease)
+    : impl_(std::move(impl)), name_(std::move(name)), token_(token), lease_(lease) {}
+LockHandle::~LockHandle() = default;
+
+Status LockHandle::unlock() {
+  return call<Unit>([&]() -> Status {
+    auto resp = impl_->cap.unlockRequest().send().wait(impl_->client.io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<bool> LockHandle::wait_lost(int64_t timeout_ms) {
+  if (impl_->lost == nullptr) impl_->lost = impl_->cap.lostRequest().send().ignoreResult().fork();
+  KJ_IF_MAYBE (f, impl_->lost) {
+    return wait_for(impl_->client, f->addBranch(), timeout_ms);
+  }
+  return false;
+}
+
+Result<storage::PutResponse> Client::put(const storage::PutRequest& request,
+                                         const storage::Fence& fence) {
+  return call<storage::PutResponse>([&]() -> Result<storage::PutResponse> {
+    auto req = impl_->keel.putRequest();
+    to_rpc(request, req.initRequest());
+    agent::to_rpc(fence, req.getRequest().initFence());
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return from_rpc(resp.getResponse());
+  });
+}
+
+Result<storage::DeleteRangeResponse> Client::delete_range(
+    const storage::DeleteRangeRequest& request, const storage::Fence& fence) {
+  return call<storage::DeleteRangeResponse>([&]() -> Result<storage::DeleteRangeResponse> {
+    auto req = impl_->keel.deleteRangeRequest();
+    to_rpc(request, req.initRequest());
+    agent::to_rpc(fence, req.getRequest().initFence());
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (resp.hasError()) return from_rpc(resp.getError());
+    return from_rpc(resp.getResponse());
+  });
+}
+
+Result<std::unique_ptr<Lease>> Client::lease_grant(int64_t ttl_ms, bool keep) {
+  return call<std::unique_ptr<Lease>>([&]() -> Result<std::unique_ptr<Lease>> {
+    auto req = impl_->keel.leaseGrantRequest();
+    req.setTtlMs(ttl_ms);
+    req.setKeep(keep);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return std::make_unique<Lease>(
+        std::make_unique<Lease::Impl>(Lease::Impl{*impl_, resp.getLease(), nullptr}), resp.getId(),
+        resp.getTtlMs());
+  });
+}
+
+Status Client::lease_revoke(int64_t id) {
+  return call<Unit>([&]() -> Status {
+    auto req = impl_->keel.leaseRevokeRequest();
+    req.setId(id);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<LeaseInfo> Client::lease_time_to_live(int64_t id, bool keys) {
+  return call<LeaseInfo>([&]() -> Result<LeaseInfo> {
+    auto req = impl_->keel.leaseTimeToLiveRequest();
+    req.setId(id);
+    req.setKeys(keys);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return lease_info_from(resp.getInfo());
+  });
+}
+
+Result<std::vector<int64_t>> Client::lease_list() {
+  return call<std::vector<int64_t>>([&]() -> Result<std::vector<int64_t>> {
+    auto resp = impl_->keel.leaseListRequest().send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    std::vector<int64_t> ids;
+    for (int64_t id : resp.getIds())
+      ids.push_back(id);
+    return ids;
+  });
+}
+
+Result<std::unique_ptr<Lease>> Client::lease_keep_alive(int64_t id) {
+  return call<std::unique_ptr<Lease>>([&]() -> Result<std::unique_ptr<Lease>> {
+    auto req = impl_->keel.leaseKeepAliveRequest();
+    req.setId(id);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return std::make_unique<Lease>(
+        std::make_unique<Lease::Impl>(Lease::Impl{*impl_, resp.getLease(), nullptr}), id,
+        resp.getTtlMs());
+  });
+}
+
+Result<std::unique_ptr<LockHandle>> Client::lock(const std::string& name, const LockOptions& o) {
+  return call<std::unique_ptr<LockHandle>>([&]() -> Result<std::unique_ptr<LockHandle>> {
+    auto req = impl_->keel.lockRequest();
+    req.setName(as_data(name));
+    req.setLeaseId(o.lease);
+    req.setTtlMs(o.ttl_ms);
+    req.setWait(o.wait);
+    req.setTimeoutMs(o.timeout_ms);
+    req.setDelayMs(o.delay_ms);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    if (!resp.getAcquired()) return std::unique_ptr<LockHandle>();
+    return std::make_unique<LockHandle>(
+        std::make_unique<LockHandle::Impl>(LockHandle::Impl{*impl_, resp.getHandle(), nullptr}),
+        name, resp.getToken(), resp.getLeaseId());
+  });
+}
+
+Status Client::unlock(const std::string& name, int64_t lease) {
+  return call<Unit>([&]() -> Status {
+    auto req = impl_->keel.unlockRequest();
+    req.setName(as_data(name));
+    req.setLeaseId(lease);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<FenceCheck> Client::check_fence(const std::string& name, int64_t token) {
+  return call<FenceCheck>([&]() -> Result<FenceCheck> {
+    auto req = impl_->keel.checkFenceRequest();
+    req.setName(as_data(name));
+    req.setToken(token);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return FenceCheck{resp.getValid(), resp.getCurrentToken()};
+  });
+}
+
+}  // namespace keel::client

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cluster/model/kv_types.hpp"
 
@@ -61,6 +62,73 @@ struct WatchOptions {
 using EventsFn = std::function<bool(int64_t header_revision, const std::vector<storage::Event>&)>;
 using ProgressFn = std::function<bool(int64_t header_revision)>;
 
+struct LeaseInfo {
+  int64_t id = 0;
+  int64_t ttl_ms = 0;
+  int64_t remaining_ms = 0;  // as of the agent's replica (cluster time)
+  std::vector<std::string> keys;
+  std::vector<std::string> locks;
+};
+
+class Client;
+
+// A lease this client holds: the agent renews it while this object lives. Destroying it (or
+// the process dying) revokes a session lease at once; a kept one then ends after its TTL.
+// Must not outlive its Client; same thread.
+class Lease {
+ public:
+  ~Lease();
+  int64_t id() const { return id_; }
+  int64_t ttl_ms() const { return ttl_ms_; }
+  Result<LeaseInfo> info(bool keys);
+  Status revoke();
+  // Runs the event loop up to timeout_ms; true once the lease has ended.
+  Result<bool> wait_ended(int64_t timeout_ms);
+
+  struct Impl;
+  Lease(std::unique_ptr<Impl> impl, int64_t id, int64_t ttl_ms);
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  int64_t id_;
+  int64_t ttl_ms_;
+};
+
+struct LockOptions {
+  int64_t lease = 0;       // 0: the agent grants a session lease of ttl_ms for this lock
+  int64_t ttl_ms = 0;      // 0: the agent's lease.default_ttl_ms
+  bool wait = true;        // false: tryLock
+  int64_t timeout_ms = 0;  // with wait: give up after this long (error timeout); 0 = never
+  int64_t delay_ms = -1;   // lock-delay after this holder's lease expires; -1 = agent default
+};
+
+// A held lock. Destroying it unlocks (and revokes its own session lease). Must not outlive
+// its Client; same thread.
+class LockHandle {
+ public:
+  ~LockHandle();
+  const std::string& name() const { return name_; }
+  int64_t token() const { return token_; }
+  int64_t lease() const { return lease_; }
+  Status unlock();
+  // Runs the event loop up to timeout_ms; true once this holder has lost the lock.
+  Result<bool> wait_lost(int64_t timeout_ms);
+
+  struct Impl;
+  LockHandle(std::unique_ptr<Impl> impl, std::string name, int64_t token, int64_t lease);
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  std::string name_;
+  int64_t token_;
+  int64_t lease_;
+};
+
+struct FenceCheck {
+  bool valid = false;
+  int64_t current_token = 0;  // 0 = the lock is not held
+};
+
 class Client {
  public:
   // Errors: internal with "cannot connect to keeld at PATH: ..." when nothing serves there.
@@ -78,6 +146,23 @@ class Client {
   Result<storage::PutResponse> put(const storage::PutRequest& request);
   Result<storage::DeleteRangeResponse> delete_range(const storage::DeleteRangeRequest& request);
   Result<storage::TxnResponse> txn(const storage::TxnRequest& request);
+  // Fenced writes: applied only while `fence.token` is the lock's current holder's token.
+  Result<storage::PutResponse> put(const storage::PutRequest& request, const storage::Fence& fence);
+  Result<storage::DeleteRangeResponse> delete_range(const storage::DeleteRangeRequest& request,
+                                                    const storage::Fence& fence);
+
+  // ---- leases and locks (README "Leases and locks") ----
+  // keep = false: a session lease, revoked when the Lease is destroyed or this client dies.
+  Result<std::unique_ptr<Lease>> lease_grant(int64_t ttl_ms, bool keep = false);
+  Status lease_revoke(int64_t id);
+  Result<LeaseInfo> lease_time_to_live(int64_t id, bool keys);
+  Result<std::vector<int64_t>> lease_list();
+  // Renews an existing lease while the returned Lease lives (destroying it does not revoke).
+  Result<std::unique_ptr<Lease>> lease_keep_alive(int64_t id);
+  // The handle, or nullptr when a tryLock (wait = false) found the lock held.
+  Result<std::unique_ptr<LockHandle>> lock(const std::string& name, const LockOptions& options);
+  Status unlock(const std::string& name, int64_t lease);
+  Result<FenceCheck> check_fence(const std::string& name, int64_t token);
   Result<int64_t> compact(int64_t revision, bool physical);  // returns the header revision
   Result<StatusInfo> status();
   // Every member's status, this member's first (an unreachable member has `error` set).
@@ -95,6 +180,8 @@ class Client {
   struct Impl;
 
  private:
+  friend class Lease;
+  friend class LockHandle;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

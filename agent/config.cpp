@@ -13,6 +13,11 @@ std::string Config::effective_socket_path() const {
   return socket_path.empty() ? data_dir + "/keel.sock" : socket_path;
 }
 
+int64_t Config::effective_min_ttl_ms() const {
+  const int64_t election_ms = static_cast<int64_t>(tick_ms) * election_ticks;
+  return std::max<int64_t>(lease_min_ttl_ms, 2 * election_ms);
+}
+
 namespace {
 
 // host:port with a non-empty host and a port in 1..65535 (0 allowed for listeners in tests).
@@ -112,6 +117,7 @@ Result<node::NodeOptions> node_options(const Config& c) {
                       "raft.heartbeat_ticks must be below raft.election_ticks");
   }
   o.tick_ms = c.tick_ms;
+  o.time_entry_interval_ms = c.time_entry_interval_ms;
   o.election_ticks = c.election_ticks;
   o.heartbeat_ticks = c.heartbeat_ticks;
   o.max_batch_entries = c.max_batch_entries;
@@ -244,9 +250,21 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
        size_setter("raft.snapshot_window_chunks", c.snapshot_window_chunks, 1)},
       {"raft.snapshot_timeout_ms",
        size_setter("raft.snapshot_timeout_ms", c.snapshot_timeout_ms, 100)},
+      {"raft.time_entry_interval_ms",
+       size_setter("raft.time_entry_interval_ms", c.time_entry_interval_ms, 10)},
+      {"lease.min_ttl_ms", size_setter("lease.min_ttl_ms", c.lease_min_ttl_ms, 1)},
+      {"lease.max_ttl_ms", size_setter("lease.max_ttl_ms", c.lease_max_ttl_ms, 1)},
+      {"lease.default_ttl_ms", size_setter("lease.default_ttl_ms", c.lease_default_ttl_ms, 1)},
+      {"lease.renew_tick_ms", size_setter("lease.renew_tick_ms", c.lease_renew_tick_ms, 10)},
+      {"limits.max_leases_per_agent",
+       size_setter("limits.max_leases_per_agent", c.max_leases_per_agent, 1)},
+      {"limits.max_lock_name_bytes",
+       size_setter("limits.max_lock_name_bytes", c.limits.max_lock_name_bytes, 1)},
+      {"lock.default_delay_ms", size_setter("lock.default_delay_ms", c.lock_default_delay_ms, 0)},
   };
-  const std::map<std::string, bool> tables = {
-      {"limits", true}, {"storage", true}, {"watch", true}, {"cluster", true}, {"raft", true}};
+  const std::map<std::string, bool> tables = {{"limits", true},  {"storage", true}, {"watch", true},
+                                              {"cluster", true}, {"raft", true},    {"lease", true},
+                                              {"lock", true}};
 
   for (const auto& [k, node] : root) {
     std::string key(k.str());

@@ -49,6 +49,18 @@ struct Config {
   size_t snapshot_chunk_bytes = 1 << 20;
   size_t snapshot_window_chunks = 4;
   uint32_t snapshot_timeout_ms = 10000;
+  uint32_t time_entry_interval_ms = 1000;  // while leases are pending (NodeOptions)
+
+  // [lease] and [lock] (README "Leases and locks"). The effective minimum TTL is at least
+  // twice the election timeout, so a renewal survives a failover.
+  int64_t lease_min_ttl_ms = 2000;
+  int64_t lease_max_ttl_ms = 24LL * 3600 * 1000;
+  int64_t lease_default_ttl_ms = 10000;  // a lock's own session lease when none is given
+  uint32_t lease_renew_tick_ms = 200;    // the agent renews each lease after ttl/3
+  size_t max_leases_per_agent = 10000;   // limits.max_leases_per_agent: renewed at once
+  int64_t lock_default_delay_ms = 0;     // lock-delay when a lock call gives none (-1)
+
+  int64_t effective_min_ttl_ms() const;
 
   std::string effective_socket_path() const;
 };

@@ -168,6 +168,8 @@ Result<TxnRequest> from_rpc(rpc::TxnRequest::Reader r) {
   auto failure = from_rpc_ops(r.getFailure());
   if (!failure) return std::move(failure).error();
   t.failure = std::move(failure).value();
+  for (auto f : r.getFences())
+    t.fences.push_back(storage::Fence{to_string(f.getLock()), f.getToken()});
   return t;
 }
 
@@ -315,6 +317,21 @@ void to_rpc(const TxnRequest& r, rpc::TxnRequest::Builder b) {
   }
   to_rpc_ops(r.success, b.initSuccess(r.success.size()));
   to_rpc_ops(r.failure, b.initFailure(r.failure.size()));
+  if (!r.fences.empty()) {
+    auto fences = b.initFences(r.fences.size());
+    for (size_t i = 0; i < r.fences.size(); ++i)
+      to_rpc(r.fences[i], fences[i]);
+  }
+}
+
+std::optional<storage::Fence> fence_of(rpc::Fence::Reader r) {
+  if (r.getLock().size() == 0) return std::nullopt;
+  return storage::Fence{to_string(r.getLock()), r.getToken()};
+}
+
+void to_rpc(const storage::Fence& f, rpc::Fence::Builder b) {
+  b.setLock(as_data(f.lock));
+  b.setToken(f.token);
 }
 
 void to_rpc(const RangeResponse& r, rpc::RangeResponse::Builder b) {
@@ -417,6 +434,16 @@ rpc::ErrorCode to_rpc(ErrorCode code) {
       return rpc::ErrorCode::OUTCOME_UNKNOWN;
     case ErrorCode::removed:
       return rpc::ErrorCode::REMOVED;
+    case ErrorCode::fenced:
+      return rpc::ErrorCode::FENCED;
+    case ErrorCode::lock_not_held:
+      return rpc::ErrorCode::LOCK_NOT_HELD;
+    case ErrorCode::ttl_out_of_range:
+      return rpc::ErrorCode::TTL_OUT_OF_RANGE;
+    case ErrorCode::too_many_leases:
+      return rpc::ErrorCode::TOO_MANY_LEASES;
+    case ErrorCode::lease_exists:
+      return rpc::ErrorCode::LEASE_EXISTS;
     case ErrorCode::internal:
       return rpc::ErrorCode::INTERNAL;
   }
@@ -469,6 +496,16 @@ ErrorCode from_rpc(rpc::ErrorCode code) {
       return ErrorCode::outcome_unknown;
     case rpc::ErrorCode::REMOVED:
       return ErrorCode::removed;
+    case rpc::ErrorCode::FENCED:
+      return ErrorCode::fenced;
+    case rpc::ErrorCode::LOCK_NOT_HELD:
+      return ErrorCode::lock_not_held;
+    case rpc::ErrorCode::TTL_OUT_OF_RANGE:
+      return ErrorCode::ttl_out_of_range;
+    case rpc::ErrorCode::TOO_MANY_LEASES:
+      return ErrorCode::too_many_leases;
+    case rpc::ErrorCode::LEASE_EXISTS:
+      return ErrorCode::lease_exists;
     case rpc::ErrorCode::INTERNAL:
       return ErrorCode::internal;
   }

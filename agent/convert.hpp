@@ -3,6 +3,8 @@
 // converts Cap'n Proto types; everything below it sees keel::storage types.
 #include <capnp/keel.capnp.h>
 
+#include <optional>
+
 #include "cluster/model/kv_types.hpp"
 
 namespace keel::agent {
@@ -35,6 +37,9 @@ void to_rpc(const storage::DeleteRangeResponse& r, rpc::DeleteRangeResponse::Bui
 void to_rpc(const storage::TxnResponse& r, rpc::TxnResponse::Builder b);
 void to_rpc(const storage::Event& e, rpc::Event::Builder b);
 void to_rpc(const Error& e, rpc::Error::Builder b);
+// A request's fence; none when its lock name is empty.
+std::optional<storage::Fence> fence_of(rpc::Fence::Reader r);
+void to_rpc(const storage::Fence& f, rpc::Fence::Builder b);
 
 rpc::ErrorCode to_rpc(ErrorCode code);
 ErrorCode from_rpc(rpc::ErrorCode code);

@@ -9,8 +9,11 @@
 #include <spdlog/spdlog.h>
 
 #include <optional>
+#include <type_traits>
 
 #include "agent/convert.hpp"
+#include "agent/node_calls.hpp"
+#include "agent/prim_service.hpp"
 
 #include "cluster/storage/mvcc_store.hpp"
 
@@ -39,26 +42,6 @@ std::optional<Error> oversized(Reader params, size_t limit) {
   return make_error(ErrorCode::request_too_large, "request is " + std::to_string(bytes) +
                                                       " bytes; limit is " + std::to_string(limit) +
                                                       " (limits.max_request_bytes)");
-}
-
-// Lease ids are validated here, before the command is replicated. Until the lease primitive
-// exists no lease is ever granted, so any non-zero id is unknown.
-Status check_leases(const Command& cmd) {
-  auto check = [](int64_t lease) -> Status {
-    if (lease == 0) return ok_status();
-    return make_error(ErrorCode::lease_not_found, "lease " + std::to_string(lease) + " not found");
-  };
-  if (auto* put = std::get_if<storage::PutRequest>(&cmd)) return check(put->lease);
-  if (auto* txn = std::get_if<storage::TxnRequest>(&cmd)) {
-    for (const auto* ops : {&txn->success, &txn->failure}) {
-      for (const auto& op : *ops) {
-        if (auto* p = std::get_if<storage::PutRequest>(&op)) {
-          if (auto st = check(p->lease); !st) return st;
-        }
-      }
-    }
-  }
-  return ok_status();
 }
 
 class WatchHandleImpl final : public rpc::WatchHandle::Server {
@@ -123,6 +106,29 @@ class KeelImpl final : public rpc::Keel::Server {
     return write_call<storage::DeleteRangeResponse>(ctx);
   }
   kj::Promise<void> txn(TxnContext ctx) override { return write_call<storage::TxnResponse>(ctx); }
+
+  kj::Promise<void> leaseGrant(LeaseGrantContext ctx) override {
+    return prim_call(ctx, &PrimService::lease_grant);
+  }
+  kj::Promise<void> leaseRevoke(LeaseRevokeContext ctx) override {
+    return prim_call(ctx, &PrimService::lease_revoke);
+  }
+  kj::Promise<void> leaseTimeToLive(LeaseTimeToLiveContext ctx) override {
+    return prim_call(ctx, &PrimService::lease_time_to_live);
+  }
+  kj::Promise<void> leaseList(LeaseListContext ctx) override {
+    return prim_call(ctx, &PrimService::lease_list);
+  }
+  kj::Promise<void> leaseKeepAlive(LeaseKeepAliveContext ctx) override {
+    return prim_call(ctx, &PrimService::lease_keep_alive);
+  }
+  kj::Promise<void> lock(LockContext ctx) override { return prim_call(ctx, &PrimService::lock); }
+  kj::Promise<void> checkFence(CheckFenceContext ctx) override {
+    return prim_call(ctx, &PrimService::check_fence);
+  }
+  kj::Promise<void> unlock(UnlockContext ctx) override {
+    return prim_call(ctx, &PrimService::unlock);
+  }
 
   kj::Promise<void> compact(CompactContext ctx) override {
     auto params = ctx.getParams();
@@ -337,15 +343,9 @@ class KeelImpl final : public rpc::Keel::Server {
     return kj::READY_NOW;
   }
 
-  // Runs `call(node, done)`; the promise resolves on this thread with what the node thread
-  // passed to done. If the node drops `done` without calling it, the promise breaks.
   template <typename T, typename Call>
   kj::Promise<T> from_node(Call&& call) {
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
-    auto fulfiller =
-        std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<T>>>(kj::mv(paf.fulfiller));
-    call(*s_->node_, [fulfiller](T value) { (*fulfiller)->fulfill(std::move(value)); });
-    return kj::mv(paf.promise);
+    return agent::from_node<T>(*s_->node_, std::forward<Call>(call));
   }
 
   template <typename Results>
@@ -384,14 +384,7 @@ class KeelImpl final : public rpc::Keel::Server {
   }
 
   kj::Promise<Result<CommandResult>> propose(Command command) {
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<Result<CommandResult>>();
-    auto fulfiller =
-        std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<Result<CommandResult>>>>(
-            kj::mv(paf.fulfiller));
-    s_->node_->propose(std::move(command), [fulfiller](Result<CommandResult> r) {
-      (*fulfiller)->fulfill(std::move(r));
-    });
-    return kj::mv(paf.promise);
+    return agent::propose(*s_->node_, std::move(command));
   }
 
   // Counts a call until its promise settles, so shutdown can wait for the replies.
@@ -414,20 +407,47 @@ class KeelImpl final : public rpc::Keel::Server {
     }
     auto req = from_rpc(params.getRequest());
     if (!req) return fail(ctx.getResults(), req.error());
-    Command command(std::move(req).value());
-    if (auto st = storage::validate(command, s_->limits_); !st) {
+    // A fenced put or delete travels as a one-op txn with the fence (the store checks fences
+    // on txns only); its reply is that op's.
+    std::optional<storage::Fence> fence;
+    std::optional<Command> command;
+    if constexpr (!std::is_same_v<Response, storage::TxnResponse>) {
+      if (params.getRequest().hasFence()) fence = fence_of(params.getRequest().getFence());
+      if (fence) {
+        storage::TxnRequest txn;
+        txn.success.emplace_back(std::move(req).value());
+        txn.fences.push_back(*fence);
+        command.emplace(std::move(txn));
+      }
+    }
+    if (!command) command.emplace(std::move(req).value());
+    if (auto st = storage::validate(*command, s_->limits_); !st) {
       return fail(ctx.getResults(), st.error());
     }
-    if (auto st = check_leases(command); !st) return fail(ctx.getResults(), st.error());
-    auto p = propose(std::move(command)).then([ctx](Result<CommandResult> r) mutable {
+    const bool wrapped = fence.has_value();
+    auto p = propose(std::move(*command)).then([ctx, wrapped](Result<CommandResult> r) mutable {
       auto results = ctx.getResults();
       if (!r) {
         to_rpc(r.error(), results.initError());
+      } else if constexpr (std::is_same_v<Response, storage::TxnResponse>) {
+        to_rpc(std::get<Response>(r.value()), results.initResponse());
+      } else if (wrapped) {
+        auto& txn = std::get<storage::TxnResponse>(r.value());
+        KEEL_ASSERT(txn.responses.size() == 1, "a fenced write is a one-op txn");
+        to_rpc(std::get<Response>(txn.responses[0]), results.initResponse());
       } else {
         to_rpc(std::get<Response>(r.value()), results.initResponse());
       }
     });
     return track(kj::mv(p));
+  }
+
+  // The primitives' calls: PrimService serves them.
+  template <typename Context>
+  kj::Promise<void> prim_call(Context ctx, kj::Promise<void> (PrimService::*method)(Context)) {
+    auto prim = s_->prim_;
+    if (s_->node_ == nullptr || prim == nullptr) return fail(ctx.getResults(), shutting_down());
+    return track(((*prim).*method)(ctx));
   }
 
   std::shared_ptr<KvService> s_;
@@ -494,6 +514,7 @@ void KvService::close() {
   stop_waiting_for_compaction();
   calls_->on_zero = nullptr;
   reader_.reset();
+  prim_ = nullptr;
   engine_ = nullptr;
   node_ = nullptr;
 }

@@ -25,6 +25,8 @@
 
 namespace keel::agent {
 
+class PrimService;
+
 class KvService : public std::enable_shared_from_this<KvService> {
  public:
   KvService(const Config& config, storage::Engine& engine, node::Node& node,
@@ -35,6 +37,9 @@ class KvService : public std::enable_shared_from_this<KvService> {
 
   // The bootstrap capability of one connection from `peer`.
   capnp::Capability::Client connect(const Peer& peer);
+
+  // Leases and locks (the Keel methods for them are served there).
+  void set_primitives(std::shared_ptr<PrimService> prim) { prim_ = std::move(prim); }
 
   // What `status` reports as connections (the listener's count).
   void set_connection_count(std::function<uint64_t()> count) { connections_ = std::move(count); }
@@ -61,6 +66,7 @@ class KvService : public std::enable_shared_from_this<KvService> {
   node::Node* node_;                         // null after close()
   std::unique_ptr<storage::Reader> reader_;  // this thread's read view
   std::shared_ptr<WatchHub> hub_;
+  std::shared_ptr<PrimService> prim_;
   std::function<uint64_t()> connections_;
   std::shared_ptr<Calls> calls_;
   // `compact --physical` calls waiting for the compactor: polled on the event loop (no

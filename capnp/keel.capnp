@@ -47,6 +47,11 @@ enum ErrorCode {
   overloaded @20;
   outcomeUnknown @21;
   removed @22;
+  fenced @23;
+  lockNotHeld @24;
+  ttlOutOfRange @25;
+  tooManyLeases @26;
+  leaseExists @27;
 }
 
 struct Error {
@@ -54,6 +59,13 @@ struct Error {
   message @1 :Text;                 # human-readable; names the field or limit at fault
   compactRevision @2 :Int64 $Json.name("compact_revision");  # with `compacted`
   currentRevision @3 :Int64 $Json.name("current_revision");  # with `futureRevision`
+}
+
+# A fencing token (Chubby's sequencer): the write applies only while `token` is the current
+# holder's token of lock `lock`, else error `fenced`. An empty lock = no fence.
+struct Fence {
+  lock @0 :Data;
+  token @1 :Int64;
 }
 
 enum SortOrder { none @0; ascend @1; descend @2; }
@@ -95,6 +107,7 @@ struct PutRequest {
   prevKv @3 :Bool;
   ignoreValue @4 :Bool;
   ignoreLease @5 :Bool;
+  fence @6 :Fence;                 # optional: applies only while this token holds the lock
 }
 struct PutResponse {
   header @0 :ResponseHeader;
@@ -105,6 +118,7 @@ struct DeleteRangeRequest {
   key @0 :Data;
   rangeEnd @1 :Data;
   prevKv @2 :Bool;
+  fence @3 :Fence;
 }
 struct DeleteRangeResponse {
   header @0 :ResponseHeader;
@@ -145,6 +159,7 @@ struct TxnRequest {
   compare @0 :List(Compare);
   success @1 :List(RequestOp);
   failure @2 :List(RequestOp);
+  fences @3 :List(Fence);          # all must hold, else the txn fails with `fenced`
 }
 struct TxnResponse {
   header @0 :ResponseHeader;
@@ -230,6 +245,35 @@ struct Member {
   learner @3 :Bool;
 }
 
+# ---- leases and locks (times in cluster time: README "Leases and locks") ----
+
+struct LeaseInfo {
+  id @0 :Int64;
+  ttlMs @1 :Int64 $Json.name("ttl_ms");
+  remainingMs @2 :Int64 $Json.name("remaining_ms");   # as of the replica's cluster time
+  keys @3 :List(Data);                                 # with keys = true
+  locks @4 :List(Data);                                # locks it holds or waits for
+}
+
+# A lease the agent renews while this capability is held (one batched renewal per agent per
+# interval). Dropping it, or the connection closing: a session lease is revoked at once; a
+# kept lease (keep = true at grant, or leaseKeepAlive) just stops being renewed and ends
+# after its TTL.
+interface Lease {
+  info @0 (keys :Bool) -> (info :LeaseInfo, error :Error);
+  revoke @1 () -> (error :Error);
+  # Resolves when the lease has ended (revoked, expired, or a renewal found it gone).
+  ended @2 () -> (error :Error);
+}
+
+# A held lock. Dropping it unlocks (and revokes the lock's own session lease, if the agent
+# granted one for it).
+interface LockHandle {
+  unlock @0 () -> (error :Error);
+  # Resolves when this holder has lost the lock (its lease ended, or it was unlocked).
+  lost @1 () -> (error :Error);
+}
+
 # The bootstrap capability of every connection.
 interface Keel {
   range @0 (request :RangeRequest) -> (response :RangeResponse, error :Error);
@@ -246,4 +290,25 @@ interface Keel {
   memberRemove @10 (name :Text) -> (members :List(Member), error :Error);
   # Every member's status, asked over the peer connections (this member first).
   clusterStatus @11 () -> (statuses :List(Status));
+
+  # Grants a lease of ttlMs (lease.min_ttl_ms .. lease.max_ttl_ms). keep = false: a session
+  # lease, revoked as soon as `lease` is dropped or this connection closes.
+  leaseGrant @12 (ttlMs :Int64, keep :Bool) -> (lease :Lease, id :Int64, ttlMs :Int64, error :Error);
+  leaseRevoke @13 (id :Int64) -> (error :Error);
+  leaseTimeToLive @14 (id :Int64, keys :Bool) -> (info :LeaseInfo, error :Error);
+  leaseList @15 () -> (ids :List(Int64), error :Error);
+  # Renews an existing lease while `lease` is held; dropping it does not revoke it.
+  leaseKeepAlive @16 (id :Int64) -> (lease :Lease, ttlMs :Int64, error :Error);
+  # Acquires `name` for lease `leaseId`, or, with leaseId 0, for a new session lease of ttlMs
+  # (0 = lease.default_ttl_ms) bound to the handle. wait = false: tryLock (acquired false when
+  # held). wait = true: queued FIFO until acquired or timeoutMs (0 = no timeout) passes
+  # (error timeout; the place in the queue is given up). delayMs: lock-delay after this
+  # holder's lease expires (-1 = lock.default_delay_ms).
+  lock @17 (name :Data, leaseId :Int64, ttlMs :Int64, wait :Bool, timeoutMs :Int64, delayMs :Int64)
+      -> (handle :LockHandle, acquired :Bool, token :Int64, leaseId :Int64, error :Error);
+  # Whether `token` is the current holder's token of lock `name` (linearizable): a service
+  # outside keel checks a client's fencing token with it (Chubby's CheckSequencer).
+  checkFence @18 (name :Data, token :Int64) -> (valid :Bool, currentToken :Int64, error :Error);
+  # Releases a lock held (or left waiting) by lease leaseId, from any connection.
+  unlock @19 (name :Data, leaseId :Int64) -> (error :Error);
 }

@@ -17,7 +17,20 @@ namespace keel::storage {
 namespace {
 
 constexpr uint8_t kVersion = 1;
-enum Tag : uint8_t { kPut = 0, kDelete = 1, kTxn = 2, kCompact = 3 };
+// kTxnFenced is a txn followed by its fences (a txn without fences keeps kTxn, so the log
+// entries written before fences existed decode unchanged).
+enum Tag : uint8_t {
+  kPut = 0,
+  kDelete = 1,
+  kTxn = 2,
+  kCompact = 3,
+  kTxnFenced = 4,
+  kLeaseGrant = 5,
+  kLeaseRevoke = 6,
+  kLeaseRenew = 7,
+  kLock = 8,
+  kUnlock = 9,
+};
 enum OpTag : uint8_t { kOpRange = 0, kOpPut = 1, kOpDelete = 2 };
 
 class Writer {
@@ -252,15 +265,45 @@ std::string encode_command(const Command& command) {
     w.u8(kDelete);
     delete_body(w, *del);
   } else if (auto* txn = std::get_if<TxnRequest>(&command)) {
-    w.u8(kTxn);
+    w.u8(txn->fences.empty() ? kTxn : kTxnFenced);
     w.varint(txn->compare.size());
     for (const auto& c : txn->compare)
       compare_body(w, c);
     ops_body(w, txn->success);
     ops_body(w, txn->failure);
-  } else {
+    if (!txn->fences.empty()) {
+      w.varint(txn->fences.size());
+      for (const auto& f : txn->fences) {
+        w.str(f.lock);
+        w.i64(f.token);
+      }
+    }
+  } else if (auto* compact = std::get_if<CompactRequest>(&command)) {
     w.u8(kCompact);
-    w.i64(std::get<CompactRequest>(command).revision);
+    w.i64(compact->revision);
+  } else if (auto* g = std::get_if<LeaseGrantRequest>(&command)) {
+    w.u8(kLeaseGrant);
+    w.i64(g->id);
+    w.i64(g->ttl_ms);
+  } else if (auto* r = std::get_if<LeaseRevokeRequest>(&command)) {
+    w.u8(kLeaseRevoke);
+    w.i64(r->id);
+  } else if (auto* n = std::get_if<LeaseRenewRequest>(&command)) {
+    w.u8(kLeaseRenew);
+    w.varint(n->ids.size());
+    for (int64_t id : n->ids)
+      w.i64(id);
+  } else if (auto* l = std::get_if<LockRequest>(&command)) {
+    w.u8(kLock);
+    w.u8(l->wait ? 1 : 0);
+    w.str(l->name);
+    w.i64(l->lease);
+    w.i64(l->delay_ms);
+  } else {
+    const auto& u = std::get<UnlockRequest>(command);
+    w.u8(kUnlock);
+    w.str(u.name);
+    w.i64(u.lease);
   }
   return std::move(w.out);
 }
@@ -274,14 +317,17 @@ Result<Command> decode_command(std::string_view bytes) {
                           " is not supported (expected " + std::to_string(kVersion) + ")");
   }
   std::optional<Command> command;
-  switch (p.u8()) {
+  const uint8_t tag = p.u8();
+  switch (tag) {
     case kPut:
       command = parse_put(p);
       break;
     case kDelete:
       command = parse_delete(p);
       break;
-    case kTxn: {
+    case kTxn:
+    case kTxnFenced: {
+      const bool fenced = tag == kTxnFenced;
       TxnRequest txn;
       size_t n = p.count(6);  // the smallest compare (empty keys and value) is 6 bytes
       txn.compare.reserve(n);
@@ -289,12 +335,58 @@ Result<Command> decode_command(std::string_view bytes) {
         txn.compare.push_back(parse_compare(p));
       txn.success = parse_ops(p);
       txn.failure = parse_ops(p);
+      if (fenced) {
+        size_t f = p.count(2);  // empty name + token
+        if (p.ok() && f == 0) p.fail("a fenced txn without fences");
+        txn.fences.reserve(f);
+        for (size_t i = 0; i < f && p.ok(); i++) {
+          Fence fence;
+          fence.lock = p.str();
+          fence.token = p.i64();
+          txn.fences.push_back(std::move(fence));
+        }
+      }
       command = std::move(txn);
       break;
     }
     case kCompact:
       command = CompactRequest{p.i64()};
       break;
+    case kLeaseGrant: {
+      LeaseGrantRequest g;
+      g.id = p.i64();
+      g.ttl_ms = p.i64();
+      command = g;
+      break;
+    }
+    case kLeaseRevoke:
+      command = LeaseRevokeRequest{p.i64()};
+      break;
+    case kLeaseRenew: {
+      LeaseRenewRequest r;
+      size_t n = p.count(1);
+      r.ids.reserve(n);
+      for (size_t i = 0; i < n && p.ok(); i++)
+        r.ids.push_back(p.i64());
+      command = std::move(r);
+      break;
+    }
+    case kLock: {
+      LockRequest l;
+      l.wait = p.flags(1) & 1;
+      l.name = p.str();
+      l.lease = p.i64();
+      l.delay_ms = p.i64();
+      command = std::move(l);
+      break;
+    }
+    case kUnlock: {
+      UnlockRequest u;
+      u.name = p.str();
+      u.lease = p.i64();
+      command = std::move(u);
+      break;
+    }
     default:
       p.fail("unknown command tag");
   }

@@ -50,6 +50,16 @@ const char* error_code_name(ErrorCode code) {
       return "outcome_unknown";
     case ErrorCode::removed:
       return "removed";
+    case ErrorCode::fenced:
+      return "fenced";
+    case ErrorCode::lock_not_held:
+      return "lock_not_held";
+    case ErrorCode::ttl_out_of_range:
+      return "ttl_out_of_range";
+    case ErrorCode::too_many_leases:
+      return "too_many_leases";
+    case ErrorCode::lease_exists:
+      return "lease_exists";
   }
   return "unknown";
 }

@@ -105,12 +105,22 @@ struct Compare {
 using RequestOp = std::variant<RangeRequest, PutRequest, DeleteRangeRequest>;
 using ResponseOp = std::variant<RangeResponse, PutResponse, DeleteRangeResponse>;
 
+// A fencing token presented with a write: the write applies only while `token` is the
+// current holder's token of lock `lock` (Chubby's sequencer), else ErrorCode::fenced.
+struct Fence {
+  std::string lock;
+  int64_t token = 0;
+  bool operator==(const Fence&) const = default;
+};
+
 // All compares ANDed; then `success` or `failure` runs, as one revision (if anything is
 // written). Reads inside a txn see the writes made earlier in the same txn.
+// fences: checked before the compares; one that fails fails the whole txn (fenced).
 struct TxnRequest {
   std::vector<Compare> compare;
   std::vector<RequestOp> success;
   std::vector<RequestOp> failure;
+  std::vector<Fence> fences;
   bool operator==(const TxnRequest&) const = default;
 };
 struct TxnResponse {
@@ -128,9 +138,78 @@ struct CompactResponse {
   int64_t revision = 0;  // store revision when the compaction was applied
 };
 
+// ---- coordination primitives (primitives/ decides them; the store only carries them) ----
+// Every time below is cluster time (leader-stamped in the log), never a local clock.
+
+// Grants lease `id` (> 0, chosen by the proposer: the agent derives it from its member id
+// and a counter, so ids never collide) with ttl_ms; it ends ttl_ms after the entry's
+// cluster time unless renewed. Granting an id that exists is an error (lease_exists).
+struct LeaseGrantRequest {
+  int64_t id = 0;
+  int64_t ttl_ms = 0;
+  bool operator==(const LeaseGrantRequest&) const = default;
+};
+struct LeaseGrantResponse {
+  int64_t id = 0;
+  int64_t ttl_ms = 0;
+  int64_t revision = 0;
+};
+// Ends a lease now: its keys are deleted in one revision, its locks pass to the next
+// waiter (without lock-delay: this is a clean release).
+struct LeaseRevokeRequest {
+  int64_t id = 0;
+  bool operator==(const LeaseRevokeRequest&) const = default;
+};
+struct LeaseRevokeResponse {
+  int64_t revision = 0;
+};
+// Renews many leases in one entry (one per agent per interval): each known lease ends
+// ttl_ms after this entry's cluster time, never earlier than it already would.
+struct LeaseRenewRequest {
+  std::vector<int64_t> ids;
+  bool operator==(const LeaseRenewRequest&) const = default;
+};
+struct LeaseRenewResponse {
+  std::vector<int64_t> ttl_ms;  // per id: its ttl, or 0 when the lease does not exist
+};
+// Acquires lock `name` for `lease`, or queues the lease FIFO when `wait` (else the result
+// says not acquired). The holder's lease ending passes the lock on; a lease ending by
+// expiry (not revoke or unlock) keeps the lock free for the holder's delay_ms first.
+// Asking again for a lock the lease holds or waits for changes nothing.
+struct LockRequest {
+  std::string name;
+  int64_t lease = 0;
+  bool wait = false;
+  int64_t delay_ms = 0;  // lock-delay after this holder's lease expires; 0 = none
+  bool operator==(const LockRequest&) const = default;
+};
+struct LockResponse {
+  bool acquired = false;
+  int64_t token = 0;  // when acquired: strictly greater than every earlier token of the lock
+  int64_t revision = 0;
+};
+// Releases the lock if `lease` holds it, or leaves the queue if it waits.
+// Error lock_not_held when it does neither.
+struct UnlockRequest {
+  std::string name;
+  int64_t lease = 0;
+  bool operator==(const UnlockRequest&) const = default;
+};
+struct UnlockResponse {
+  int64_t revision = 0;
+};
+
 // A replicated command: what goes into the log and what apply() executes deterministically.
-using Command = std::variant<PutRequest, DeleteRangeRequest, TxnRequest, CompactRequest>;
-using CommandResult = std::variant<PutResponse, DeleteRangeResponse, TxnResponse, CompactResponse>;
+using Command =
+    std::variant<PutRequest, DeleteRangeRequest, TxnRequest, CompactRequest, LeaseGrantRequest,
+                 LeaseRevokeRequest, LeaseRenewRequest, LockRequest, UnlockRequest>;
+using CommandResult =
+    std::variant<PutResponse, DeleteRangeResponse, TxnResponse, CompactResponse, LeaseGrantResponse,
+                 LeaseRevokeResponse, LeaseRenewResponse, LockResponse, UnlockResponse>;
+// Commands that the primitives state machine applies (the rest are the KV store's).
+inline bool is_primitive(const Command& c) {
+  return c.index() >= 4;
+}
 
 // Compact, versioned binary encoding of a command (the log entry payload). decode_command
 // never trusts its input: any malformed byte string yields ErrorCode::invalid_argument.
@@ -145,6 +224,8 @@ struct Limits {
   size_t max_txn_ops = 128;                     // success + failure ops, as etcd
   size_t max_response_bytes = 4 * 1024 * 1024;  // page size for ranges
   size_t max_watchers = 10000;                  // per agent
+  size_t max_lock_name_bytes = 4096;
+  size_t max_renew_ids = 100000;  // lease ids in one renew entry
 };
 
 // Rejects what the store must never see: empty key, key/value over the limits, range_end

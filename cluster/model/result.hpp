@@ -43,9 +43,14 @@ enum class ErrorCode : uint16_t {
   key_not_found,         // put with ignore_value/ignore_lease on a key that does not exist
   unavailable,           // no leader could be reached within the wait; retry later
   overloaded,            // a bound (named in the message) is full; retry later
-  outcome_unknown,  // the write may or may not have been applied (leader lost mid-flight); read
-                    // before retrying
-  removed,          // this member was removed from the cluster; talk to another member
+  outcome_unknown,   // the write may or may not have been applied (leader lost mid-flight); read
+                     // before retrying
+  removed,           // this member was removed from the cluster; talk to another member
+  fenced,            // a write's fencing token is not the lock's current holder's
+  lock_not_held,     // unlock (or a handle call) by a lease that does not hold the lock
+  ttl_out_of_range,  // lease TTL below lease.min_ttl_ms or above lease.max_ttl_ms
+  too_many_leases,   // limits.max_leases_per_agent reached
+  lease_exists,      // grant of a lease id that is already granted
 };
 
 const char* error_code_name(ErrorCode code);

@@ -159,7 +159,56 @@ std::optional<Error> check_branch(const char* branch, const std::vector<RequestO
   return std::nullopt;
 }
 
+std::optional<Error> check_positive(const std::string& where, const char* field, int64_t value) {
+  if (value <= 0) {
+    return error(ErrorCode::invalid_argument, where,
+                 std::string(field) + " is " + std::to_string(value) + "; it must be > 0");
+  }
+  return std::nullopt;
+}
+
+std::optional<Error> check_lock_name(const std::string& where, const char* field,
+                                     const std::string& name, const Limits& limits) {
+  if (name.empty())
+    return error(ErrorCode::invalid_argument, where, std::string(field) + " is empty");
+  if (name.size() > limits.max_lock_name_bytes) {
+    return error(ErrorCode::invalid_argument, where,
+                 std::string(field) + " is " + std::to_string(name.size()) + " bytes; limit is " +
+                     std::to_string(limits.max_lock_name_bytes) + " (limits.max_lock_name_bytes)");
+  }
+  return std::nullopt;
+}
+
+std::optional<Error> check_primitive(const Command& command, const Limits& limits) {
+  if (auto* g = std::get_if<LeaseGrantRequest>(&command)) {
+    KEEL_CHECK(check_positive("lease grant", "id", g->id));
+    return check_positive("lease grant", "ttl_ms", g->ttl_ms);
+  }
+  if (auto* r = std::get_if<LeaseRevokeRequest>(&command)) {
+    return check_positive("lease revoke", "id", r->id);
+  }
+  if (auto* n = std::get_if<LeaseRenewRequest>(&command)) {
+    if (n->ids.size() > limits.max_renew_ids) {
+      return error(ErrorCode::invalid_argument, "lease renew",
+                   "ids holds " + std::to_string(n->ids.size()) + " leases; limit is " +
+                       std::to_string(limits.max_renew_ids) + " (limits.max_renew_ids)");
+    }
+    for (int64_t id : n->ids)
+      KEEL_CHECK(check_positive("lease renew", "id", id));
+    return std::nullopt;
+  }
+  if (auto* l = std::get_if<LockRequest>(&command)) {
+    KEEL_CHECK(check_lock_name("lock", "name", l->name, limits));
+    KEEL_CHECK(check_positive("lock", "lease", l->lease));
+    return check_non_negative("lock", "delay_ms", l->delay_ms);
+  }
+  const auto& u = std::get<UnlockRequest>(command);
+  KEEL_CHECK(check_lock_name("unlock", "name", u.name, limits));
+  return check_positive("unlock", "lease", u.lease);
+}
+
 std::optional<Error> check_command(const Command& command, const Limits& limits) {
+  if (is_primitive(command)) return check_primitive(command, limits);
   if (auto* put = std::get_if<PutRequest>(&command)) return check_put("put", *put, limits);
   if (auto* del = std::get_if<DeleteRangeRequest>(&command)) {
     return check_delete("delete_range", *del, limits);
@@ -181,6 +230,16 @@ std::optional<Error> check_command(const Command& command, const Limits& limits)
   }
   for (size_t i = 0; i < txn.compare.size(); i++) {
     KEEL_CHECK(check_compare("txn compare[" + std::to_string(i) + "]", txn.compare[i], limits));
+  }
+  if (txn.fences.size() > limits.max_txn_ops) {
+    return error(ErrorCode::too_many_ops, "txn",
+                 "fences holds " + std::to_string(txn.fences.size()) + " fences; limit is " +
+                     std::to_string(limits.max_txn_ops) + " (limits.max_txn_ops)");
+  }
+  for (size_t i = 0; i < txn.fences.size(); i++) {
+    const std::string where = "txn fence[" + std::to_string(i) + "]";
+    KEEL_CHECK(check_lock_name(where, "lock", txn.fences[i].lock, limits));
+    KEEL_CHECK(check_positive(where, "token", txn.fences[i].token));
   }
   KEEL_CHECK(check_branch("success", txn.success, limits));
   return check_branch("failure", txn.failure, limits);

@@ -155,6 +155,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   Clock::time_point stop_deadline;
   bool transfer_started = false;
   uint64_t stat_readies = 0, stat_proposals = 0;
+  uint64_t stat_time_entries = 0;
+  uint64_t time_entry_index = 0;  // the last time entry this member proposed (keep_time_moving)
   Clock::time_point last_snap_warning{};
   bool conf_unrecorded = false;
   std::set<NodeId> removed_ids;  // every member removed so far (stored with the member list)  //
@@ -421,10 +423,30 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       }
       expire(Clock::now());
       expire_snapshots(Clock::now());
+      keep_time_moving();
       pump();
       if (stop_requested) check_stop();
       if (work) schedule_tick();
     });
+  }
+
+  // The leader's time entries (NodeOptions::time_entry_interval_ms): an entry without a
+  // command whose only effect is its stamp, so leases end on time without other writes.
+  // Origin seq 0 never matches a pending proposal (next_seq starts at 1).
+  void keep_time_moving() {
+    if (raw->role() != raft::Role::leader || time_entry_index > applied || failed || removed)
+      return;
+    const uint64_t deadline = store.next_deadline_ms();
+    if (deadline == UINT64_MAX) return;
+    const uint64_t now = cluster_now();
+    if (deadline > now && now < store.applied_cluster_ms() + opt.time_entry_interval_ms) return;
+    std::string data = wire::encode_entry({opt.id, nonce, 0}, std::string_view());
+    wire::stamp_entry(&data, now);
+    auto r = raw->propose(data);
+    if (r.status == raft::ProposeStatus::ok) {
+      time_entry_index = r.index;
+      stat_time_entries++;
+    }
   }
 
   void post_drain() {
@@ -1203,13 +1225,13 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   struct Decoded {
     uint64_t index;
     wire::Origin origin;
-    storage::Command command;
+    uint64_t stamp;
+    std::optional<storage::Command> command;  // none: a time entry
   };
 
   void apply_entries(const std::vector<raft::Entry>& entries) {
     std::vector<Decoded> decoded;
     decoded.reserve(entries.size());
-    uint64_t batch_ms = 0;  // the batch's cluster time: its newest stamp
     bool conf_changed = false;
     std::vector<std::pair<uint64_t, std::function<void()>>> conf_done;
     for (const auto& e : entries) {
@@ -1226,38 +1248,52 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         spdlog::error("log entry {} is not a keel command; skipped on every member", e.index);
         continue;
       }
+      if (cmd_bytes.empty()) {  // a time entry (keep_time_moving)
+        decoded.push_back(Decoded{e.index, origin, stamp, std::nullopt});
+        continue;
+      }
       auto cmd = storage::decode_command(std::string(cmd_bytes));
       if (!cmd) {
         spdlog::error("log entry {} does not decode ({}); skipped on every member", e.index,
                       cmd.error().message);
         continue;
       }
-      decoded.push_back(Decoded{e.index, origin, std::move(cmd).value()});
-      batch_ms = std::max(batch_ms, stamp);
+      decoded.push_back(Decoded{e.index, origin, stamp, std::move(cmd).value()});
     }
     const uint64_t last = entries.back().index;
-    std::vector<std::pair<uint64_t, const storage::Command*>> batch;
+    std::vector<storage::ApplyEntry> batch;
     batch.reserve(decoded.size());
     for (const auto& d : decoded)
-      batch.emplace_back(d.index, &d.command);
+      batch.push_back(storage::ApplyEntry{d.index, d.stamp, d.command ? &*d.command : nullptr});
     std::string members_blob;
     const bool record_conf = conf_changed || conf_unrecorded;
     if (record_conf) {
       members_blob = wire::encode_members(
           member_list_applied(), std::vector<uint64_t>(removed_ids.begin(), removed_ids.end()));
     }
-    auto results = store.apply(batch, last, record_conf ? &applied_conf : nullptr,
-                               record_conf ? &members_blob : nullptr, batch_ms);
+    auto all_results = store.apply_entries(batch, last, record_conf ? &applied_conf : nullptr,
+                                           record_conf ? &members_blob : nullptr);
     conf_unrecorded = false;
-    KEEL_ASSERT(results.size() == batch.size(), "apply returned a result per command");
+    // One result per entry with a command; time entries get an empty slot here.
+    std::vector<std::optional<Result<storage::CommandResult>>> results(decoded.size());
+    {
+      size_t r = 0;
+      for (size_t i = 0; i < decoded.size(); ++i) {
+        if (!decoded[i].command) continue;
+        KEEL_ASSERT(r < all_results.size(), "apply returned a result per command");
+        results[i].emplace(std::move(all_results[r++]));
+      }
+      KEEL_ASSERT(r == all_results.size(), "apply returned a result per command");
+    }
     applied = last;
     for (size_t i = 0; i < decoded.size(); ++i) {
       const auto& d = decoded[i];
-      if (!results[i].ok() && results[i].error().code == ErrorCode::internal) {
+      if (!results[i]) continue;
+      if (!results[i]->ok() && results[i]->error().code == ErrorCode::internal) {
         // The store failed; the entries are committed but not applied. Applying later
         // batches on top would skip them, so refuse writes until restart (which re-applies).
         failed = err(ErrorCode::internal, "the store could not apply committed writes (" +
-                                              results[i].error().message +
+                                              results[i]->error().message +
                                               "); writes are refused until restart");
         spdlog::critical("{}", failed->message);
       }
@@ -1267,7 +1303,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       if (it->second.index) pending_by_index.erase(it->second.index);
       auto p = std::move(it->second);
       pending.erase(it);
-      complete(std::move(p.done), p.bytes, std::move(results[i]));
+      complete(std::move(p.done), p.bytes, std::move(*results[i]));
     }
     // Entries this member appended as leader at an index that is now applied with other
     // content were lost with their term: definitely not applied.

@@ -74,6 +74,11 @@ struct NodeOptions {
   // Applied entries kept before the log prefix is dropped. A member further behind than this
   // needs a snapshot.
   uint64_t log_retain_entries = 100000;
+  // Cluster time for leases: while a lease or lock-delay is pending, the leader appends a
+  // time entry (no command; about 40 bytes in the log) at most once per this interval, and
+  // at once when a deadline has come, so expiries happen on time and a replica's remaining
+  // TTLs are at most this stale. One time entry is in flight at a time.
+  uint32_t time_entry_interval_ms = 1000;
   // Streamed snapshots (for a member behind the retained log): chunk size, chunks in flight
   // (sent, not yet acknowledged) and how long a transfer may make no progress before it is
   // abandoned (the leader starts a new one later). Memory per transfer: the window's chunks.

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "cluster/storage/wt_internal.hpp"
@@ -21,6 +22,8 @@ Limits structural_limits() {
   l.max_request_bytes = SIZE_MAX;
   l.max_txn_ops = SIZE_MAX;
   l.max_response_bytes = SIZE_MAX;
+  l.max_lock_name_bytes = SIZE_MAX;
+  l.max_renew_ids = SIZE_MAX;
   return l;
 }
 
@@ -85,7 +88,10 @@ class StoreImpl : public MvccStore {
  public:
   StoreImpl(WT_CONNECTION* conn, const EngineOptions& options,
             std::atomic<uint64_t>* applied_batches)
-      : conn_(conn), options_(options), applied_batches_(applied_batches) {}
+      : conn_(conn),
+        options_(options),
+        applied_batches_(applied_batches),
+        ext_(options.extension) {}
 
   ~StoreImpl() override { stop_compactor(); }
 
@@ -164,6 +170,17 @@ class StoreImpl : public MvccStore {
     s_.meta->reset(s_.meta);
     stop_ = false;
     compactor_ = std::thread([this] { compactor_loop(); });
+    if (ext_ != nullptr) {
+      State st = state;
+      bool wrote = false;
+      Txn tx(*this, st, &wrote);
+      ret = s_.session->begin_transaction(s_.session, nullptr);
+      if (ret != 0) return wt_error("begin_transaction", ret);
+      auto reloaded = ext_->reload(tx);
+      s_.session->rollback_transaction(s_.session, nullptr);
+      KEEL_ASSERT(!wrote, "StateExtension::reload wrote");
+      if (!reloaded) return reloaded;
+    }
     return ok_status();
   }
 
@@ -217,14 +234,18 @@ class StoreImpl : public MvccStore {
   }
 
   using MvccStore::apply;
-  std::vector<Result<CommandResult>> apply(
-      const std::vector<std::pair<uint64_t, const Command*>>& entries, uint64_t applied_index,
-      const raft::ConfState* conf, const std::string* members, uint64_t cluster_ms) override {
+  std::vector<Result<CommandResult>> apply_entries(const std::vector<ApplyEntry>& entries,
+                                                   uint64_t applied_index,
+                                                   const raft::ConfState* conf,
+                                                   const std::string* members) override {
     if (applied_index != 0) {
       KEEL_ASSERT(applied_index >= applied_index_.load(), "apply: applied index goes back");
       for (const auto& e : entries)
-        KEEL_ASSERT(e.first <= applied_index, "apply: a command after the applied index");
+        KEEL_ASSERT(e.index <= applied_index, "apply: a command after the applied index");
     }
+    size_t commands = 0;
+    for (const auto& e : entries)
+      commands += e.command != nullptr ? 1 : 0;
     applied_batches_->fetch_add(1, std::memory_order_relaxed);
     // Commands known to fail after they had written: the batch is rolled back and re-run
     // without them (WiredTiger has no savepoints), which keeps every command atomic.
@@ -232,33 +253,53 @@ class StoreImpl : public MvccStore {
     for (;;) {
       std::vector<Result<CommandResult>> results;
       results.reserve(entries.size());
-      State state{revision_.load(),      compact_revision_.load(),
-                  applied_index_.load(), {},
-                  generation_.load(),    std::max(cluster_ms_.load(), cluster_ms)};
+      State state{revision_.load(),   compact_revision_.load(), applied_index_.load(), {},
+                  generation_.load(), cluster_ms_.load()};
       {
         std::lock_guard lk(conf_mu_);
         state.conf = conf != nullptr ? *conf : applied_conf_;
       }
       int ret = s_.session->begin_transaction(s_.session, nullptr);
-      if (ret != 0) return all_failed(entries.size(), wt_error("begin_transaction", ret));
+      if (ret != 0) return all_failed(commands, wt_error("begin_transaction", ret));
+      cur_state_ = &state;
       bool restart = false;
-      for (size_t i = 0; i < entries.size(); i++) {
-        if (auto it = failed.find(i); it != failed.end()) {
-          results.emplace_back(it->second);
-        } else {
-          bool wrote = false;
-          auto r = apply_one(*entries[i].second, state, &wrote);
-          if (!r.ok() && wrote) {
-            failed.emplace(i, r.error());
-            restart = true;
-            break;
+      std::optional<Error> internal;
+      for (size_t i = 0; i < entries.size() && !restart && !internal; i++) {
+        const ApplyEntry& e = entries[i];
+        if (e.cluster_ms > state.cluster_ms) {
+          // Time moves before the entry: what ends at its stamp ends before it applies.
+          if (ext_ != nullptr) {
+            bool wrote = false;
+            Txn tx(*this, state, &wrote);
+            if (auto st = ext_->advance(e.cluster_ms, tx); !st) internal = st.error();
           }
-          results.push_back(std::move(r));
+          state.cluster_ms = e.cluster_ms;
         }
-        if (entries[i].first != 0) state.applied_index = entries[i].first;
+        if (e.command != nullptr && !internal) {
+          if (auto it = failed.find(i); it != failed.end()) {
+            results.emplace_back(it->second);
+          } else {
+            bool wrote = false;
+            auto r = apply_one(*e.command, state, &wrote);
+            if (!r.ok() && wrote) {
+              failed.emplace(i, r.error());
+              restart = true;
+              break;
+            }
+            results.push_back(std::move(r));
+          }
+        }
+        if (e.index != 0) state.applied_index = e.index;
       }
-      if (restart) {
+      if (!restart && !internal && ext_ != nullptr) {
+        bool wrote = false;
+        Txn tx(*this, state, &wrote);
+        if (auto st = ext_->before_commit(tx); !st) internal = st.error();
+      }
+      if (restart || internal) {
         s_.session->rollback_transaction(s_.session, nullptr);
+        if (ext_ != nullptr) ext_->rolled_back();
+        if (internal) return all_failed(commands, *internal);
         continue;
       }
       if (applied_index != 0) state.applied_index = applied_index;
@@ -268,7 +309,11 @@ class StoreImpl : public MvccStore {
         ret = s_.session->commit_transaction(s_.session, nullptr);
       else
         s_.session->rollback_transaction(s_.session, nullptr);
-      if (ret != 0) return all_failed(entries.size(), wt_error("commit apply batch", ret));
+      if (ret != 0) {
+        if (ext_ != nullptr) ext_->rolled_back();
+        return all_failed(commands, wt_error("commit apply batch", ret));
+      }
+      if (ext_ != nullptr) ext_->committed();
       bool compacted = state.compact_revision != compact_revision_.load();
       revision_.store(state.revision);
       compact_revision_.store(state.compact_revision);
@@ -291,6 +336,9 @@ class StoreImpl : public MvccStore {
   }
 
   uint64_t applied_index() const override { return applied_index_.load(); }
+  uint64_t next_deadline_ms() const override {
+    return ext_ != nullptr ? ext_->next_deadline_ms() : UINT64_MAX;
+  }
   uint64_t applied_cluster_ms() const override { return cluster_ms_.load(); }
   raft::ConfState applied_conf() const override {
     std::lock_guard lk(conf_mu_);
@@ -320,6 +368,61 @@ class StoreImpl : public MvccStore {
   }
 
  private:
+  // The extension's view of the batch in progress (StateExtension, mvcc_store.hpp).
+  class Txn final : public ApplyTxn {
+   public:
+    Txn(StoreImpl& store, State& state, bool* wrote) : st_(store), state_(state), wrote_(wrote) {}
+    Result<bool> get(std::string_view key, std::string* value) override {
+      WT_CURSOR* c = st_.s_.ext;
+      set_key(c, key);
+      int ret = c->search(c);
+      if (ret == WT_NOTFOUND) return false;
+      if (ret != 0) return wt_error("read table ext", ret);
+      std::string_view v = value_view(c);
+      value->assign(v.data(), v.size());
+      c->reset(c);
+      return true;
+    }
+    Status put(std::string_view key, std::string_view value) override {
+      *wrote_ = true;
+      int ret = put_row(st_.s_.ext, key, value);
+      st_.s_.ext->reset(st_.s_.ext);
+      if (ret != 0) return wt_error("write table ext", ret);
+      return ok_status();
+    }
+    Status del(std::string_view key) override {
+      *wrote_ = true;
+      int ret = remove_row(st_.s_.ext, key);
+      st_.s_.ext->reset(st_.s_.ext);
+      if (ret != 0) return wt_error("delete from table ext", ret);
+      return ok_status();
+    }
+    Status scan(std::string_view from, std::string_view to,
+                const std::function<bool(std::string_view, std::string_view)>& visit) override {
+      int ret = scan_rows(st_.s_.ext, from, to, visit);
+      if (ret != 0) return wt_error("scan table ext", ret);
+      return ok_status();
+    }
+    Status delete_keys(const std::vector<std::string>& keys) override {
+      const int64_t revision = state_.revision + 1;
+      uint32_t sub = 0;
+      for (const auto& key : keys) {
+        DeleteRangeRequest del;
+        del.key = key;
+        auto r = st_.do_delete(del, revision, sub, wrote_, /*notify_extension=*/false);
+        if (!r) return std::move(r).error();
+      }
+      if (sub > 0) state_.revision = revision;
+      return ok_status();
+    }
+    int64_t revision() const override { return state_.revision; }
+
+   private:
+    StoreImpl& st_;
+    State& state_;
+    bool* wrote_;
+  };
+
   static std::vector<Result<CommandResult>> all_failed(size_t n, const Error& e) {
     std::vector<Result<CommandResult>> v;
     v.reserve(n);
@@ -330,6 +433,14 @@ class StoreImpl : public MvccStore {
 
   Result<CommandResult> apply_one(const Command& command, State& state, bool* wrote) {
     if (auto st = validate(command, structural_limits()); !st) return std::move(st).error();
+    if (is_primitive(command)) {
+      if (ext_ == nullptr) {
+        return make_error(ErrorCode::invalid_argument,
+                          "this store has no primitives state machine (leases, locks)");
+      }
+      Txn tx(*this, state, wrote);
+      return ext_->apply(command, state.cluster_ms, tx);
+    }
     if (auto* put = std::get_if<PutRequest>(&command)) {
       uint32_t sub = 0;
       auto r = do_put(*put, state.revision + 1, sub, wrote);
@@ -346,6 +457,15 @@ class StoreImpl : public MvccStore {
       return CommandResult(std::move(r).value());
     }
     if (auto* txn = std::get_if<TxnRequest>(&command)) {
+      if (!txn->fences.empty()) {
+        if (ext_ == nullptr) {
+          return make_error(ErrorCode::fenced, "this store has no locks to check fences against");
+        }
+        Txn tx(*this, state, wrote);
+        for (const auto& f : txn->fences) {
+          if (auto st = ext_->check_fence(f, tx); !st) return std::move(st).error();
+        }
+      }
       auto r = do_txn(*txn, state, wrote);
       if (!r) return std::move(r).error();
       return CommandResult(std::move(r).value());
@@ -377,6 +497,10 @@ class StoreImpl : public MvccStore {
 
   Result<PutResponse> do_put(const PutRequest& req, int64_t revision, uint32_t& sub, bool* wrote) {
     wrote_ = wrote;
+    if (ext_ != nullptr && !req.ignore_lease && req.lease != 0) {
+      Txn tx(*this, *cur_state_, wrote);
+      if (auto st = ext_->check_lease(req.lease, tx); !st) return std::move(st).error();
+    }
     Record old;
     auto found = read_current(s_, req.key, &old);
     if (!found) return std::move(found).error();
@@ -403,15 +527,24 @@ class StoreImpl : public MvccStore {
     rec.lease = req.ignore_lease ? old.lease : req.lease;
     rec.value = req.ignore_value ? old.value : req.value;
     if (auto st = write_version(rec); !st) return std::move(st).error();
+    const int64_t old_lease = *found ? old.lease : 0;
+    if (ext_ != nullptr && rec.lease != old_lease) {
+      Txn tx(*this, *cur_state_, wrote);
+      if (auto st = ext_->key_lease_changed(rec.key, old_lease, rec.lease, tx); !st)
+        return std::move(st).error();
+    }
     PutResponse resp;
     resp.revision = revision;
     if (req.prev_kv && *found) resp.prev_kv = record_kv(std::move(old));
     return resp;
   }
 
+  // notify_extension: tell the extension of deleted keys that had a lease (not when the
+  // extension itself deletes them: it drops its own attachment rows).
   Result<DeleteRangeResponse> do_delete(const DeleteRangeRequest& req, int64_t revision,
-                                        uint32_t& sub, bool* wrote) {
+                                        uint32_t& sub, bool* wrote, bool notify_extension = true) {
     wrote_ = wrote;
+    std::vector<std::pair<std::string, int64_t>> leased;
     DeleteRangeResponse resp;
     Status failure = ok_status();
     int ret = for_each_current(s_, req.key, req.range_end, [&](Record&& old) {
@@ -424,12 +557,18 @@ class StoreImpl : public MvccStore {
       t.prev_sub = old.sub;
       failure = write_version(t);
       if (!failure) return false;
+      if (old.lease != 0 && notify_extension && ext_ != nullptr)
+        leased.emplace_back(old.key, old.lease);
       resp.deleted++;
       if (req.prev_kv) resp.prev_kvs.push_back(record_kv(std::move(old)));
       return true;
     });
     if (!failure) return std::move(failure).error();
     if (ret != 0) return wt_error("delete range", ret);
+    for (const auto& [key, lease] : leased) {
+      Txn tx(*this, *cur_state_, wrote);
+      if (auto st = ext_->key_lease_changed(key, lease, 0, tx); !st) return std::move(st).error();
+    }
     return resp;
   }
 
@@ -630,6 +769,8 @@ class StoreImpl : public MvccStore {
   Session s_;   // apply (node thread)
   Session cs_;  // compactor thread
   bool* wrote_ = nullptr;
+  StateExtension* ext_;         // null: no primitives; lease numbers are stored unchecked
+  State* cur_state_ = nullptr;  // the state of the batch apply() is running (node thread)
   std::atomic<int64_t> revision_{1};
   std::atomic<int64_t> compact_revision_{0};
   std::atomic<uint64_t> applied_index_{0};

@@ -348,6 +348,17 @@ class ReaderImpl : public Reader {
     return r;
   }
 
+  Result<uint64_t> ext_scan(
+      std::string_view from, std::string_view to,
+      const std::function<bool(std::string_view, std::string_view)>& visit) override {
+    auto st = begin();
+    if (!st) return std::move(st).error();
+    int ret = scan_rows(s_.ext, from, to, visit);
+    end();
+    if (ret != 0) return wt_error("read table ext", ret);
+    return st->cluster_ms;
+  }
+
  private:
   // Begins a read transaction on the live generation: if a snapshot install switched
   // generations since the last read, the cursors move to the new tables first.

@@ -31,8 +31,14 @@ struct Ready;
 
 namespace keel::storage {
 
+class StateExtension;
+
 struct EngineOptions {
   std::string dir;  // created if missing
+  // The primitives' state machine (leases, locks), applied in the same transaction as the
+  // KV changes it causes; null = a store without primitives (their commands fail with
+  // invalid_argument). Not owned; must outlive the engine.
+  StateExtension* extension = nullptr;
   size_t cache_size_mb = 48;
   size_t log_file_max_mb = 16;  // WiredTiger's own journal file size; no preallocation
   // Compaction deletes history in chunks of this many rows per WiredTiger transaction, on a
@@ -83,6 +89,74 @@ class Reader {
   virtual Result<int64_t> events(int64_t from_revision, int64_t to_revision, const std::string& key,
                                  const std::string& range_end, bool prev_kv, size_t max_bytes,
                                  const std::function<bool(const Event&)>& visit) = 0;
+
+  // Visits the rows of the primitives' table (table:ext) with from <= key < to (to empty =
+  // no bound) in key order, until visit returns false, in one consistent snapshot. Returns
+  // the cluster time of that snapshot (applied_cluster_ms as of its applied index).
+  virtual Result<uint64_t> ext_scan(
+      std::string_view from, std::string_view to,
+      const std::function<bool(std::string_view key, std::string_view value)>& visit) = 0;
+};
+
+// What a StateExtension may do inside apply's WiredTiger transaction. Valid only during the
+// call it is passed to.
+class ApplyTxn {
+ public:
+  virtual ~ApplyTxn() = default;
+  // The extension's own rows (table:ext, carried by snapshots like the KV tables).
+  virtual Result<bool> get(std::string_view key, std::string* value) = 0;
+  virtual Status put(std::string_view key, std::string_view value) = 0;
+  virtual Status del(std::string_view key) = 0;
+  // Rows with from <= key < to (to empty = no bound) in key order until visit returns false.
+  // visit may not write; collect first, then write.
+  virtual Status scan(
+      std::string_view from, std::string_view to,
+      const std::function<bool(std::string_view key, std::string_view value)>& visit) = 0;
+  // Deletes those of `keys` that exist, all in one new revision (watchers see one revision
+  // of deletes); no revision when none exists.
+  virtual Status delete_keys(const std::vector<std::string>& keys) = 0;
+  virtual int64_t revision() const = 0;  // the store's revision so far in this batch
+};
+
+// The primitives' deterministic state machine, driven by MvccStore::apply (implemented in
+// primitives/, wired by the agent, so storage never names it). Every call runs on the node
+// thread inside apply's transaction; none may read a clock: time is the entries' stamps.
+// An error from a call that wrote makes apply roll the batch back and re-run it without
+// that command (the batch is atomic per command).
+class StateExtension {
+ public:
+  virtual ~StateExtension() = default;
+  // Before each stamped entry, with its cluster time (never smaller than the last one):
+  // ends what is due at cluster_ms (lease expiry, lock-delay). An error here is internal.
+  virtual Status advance(uint64_t cluster_ms, ApplyTxn& tx) = 0;
+  // A command for which is_primitive() holds.
+  virtual Result<CommandResult> apply(const Command& command, uint64_t cluster_ms,
+                                      ApplyTxn& tx) = 0;
+  // A put attaches a key to `lease` (> 0): lease_not_found unless it is granted.
+  virtual Status check_lease(int64_t lease, ApplyTxn& tx) = 0;
+  // A key's lease changed (a put, or a delete: new_lease 0); either may be 0.
+  virtual Status key_lease_changed(std::string_view key, int64_t old_lease, int64_t new_lease,
+                                   ApplyTxn& tx) = 0;
+  // A fenced txn: ok only if fence.token is the current holder's token of fence.lock.
+  virtual Status check_fence(const Fence& fence, ApplyTxn& tx) = 0;
+  // Last call of a batch, before its commit: the extension prepares what committed() shows.
+  virtual Status before_commit(ApplyTxn& tx) = 0;
+  // The batch committed, or was rolled back (then forget what the batch did).
+  virtual void committed() = 0;
+  virtual void rolled_back() = 0;
+  // At open and after a snapshot install: rebuild any cache from the tables (read only).
+  virtual Status reload(ApplyTxn& tx) = 0;
+  // The earliest cluster time at which something is due (UINT64_MAX when nothing is), as
+  // of the last committed batch. Any thread.
+  virtual uint64_t next_deadline_ms() const = 0;
+};
+
+// One entry to apply. command null = an entry that only moves cluster time (the leader's
+// time entries) or has no command (no-op, conf change): it yields no result.
+struct ApplyEntry {
+  uint64_t index = 0;       // raft index; 0 in tests that apply without a log
+  uint64_t cluster_ms = 0;  // the entry's stamp; 0 = unstamped (time does not move)
+  const Command* command = nullptr;
 };
 
 // What a snapshot holds, from the state it copies.
@@ -143,16 +217,29 @@ class MvccStore {
   //   cluster_ms: the cluster time of the batch (leader-stamped in the log); 0 = unchanged.
   //     Never goes back: a smaller value leaves it as it was. Becomes applied_cluster_ms().
   // `commands` may be empty (a batch of no-ops/conf changes only).
+  // Per-entry time (apply_entries): before each stamped entry the extension's
+  // advance() runs with its stamp, so expiries fall between the same entries on every
+  // replica however the entries are batched. Results: one per entry with a command.
   // Each command either fully applies or has no effect and yields its error (key_not_found
   // for ignore_value/ignore_lease on a missing key, future_revision/compacted for Compact,
   // invalid_argument for a command that fails validation against the store's current
   // state). Deterministic: no clocks, no randomness; the same commands on the same state
   // give the same results on every replica. Index 0 commands are allowed (they do not move
   // applied_index()).
-  virtual std::vector<Result<CommandResult>> apply(
+  virtual std::vector<Result<CommandResult>> apply_entries(
+      const std::vector<ApplyEntry>& entries, uint64_t applied_index, const raft::ConfState* conf,
+      const std::string* members = nullptr) = 0;
+  // The same with one stamp for every command (cluster_ms 0 = unstamped).
+  std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& commands, uint64_t applied_index,
-      const raft::ConfState* conf, const std::string* members = nullptr,
-      uint64_t cluster_ms = 0) = 0;
+      const raft::ConfState* conf, const std::string* members = nullptr, uint64_t cluster_ms = 0) {
+    std::vector<ApplyEntry> entries;
+    entries.reserve(commands.size());
+    for (const auto& [index, command] : commands)
+      entries.push_back(ApplyEntry{index, cluster_ms, command});
+    if (entries.empty() && cluster_ms != 0) entries.push_back(ApplyEntry{0, cluster_ms, nullptr});
+    return apply_entries(entries, applied_index, conf, members);
+  }
   // The same, with applied_index() = the last non-zero command index, conf unchanged.
   std::vector<Result<CommandResult>> apply(
       const std::vector<std::pair<uint64_t, const Command*>>& entries) {
@@ -160,6 +247,8 @@ class MvccStore {
   }
 
   virtual uint64_t applied_index() const = 0;
+  // The extension's next_deadline_ms() (UINT64_MAX without one). Any thread.
+  virtual uint64_t next_deadline_ms() const = 0;
   // Cluster time as of applied_index() (0 before any stamped entry).
   virtual uint64_t applied_cluster_ms() const = 0;
   // The raft configuration as of applied_index() (empty until an apply() passed one).

@@ -39,6 +39,7 @@ Status Session::open(WT_CONNECTION* conn, uint64_t gen) {
   const std::string current_uri = table_uri(StateTable::current, gen);
   const std::string index_uri = table_uri(StateTable::index, gen);
   const std::string history_uri = table_uri(StateTable::history, gen);
+  const std::string ext_uri = table_uri(StateTable::ext, gen);
   int ret = conn->open_session(conn, &event_handler, "isolation=snapshot", &session);
   if (ret != 0) {
     session = nullptr;
@@ -53,7 +54,8 @@ Status Session::open(WT_CONNECTION* conn, uint64_t gen) {
                  {&index, index_uri.c_str()},
                  {&index_aux, index_uri.c_str()},
                  {&history, history_uri.c_str()},
-                 {&history_aux, history_uri.c_str()}};
+                 {&history_aux, history_uri.c_str()},
+                 {&ext, ext_uri.c_str()}};
   for (auto& c : cursors) {
     ret = session->open_cursor(session, c.uri, nullptr, nullptr, c.cursor);
     if (ret != 0) {
@@ -67,7 +69,7 @@ Status Session::open(WT_CONNECTION* conn, uint64_t gen) {
 void Session::close() {
   if (session != nullptr) session->close(session, nullptr);  // closes its cursors
   session = nullptr;
-  meta = current = current_aux = index = index_aux = history = history_aux = nullptr;
+  meta = current = current_aux = index = index_aux = history = history_aux = ext = nullptr;
 }
 
 int create_state_tables(WT_SESSION* session, uint64_t generation) {

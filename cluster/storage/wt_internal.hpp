@@ -11,6 +11,7 @@
 //   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
 //   current  raw user key -> Record without key: the live keys, for reads at the current
 //            revision (one cursor search per point read)
+//   ext      the primitives' rows (StateExtension; their format is primitives/state.cpp's)
 //   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp,
 //            which also keeps its rows "raft_*" in meta)
 //
@@ -28,6 +29,7 @@
 #include <string>
 #include <string_view>
 
+#include "cluster/model/bytes.hpp"
 #include "cluster/model/kv_types.hpp"
 #include "cluster/raft/types.hpp"
 #include "cluster/storage/mvcc_store.hpp"
@@ -36,9 +38,10 @@ namespace keel::storage::wt {
 
 constexpr const char* kTableConfig = "key_format=u,value_format=u";
 
-enum class StateTable : uint8_t { current = 1, index = 2, history = 3 };
+enum class StateTable : uint8_t { current = 1, index = 2, history = 3, ext = 4 };
 inline constexpr StateTable kStateTables[] = {StateTable::current, StateTable::index,
-                                              StateTable::history};
+                                              StateTable::history, StateTable::ext};
+inline constexpr size_t kStateTableCount = 4;
 inline const char* table_base(StateTable t) {
   switch (t) {
     case StateTable::current:
@@ -47,6 +50,8 @@ inline const char* table_base(StateTable t) {
       return "table:index";
     case StateTable::history:
       return "table:history";
+    case StateTable::ext:
+      return "table:ext";
   }
   return "";
 }
@@ -63,46 +68,14 @@ inline Error wt_error(const char* what, int ret) {
                     std::string("wiredtiger: ") + what + ": " + wiredtiger_strerror(ret));
 }
 
-// ---- byte helpers ----
+// ---- byte helpers (cluster/model/bytes.hpp) ----
 
-inline void put_be64(std::string& out, uint64_t v) {
-  for (int i = 7; i >= 0; i--)
-    out.push_back(static_cast<char>((v >> (i * 8)) & 0xff));
-}
-inline void put_be32(std::string& out, uint32_t v) {
-  for (int i = 3; i >= 0; i--)
-    out.push_back(static_cast<char>((v >> (i * 8)) & 0xff));
-}
-inline uint64_t get_be64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-inline uint32_t get_be32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; i++)
-    v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-inline void put_varint(std::string& out, uint64_t v) {
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-}
-// Reads a varint from *in, advancing it; false on truncation or overflow.
-inline bool get_varint(std::string_view* in, uint64_t* v) {
-  *v = 0;
-  for (int shift = 0; shift < 64 && !in->empty(); shift += 7) {
-    auto b = static_cast<unsigned char>(in->front());
-    in->remove_prefix(1);
-    *v |= static_cast<uint64_t>(b & 0x7f) << shift;
-    if (!(b & 0x80)) return true;
-  }
-  return false;
-}
+using bytes::get_be32;
+using bytes::get_be64;
+using bytes::get_varint;
+using bytes::put_be32;
+using bytes::put_be64;
+using bytes::put_varint;
 
 // A configuration: varint(#voters) varint(id)... varint(#learners) varint(id)...
 inline void put_conf(std::string& out, const raft::ConfState& conf) {
@@ -356,6 +329,7 @@ struct Session {
   WT_CURSOR* index_aux = nullptr;
   WT_CURSOR* history = nullptr;
   WT_CURSOR* history_aux = nullptr;  // prev_kv lookups while `history` iterates
+  WT_CURSOR* ext = nullptr;          // the StateExtension's rows
 
   Status open(WT_CONNECTION* conn, uint64_t generation);
   void close();
@@ -363,6 +337,21 @@ struct Session {
 };
 
 // ---- reads shared by Reader and by txns inside apply() ----
+
+// Visits the rows of c with from <= key < to (to empty = no bound) in key order until visit
+// returns false; resets c. Returns 0 or a WiredTiger error.
+inline int scan_rows(WT_CURSOR* c, std::string_view from, std::string_view to,
+                     const std::function<bool(std::string_view, std::string_view)>& visit) {
+  int ret = seek_ge(c, from);
+  while (ret == 0) {
+    std::string_view k = key_view(c);
+    if (!to.empty() && k >= to) break;
+    if (!visit(k, value_view(c))) break;
+    ret = c->next(c);
+  }
+  c->reset(c);
+  return ret == WT_NOTFOUND ? 0 : ret;
+}
 
 // Where a read runs. current_table_revision: the revision the `current` table shows (inside
 // a txn that already wrote, the txn's own revision). max_revision: the newest revision a

@@ -1,0 +1,577 @@
+// See prim_service.hpp. GCC 12's false -Wmaybe-uninitialized on kj's ExceptionOr (see
+// kv_service.cpp) needs the pragma before every include here too.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "agent/prim_service.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "agent/convert.hpp"
+#include "agent/node_calls.hpp"
+#include "primitives/state.hpp"
+
+namespace keel::agent {
+
+using primitives::State;
+using storage::Command;
+using storage::CommandResult;
+
+namespace {
+
+Error shutting_down() {
+  return make_error(ErrorCode::shutting_down, "the agent is shutting down");
+}
+
+template <typename Results>
+kj::Promise<void> fail(Results results, const Error& error) {
+  to_rpc(error, results.initError());
+  return kj::READY_NOW;
+}
+
+void fill_info(const primitives::LeaseInfo& info, rpc::LeaseInfo::Builder b) {
+  b.setId(info.id);
+  b.setTtlMs(info.ttl_ms);
+  b.setRemainingMs(info.remaining_ms);
+  auto keys = b.initKeys(info.keys.size());
+  for (size_t i = 0; i < info.keys.size(); ++i)
+    keys.set(i, as_data(info.keys[i]));
+  auto locks = b.initLocks(info.locks.size());
+  for (size_t i = 0; i < info.locks.size(); ++i)
+    locks.set(i, as_data(info.locks[i]));
+}
+
+}  // namespace
+
+struct PrimService::ErrorHandler final : public kj::TaskSet::ErrorHandler {
+  void taskFailed(kj::Exception&& e) override {
+    spdlog::debug("primitives task ended: {}", e.getDescription().cStr());
+  }
+};
+
+// ---- capabilities ----
+
+class LeaseImpl final : public rpc::Lease::Server {
+ public:
+  LeaseImpl(std::shared_ptr<PrimService> s, int64_t id, int64_t ttl_ms, bool session)
+      : s_(std::move(s)), id_(id), session_(session) {
+    s_->retain(id_, ttl_ms);
+  }
+  ~LeaseImpl() {
+    if (!s_->closed() && !revoked_) s_->release(id_, session_);
+  }
+
+ protected:
+  kj::Promise<void> info(InfoContext ctx) override {
+    if (s_->closed()) return fail(ctx.getResults(), shutting_down());
+    auto info = State::lease_info(s_->reader(), id_, ctx.getParams().getKeys());
+    if (!info) return fail(ctx.getResults(), info.error());
+    if (!*info) {
+      return fail(ctx.getResults(), make_error(ErrorCode::lease_not_found,
+                                               "lease " + std::to_string(id_) + " has ended"));
+    }
+    fill_info(**info, ctx.getResults().initInfo());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> revoke(RevokeContext ctx) override {
+    if (s_->closed()) return fail(ctx.getResults(), shutting_down());
+    if (!revoked_) {
+      revoked_ = true;
+      s_->release(id_, false);
+    }
+    return s_->propose(storage::LeaseRevokeRequest{id_})
+        .then([ctx](Result<CommandResult> r) mutable {
+          if (!r) to_rpc(r.error(), ctx.getResults().initError());
+        });
+  }
+  kj::Promise<void> ended(EndedContext) override {
+    if (s_->closed()) return kj::READY_NOW;
+    return s_->lease_ended(id_);
+  }
+
+ private:
+  std::shared_ptr<PrimService> s_;
+  int64_t id_;
+  bool session_;
+  bool revoked_ = false;
+};
+
+class LockHandleImpl final : public rpc::LockHandle::Server {
+ public:
+  // own_lease: the agent granted `lease` for this lock alone; it is revoked with the handle.
+  LockHandleImpl(std::shared_ptr<PrimService> s, std::string name, int64_t lease, int64_t token,
+                 bool own_lease)
+      : s_(std::move(s)),
+        name_(std::move(name)),
+        lease_(lease),
+        token_(token),
+        own_lease_(own_lease) {
+    s_->add_holder(this);
+  }
+  ~LockHandleImpl() {
+    if (s_->closed()) return;
+    s_->remove_holder(this);
+    if (own_lease_) {
+      s_->release(lease_, /*revoke=*/true);  // the lock passes on with the lease
+    } else if (!lost_) {
+      s_->propose_detached(storage::UnlockRequest{name_, lease_});
+    }
+    for (auto& w : lost_waiters_)
+      w->fulfill();
+  }
+
+  const std::string& name() const { return name_; }
+  int64_t lease() const { return lease_; }
+  int64_t token() const { return token_; }
+  // The replicated state no longer names this holder.
+  void mark_lost() {
+    if (lost_) return;
+    lost_ = true;
+    for (auto& w : lost_waiters_)
+      w->fulfill();
+    lost_waiters_.clear();
+  }
+
+ protected:
+  kj::Promise<void> unlock(UnlockContext ctx) override {
+    if (s_->closed()) return fail(ctx.getResults(), shutting_down());
+    if (lost_) {
+      return fail(ctx.getResults(),
+                  make_error(ErrorCode::lock_not_held, "lock '" + name_ + "' with token " +
+                                                           std::to_string(token_) +
+                                                           " is no longer held by this handle"));
+    }
+    return s_->propose(storage::UnlockRequest{name_, lease_})
+        .then([this, ctx](Result<CommandResult> r) mutable {
+          if (!r) return (void)to_rpc(r.error(), ctx.getResults().initError());
+          mark_lost();
+        });
+  }
+  kj::Promise<void> lost(LostContext) override {
+    if (lost_ || s_->closed()) return kj::READY_NOW;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    lost_waiters_.push_back(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }
+
+ private:
+  std::shared_ptr<PrimService> s_;
+  std::string name_;
+  int64_t lease_;
+  int64_t token_;
+  bool own_lease_;
+  bool lost_ = false;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> lost_waiters_;
+};
+
+// ---- the service ----
+
+PrimService::PrimService(const Config& config, storage::Engine& engine, node::Node& node,
+                         std::shared_ptr<RevisionSignal> epoch, kj::Timer& timer)
+    : config_(config),
+      limits_(config.limits),
+      engine_(&engine),
+      node_(&node),
+      reader_(engine.store().reader()),
+      epoch_(std::move(epoch)),
+      timer_(timer),
+      rng_(std::random_device{}()),
+      error_handler_(kj::heap<ErrorHandler>()) {
+  tasks_ = kj::heap<kj::TaskSet>(*error_handler_);
+}
+
+PrimService::~PrimService() {
+  close();
+}
+
+void PrimService::start() {
+  renew_task_ = renew_loop().eagerlyEvaluate(nullptr);
+  epoch_task_ = epoch_loop().eagerlyEvaluate(nullptr);
+}
+
+void PrimService::close() {
+  renew_task_ = nullptr;
+  epoch_task_ = nullptr;
+  lock_waits_.clear();  // their calls break: the agent is going away
+  end_waiters_.clear();
+  holders_.clear();
+  renewed_.clear();
+  if (tasks_.get() != nullptr) tasks_ = nullptr;
+  reader_.reset();
+  engine_ = nullptr;
+  node_ = nullptr;
+}
+
+kj::Promise<Result<CommandResult>> PrimService::propose(Command command) {
+  if (node_ == nullptr) return Result<CommandResult>(shutting_down());
+  return agent::propose(*node_, std::move(command));
+}
+
+void PrimService::propose_detached(Command command) {
+  if (node_ == nullptr) return;
+  tasks_->add(propose(std::move(command)).then([](Result<CommandResult> r) {
+    if (!r) spdlog::debug("background primitive call: {}", r.error().message);
+  }));
+}
+
+void PrimService::retain(int64_t id, int64_t ttl_ms) {
+  auto& r = renewed_[id];
+  if (r.refs++ == 0) {
+    r.ttl_ms = ttl_ms;
+    r.last = timer_.now();
+  }
+}
+
+void PrimService::release(int64_t id, bool revoke) {
+  auto it = renewed_.find(id);
+  if (it != renewed_.end() && --it->second.refs == 0) renewed_.erase(it);
+  if (revoke) propose_detached(storage::LeaseRevokeRequest{id});
+}
+
+kj::Promise<void> PrimService::lease_ended(int64_t id) {
+  auto info = State::lease_info(*reader_, id, false);
+  if (info && !*info) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  end_waiters_.emplace(id, kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
+
+void PrimService::lease_gone(int64_t id) {
+  renewed_.erase(id);
+  auto [a, b] = end_waiters_.equal_range(id);
+  for (auto it = a; it != b; ++it)
+    it->second->fulfill();
+  end_waiters_.erase(a, b);
+}
+
+// One LeaseRenewRequest for every lease whose last renewal is a third of its TTL old.
+kj::Promise<void> PrimService::renew_loop() {
+  return timer_.afterDelay(config_.lease_renew_tick_ms * kj::MILLISECONDS).then([this] {
+    renew_due();
+    return renew_loop();
+  });
+}
+
+void PrimService::renew_due() {
+  if (node_ == nullptr) return;
+  const auto now = timer_.now();
+  storage::LeaseRenewRequest req;
+  for (auto& [id, r] : renewed_) {
+    if (r.in_flight || now - r.last < (r.ttl_ms / 3) * kj::MILLISECONDS) continue;
+    if (req.ids.size() >= limits_.max_renew_ids) break;  // the rest go at the next tick
+    r.in_flight = true;
+    req.ids.push_back(id);
+  }
+  if (req.ids.empty()) return;
+  auto ids = req.ids;
+  tasks_->add(propose(std::move(req)).then([this, ids, now](Result<CommandResult> r) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto it = renewed_.find(ids[i]);
+      if (it == renewed_.end()) continue;  // released meanwhile
+      it->second.in_flight = false;
+      if (!r) continue;  // retried at the next tick
+      const auto& ttls = std::get<storage::LeaseRenewResponse>(r.value()).ttl_ms;
+      if (i < ttls.size() && ttls[i] == 0) {
+        lease_gone(ids[i]);
+      } else {
+        it->second.last = now;
+      }
+    }
+    if (!r) spdlog::warn("lease renewal of {} leases failed: {}", ids.size(), r.error().message);
+  }));
+}
+
+kj::Promise<void> PrimService::epoch_loop() {
+  return epoch_->next(seen_epoch_).then([this](int64_t e) {
+    seen_epoch_ = e;
+    on_epoch();
+    return epoch_loop();
+  });
+}
+
+// The primitives' rows changed on this replica: wake the waiters that now hold their lock,
+// tell holders that lost theirs, and end waits on leases that are gone.
+void PrimService::on_epoch() {
+  if (reader_ == nullptr) return;
+  for (auto it = lock_waits_.begin(); it != lock_waits_.end();) {
+    auto lock = State::lock_info(*reader_, it->second.name);
+    if (lock && *lock && (*lock)->holder == it->second.lease) {
+      it->second.acquired->fulfill(kj::cp((*lock)->token));
+      it = lock_waits_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::vector<LockHandleImpl*> lost;
+  for (auto* h : holders_) {
+    auto lock = State::lock_info(*reader_, h->name());
+    if (!lock) continue;
+    if (!*lock || (*lock)->holder != h->lease() || (*lock)->token != h->token()) lost.push_back(h);
+  }
+  for (auto* h : lost)
+    h->mark_lost();
+  std::vector<int64_t> gone;
+  for (auto it = end_waiters_.begin(); it != end_waiters_.end();
+       it = end_waiters_.upper_bound(it->first)) {
+    auto info = State::lease_info(*reader_, it->first, false);
+    if (info && !*info) gone.push_back(it->first);
+  }
+  for (int64_t id : gone)
+    lease_gone(id);
+}
+
+Result<int64_t> PrimService::new_lease_id_checked(int64_t ttl_ms) {
+  const int64_t min_ms = config_.effective_min_ttl_ms();
+  if (ttl_ms < min_ms || ttl_ms > config_.lease_max_ttl_ms) {
+    return make_error(ErrorCode::ttl_out_of_range,
+                      "ttl " + std::to_string(ttl_ms) + " ms is outside " + std::to_string(min_ms) +
+                          ".." + std::to_string(config_.lease_max_ttl_ms) +
+                          " ms (lease.min_ttl_ms, at least twice the election timeout; "
+                          "lease.max_ttl_ms)");
+  }
+  if (renewed_.size() >= config_.max_leases_per_agent) {
+    return make_error(ErrorCode::too_many_leases,
+                      "this agent renews " + std::to_string(renewed_.size()) +
+                          " leases; limit is " + std::to_string(config_.max_leases_per_agent) +
+                          " (limits.max_leases_per_agent)");
+  }
+  // Random 62-bit ids: a collision is refused by the state machine (lease_exists) and the
+  // caller retries with another.
+  return static_cast<int64_t>(rng_() >> 2) | 1;
+}
+
+kj::Promise<Result<int64_t>> PrimService::grant(int64_t ttl_ms) {
+  auto id = new_lease_id_checked(ttl_ms);
+  if (!id) return Result<int64_t>(std::move(id).error());
+  return propose(storage::LeaseGrantRequest{*id, ttl_ms})
+      .then([id = *id](Result<CommandResult> r) -> Result<int64_t> {
+        if (!r) return std::move(r).error();
+        return id;
+      });
+}
+
+kj::Promise<void> PrimService::lease_grant(
+    capnp::CallContext<rpc::Keel::LeaseGrantParams, rpc::Keel::LeaseGrantResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  const int64_t ttl_ms = ctx.getParams().getTtlMs();
+  const bool keep = ctx.getParams().getKeep();
+  return grant(ttl_ms).then(
+      [self = shared_from_this(), ctx, ttl_ms, keep](Result<int64_t> id) mutable {
+        auto results = ctx.getResults();
+        if (!id) return (void)to_rpc(id.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        results.setId(*id);
+        results.setTtlMs(ttl_ms);
+        results.setLease(kj::heap<LeaseImpl>(self, *id, ttl_ms, !keep));
+      });
+}
+
+kj::Promise<void> PrimService::lease_revoke(
+    capnp::CallContext<rpc::Keel::LeaseRevokeParams, rpc::Keel::LeaseRevokeResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  storage::Command c = storage::LeaseRevokeRequest{ctx.getParams().getId()};
+  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
+  return propose(std::move(c)).then([ctx](Result<CommandResult> r) mutable {
+    if (!r) to_rpc(r.error(), ctx.getResults().initError());
+  });
+}
+
+kj::Promise<void> PrimService::lease_time_to_live(
+    capnp::CallContext<rpc::Keel::LeaseTimeToLiveParams, rpc::Keel::LeaseTimeToLiveResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  // Linearizable: the replica has applied everything acknowledged before the call.
+  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
+      .then([self = shared_from_this(), ctx](Status st) mutable {
+        auto results = ctx.getResults();
+        if (!st) return (void)to_rpc(st.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        const int64_t id = ctx.getParams().getId();
+        auto info = State::lease_info(self->reader(), id, ctx.getParams().getKeys());
+        if (!info) return (void)to_rpc(info.error(), results.initError());
+        if (!*info) {
+          return (void)to_rpc(
+              make_error(ErrorCode::lease_not_found, "lease " + std::to_string(id) + " not found"),
+              results.initError());
+        }
+        fill_info(**info, results.initInfo());
+      });
+}
+
+kj::Promise<void> PrimService::lease_list(
+    capnp::CallContext<rpc::Keel::LeaseListParams, rpc::Keel::LeaseListResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
+      .then([self = shared_from_this(), ctx](Status st) mutable {
+        auto results = ctx.getResults();
+        if (!st) return (void)to_rpc(st.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        auto ids = State::list_leases(self->reader());
+        if (!ids) return (void)to_rpc(ids.error(), results.initError());
+        auto list = results.initIds(ids->size());
+        for (size_t i = 0; i < ids->size(); ++i)
+          list.set(i, (*ids)[i]);
+      });
+}
+
+kj::Promise<void> PrimService::lease_keep_alive(
+    capnp::CallContext<rpc::Keel::LeaseKeepAliveParams, rpc::Keel::LeaseKeepAliveResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  const int64_t id = ctx.getParams().getId();
+  storage::Command c = storage::LeaseRenewRequest{{id}};
+  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
+  // One renewal now (which also says whether it exists), then the agent's batched ones.
+  return propose(std::move(c))
+      .then([self = shared_from_this(), ctx, id](Result<CommandResult> r) mutable {
+        auto results = ctx.getResults();
+        if (!r) return (void)to_rpc(r.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        const auto& ttls = std::get<storage::LeaseRenewResponse>(r.value()).ttl_ms;
+        if (ttls.empty() || ttls[0] == 0) {
+          return (void)to_rpc(
+              make_error(ErrorCode::lease_not_found, "lease " + std::to_string(id) + " not found"),
+              results.initError());
+        }
+        results.setTtlMs(ttls[0]);
+        results.setLease(kj::heap<LeaseImpl>(self, id, ttls[0], /*session=*/false));
+      });
+}
+
+kj::Promise<void> PrimService::lock(
+    capnp::CallContext<rpc::Keel::LockParams, rpc::Keel::LockResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  auto params = ctx.getParams();
+  const std::string name = to_string(params.getName());
+  const int64_t given_lease = params.getLeaseId();
+  const bool wait = params.getWait();
+  const int64_t timeout_ms = params.getTimeoutMs();
+  const int64_t delay_ms =
+      params.getDelayMs() < 0 ? config_.lock_default_delay_ms : params.getDelayMs();
+  const int64_t ttl_ms = params.getTtlMs() > 0 ? params.getTtlMs() : config_.lease_default_ttl_ms;
+  if (timeout_ms < 0) {
+    return fail(ctx.getResults(), make_error(ErrorCode::invalid_argument,
+                                             "lock: timeoutMs must be >= 0 (0 = no timeout)"));
+  }
+  // Validate before granting anything (the lease id is a placeholder when the agent grants).
+  storage::Command probe =
+      storage::LockRequest{name, given_lease > 0 ? given_lease : 1, wait, delay_ms};
+  if (given_lease < 0) {
+    return fail(ctx.getResults(),
+                make_error(ErrorCode::invalid_argument, "lock: leaseId must be >= 0"));
+  }
+  if (auto st = storage::validate(probe, limits_); !st) return fail(ctx.getResults(), st.error());
+
+  auto self = shared_from_this();
+  kj::Promise<Result<int64_t>> lease =
+      given_lease > 0 ? kj::Promise<Result<int64_t>>(Result<int64_t>(given_lease)) : grant(ttl_ms);
+  const bool own = given_lease == 0;
+  return lease.then([self, ctx, name, wait, timeout_ms, delay_ms, own,
+                     ttl_ms](Result<int64_t> id) mutable -> kj::Promise<void> {
+    auto results = ctx.getResults();
+    if (!id) return fail(results, id.error());
+    if (self->closed()) return fail(results, shutting_down());
+    const int64_t lease = *id;
+    // The agent's own lease is renewed from now on, and revoked if the call fails.
+    if (own) self->retain(lease, ttl_ms);
+    auto give_up = [self, own, lease] {
+      if (own && !self->closed()) self->release(lease, /*revoke=*/true);
+    };
+    return self->propose(storage::LockRequest{name, lease, wait, delay_ms})
+        .then([self, ctx, name, wait, timeout_ms, own, lease,
+               give_up](Result<CommandResult> r) mutable -> kj::Promise<void> {
+          auto results = ctx.getResults();
+          if (!r) {
+            give_up();
+            return fail(results, r.error());
+          }
+          if (self->closed()) return fail(results, shutting_down());
+          const auto& resp = std::get<storage::LockResponse>(r.value());
+          auto handle = [self, name, lease, own](int64_t token) {
+            return kj::heap<LockHandleImpl>(self, name, lease, token, own);
+          };
+          results.setLeaseId(lease);
+          if (resp.acquired) {  // the handle takes over the agent's own lease, if any
+            results.setAcquired(true);
+            results.setToken(resp.token);
+            results.setHandle(handle(resp.token));
+            return kj::READY_NOW;
+          }
+          if (!wait) {  // tryLock: held by someone else
+            give_up();
+            return kj::READY_NOW;
+          }
+          // Queued: the replicated state hands us the lock (on_epoch), or we give up.
+          auto paf = kj::newPromiseAndFulfiller<int64_t>();
+          const uint64_t wait_id = self->next_wait_++;
+          self->lock_waits_.emplace(wait_id, LockWait{name, lease, kj::mv(paf.fulfiller)});
+          self->on_epoch();  // already handed over before we registered?
+          kj::Promise<kj::Maybe<int64_t>> acquired =
+              paf.promise.then([](int64_t t) { return kj::Maybe<int64_t>(t); });
+          if (timeout_ms > 0) {
+            acquired = acquired.exclusiveJoin(
+                self->timer_.afterDelay(timeout_ms * kj::MILLISECONDS).then([] {
+                  return kj::Maybe<int64_t>(nullptr);
+                }));
+          }
+          // If the call ends without the lock (timeout, or the caller dropped it), the
+          // place in the queue goes: with our own lease by revoking it, else by unlock.
+          auto done = std::make_shared<bool>(false);
+          auto cleanup = kj::defer([self, wait_id, done, own, lease, name, give_up]() mutable {
+            if (*done || self->closed()) return;
+            self->lock_waits_.erase(wait_id);
+            if (own) {
+              give_up();
+            } else {
+              self->propose_detached(storage::UnlockRequest{name, lease});
+            }
+          });
+          return acquired
+              .then([ctx, done, handle, lease,
+                     timeout_ms](kj::Maybe<int64_t> token) mutable -> kj::Promise<void> {
+                auto results = ctx.getResults();
+                KJ_IF_MAYBE (t, token) {
+                  *done = true;
+                  results.setAcquired(true);
+                  results.setToken(*t);
+                  results.setLeaseId(lease);
+                  results.setHandle(handle(*t));
+                  return kj::READY_NOW;
+                }
+                return fail(results,
+                            make_error(ErrorCode::timeout, "lock not acquired within " +
+                                                               std::to_string(timeout_ms) + " ms"));
+              })
+              .attach(kj::mv(cleanup));
+        });
+  });
+}
+
+kj::Promise<void> PrimService::check_fence(
+    capnp::CallContext<rpc::Keel::CheckFenceParams, rpc::Keel::CheckFenceResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
+      .then([self = shared_from_this(), ctx](Status st) mutable {
+        auto results = ctx.getResults();
+        if (!st) return (void)to_rpc(st.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        const std::string name = to_string(ctx.getParams().getName());
+        auto lock = State::lock_info(self->reader(), name);
+        if (!lock) return (void)to_rpc(lock.error(), results.initError());
+        const int64_t current = *lock && (*lock)->holder != 0 ? (*lock)->token : 0;
+        results.setCurrentToken(current);
+        results.setValid(current != 0 && current == ctx.getParams().getToken());
+      });
+}
+
+kj::Promise<void> PrimService::unlock(
+    capnp::CallContext<rpc::Keel::UnlockParams, rpc::Keel::UnlockResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  storage::Command c =
+      storage::UnlockRequest{to_string(ctx.getParams().getName()), ctx.getParams().getLeaseId()};
+  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
+  return propose(std::move(c)).then([ctx](Result<CommandResult> r) mutable {
+    if (!r) to_rpc(r.error(), ctx.getResults().initError());
+  });
+}
+
+}  // namespace keel::agent

@@ -1,0 +1,123 @@
+#pragma once
+// The primitives service: leases and locks for the clients of this agent, on the KJ
+// event-loop thread. The replicated rules live in primitives/state.hpp; this is the agent's
+// part of them:
+//  - Renewal: every lease a client holds as a `Lease` or `LockHandle` capability is renewed
+//    by the agent, in ONE LeaseRenewRequest per lease.renew_tick_ms for all leases due
+//    (each after a third of its TTL), so the leader sees one message per agent, not per
+//    lease.
+//  - Sessions: a session lease (the default, and every lock's own lease) is revoked as soon
+//    as its capability is dropped; a client that dies closes its socket, which drops every
+//    capability it held, so its locks pass on at once (Chubby's behaviour).
+//  - Waiting: a queued lock call waits for the replicated state to name it holder, checked
+//    whenever the primitives' rows change on this replica (the applied epoch), so a hand-off
+//    costs one apply, and exactly the next waiter wakes.
+//
+// Lifetime: held by std::shared_ptr; capabilities hold counted references. After close()
+// every call fails with shutting_down and nothing touches the node or the engine.
+#include <capnp/keel.capnp.h>
+#include <kj/async.h>
+#include <kj/timer.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+
+#include "agent/config.hpp"
+#include "agent/watch_hub.hpp"
+#include "cluster/node/node.hpp"
+
+namespace keel::agent {
+
+class LockHandleImpl;
+
+class PrimService : public std::enable_shared_from_this<PrimService> {
+ public:
+  // `epoch` is published (by the node thread) whenever the primitives' rows change.
+  PrimService(const Config& config, storage::Engine& engine, node::Node& node,
+              std::shared_ptr<RevisionSignal> epoch, kj::Timer& timer);
+  ~PrimService();
+  PrimService(const PrimService&) = delete;
+  PrimService& operator=(const PrimService&) = delete;
+
+  void start();
+  void close();
+
+  // The Keel methods (KvService's capability forwards them here).
+  kj::Promise<void> lease_grant(
+      capnp::CallContext<rpc::Keel::LeaseGrantParams, rpc::Keel::LeaseGrantResults> ctx);
+  kj::Promise<void> lease_revoke(
+      capnp::CallContext<rpc::Keel::LeaseRevokeParams, rpc::Keel::LeaseRevokeResults> ctx);
+  kj::Promise<void> lease_time_to_live(
+      capnp::CallContext<rpc::Keel::LeaseTimeToLiveParams, rpc::Keel::LeaseTimeToLiveResults> ctx);
+  kj::Promise<void> lease_list(
+      capnp::CallContext<rpc::Keel::LeaseListParams, rpc::Keel::LeaseListResults> ctx);
+  kj::Promise<void> lease_keep_alive(
+      capnp::CallContext<rpc::Keel::LeaseKeepAliveParams, rpc::Keel::LeaseKeepAliveResults> ctx);
+  kj::Promise<void> lock(capnp::CallContext<rpc::Keel::LockParams, rpc::Keel::LockResults> ctx);
+  kj::Promise<void> check_fence(
+      capnp::CallContext<rpc::Keel::CheckFenceParams, rpc::Keel::CheckFenceResults> ctx);
+  kj::Promise<void> unlock(
+      capnp::CallContext<rpc::Keel::UnlockParams, rpc::Keel::UnlockResults> ctx);
+
+  // ---- used by the capabilities (prim_service.cpp) ----
+  bool closed() const { return node_ == nullptr; }
+  // Starts (or adds a holder to) renewing lease `id`.
+  void retain(int64_t id, int64_t ttl_ms);
+  // Drops a holder; the last one stops the renewal, and revokes the lease when `revoke`.
+  void release(int64_t id, bool revoke);
+  // Resolves when lease `id` has ended (revoked, expired or found gone by a renewal).
+  kj::Promise<void> lease_ended(int64_t id);
+  kj::Promise<Result<storage::CommandResult>> propose(storage::Command command);
+  // Runs a proposal in the background (its outcome is logged, not returned).
+  void propose_detached(storage::Command command);
+  void add_holder(LockHandleImpl* h) { holders_.insert(h); }
+  void remove_holder(LockHandleImpl* h) { holders_.erase(h); }
+  storage::Reader& reader() { return *reader_; }
+
+ private:
+  struct Renewed {
+    int64_t ttl_ms = 0;
+    uint32_t refs = 0;
+    kj::TimePoint last = kj::origin<kj::TimePoint>();
+    bool in_flight = false;
+  };
+  struct LockWait {
+    std::string name;
+    int64_t lease = 0;
+    kj::Own<kj::PromiseFulfiller<int64_t>> acquired;  // the token
+  };
+
+  kj::Promise<void> renew_loop();
+  void renew_due();
+  kj::Promise<void> epoch_loop();
+  void on_epoch();
+  void lease_gone(int64_t id);
+  Result<int64_t> new_lease_id_checked(int64_t ttl_ms);
+  kj::Promise<Result<int64_t>> grant(int64_t ttl_ms);  // a new lease id, granted
+
+  const Config config_;
+  const storage::Limits limits_;
+  storage::Engine* engine_;  // null after close()
+  node::Node* node_;         // null after close()
+  std::unique_ptr<storage::Reader> reader_;
+  std::shared_ptr<RevisionSignal> epoch_;
+  kj::Timer& timer_;
+  std::mt19937_64 rng_;  // lease ids (not part of the replicated state: the id is in the entry)
+  std::map<int64_t, Renewed> renewed_;
+  std::multimap<int64_t, kj::Own<kj::PromiseFulfiller<void>>> end_waiters_;
+  std::map<uint64_t, LockWait> lock_waits_;
+  uint64_t next_wait_ = 1;
+  std::set<LockHandleImpl*> holders_;
+  int64_t seen_epoch_ = 0;
+  kj::Promise<void> renew_task_ = nullptr;
+  kj::Promise<void> epoch_task_ = nullptr;
+  kj::Own<kj::TaskSet> tasks_;
+  struct ErrorHandler;
+  kj::Own<ErrorHandler> error_handler_;
+};
+
+}  // namespace keel::agent
