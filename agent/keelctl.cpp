@@ -12,6 +12,7 @@
 
 #include "agent/client.hpp"
 #include "agent/convert.hpp"
+#include "agent/run_locked.hpp"
 #include "agent/txn_text.hpp"
 
 namespace {
@@ -223,6 +224,45 @@ void print_json(const Response& r) {
   std::puts(to_json(b).c_str());
 }
 
+// "NAME:TOKEN" (the name may itself hold ':'; the token is after the last one).
+Fence parse_fence(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
+    throw UsageError{"--fence must be NAME:TOKEN; got " + text};
+  try {
+    size_t used = 0;
+    int64_t token = std::stoll(text.substr(colon + 1), &used);
+    if (used != text.size() - colon - 1) throw std::invalid_argument("trailing");
+    return Fence{text.substr(0, colon), token};
+  } catch (const std::exception&) {
+    throw UsageError{"--fence token must be a number; got " + text.substr(colon + 1)};
+  }
+}
+
+void print_lease(const client::LeaseInfo& info, bool json, bool keys) {
+  if (json) {
+    std::string out = "{\"id\":\"" + std::to_string(info.id) + "\",\"ttl_ms\":\"" +
+                      std::to_string(info.ttl_ms) + "\",\"remaining_ms\":\"" +
+                      std::to_string(info.remaining_ms) + "\",\"keys\":[";
+    for (size_t i = 0; i < info.keys.size(); ++i)
+      out += (i ? "," : "") + json_string(info.keys[i]);
+    out += "],\"locks\":[";
+    for (size_t i = 0; i < info.locks.size(); ++i)
+      out += (i ? "," : "") + json_string(info.locks[i]);
+    std::printf("%s]}\n", out.c_str());
+    return;
+  }
+  std::printf("lease %lld granted with TTL(%llds), remaining(%llds)\n",
+              static_cast<long long>(info.id), static_cast<long long>(info.ttl_ms / 1000),
+              static_cast<long long>(info.remaining_ms / 1000));
+  if (keys) {
+    for (const auto& k : info.keys)
+      write_bytes(k);
+  }
+  for (const auto& l : info.locks)
+    std::printf("lock %s\n", l.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -247,6 +287,9 @@ int main(int argc, char** argv) {
   put->add_flag("--prev-kv", put_req.prev_kv, "print the previous key-value pair");
   put->add_flag("--ignore-value", put_req.ignore_value, "keep the current value");
   put->add_flag("--ignore-lease", put_req.ignore_lease, "keep the current lease");
+  std::string put_fence, del_fence;
+  put->add_option("--fence", put_fence,
+                  "NAME:TOKEN: apply only while TOKEN is lock NAME's current holder's");
 
   // get
   auto* get = app.add_subcommand("get", "get KEY [RANGE_END]: read keys");
@@ -276,6 +319,7 @@ int main(int argc, char** argv) {
   add_range_args(del, del_args, true);
   bool del_prev = false;
   del->add_flag("--prev-kv", del_prev, "print the deleted key-value pairs");
+  del->add_option("--fence", del_fence, "NAME:TOKEN: as for put");
 
   // txn
   auto* txn = app.add_subcommand(
@@ -322,6 +366,57 @@ int main(int argc, char** argv) {
   auto* member_remove = member->add_subcommand("remove", "remove NAME");
   member_remove->add_option("name", member_name)->required();
 
+  // lease
+  auto* lease = app.add_subcommand("lease", "lease grant|revoke|timetolive|list|keep-alive");
+  lease->require_subcommand(1);
+  int64_t lease_ttl_s = 0, lease_id = 0;
+  bool lease_keys = false;
+  auto* lease_grant = lease->add_subcommand(
+      "grant",
+      "grant TTL: a lease of TTL seconds; it ends TTL after keelctl exits, unless renewed "
+      "(keep-alive) or revoked");
+  lease_grant->add_option("ttl", lease_ttl_s, "seconds")->required();
+  auto* lease_revoke = lease->add_subcommand("revoke", "revoke ID: end it now (its keys go)");
+  lease_revoke->add_option("id", lease_id)->required();
+  auto* lease_ttl = lease->add_subcommand("timetolive", "timetolive ID [--keys]: remaining TTL");
+  lease_ttl->add_option("id", lease_id)->required();
+  lease_ttl->add_flag("--keys", lease_keys, "list the keys attached to it");
+  auto* lease_list = lease->add_subcommand("list", "every lease");
+  auto* lease_keep =
+      lease->add_subcommand("keep-alive", "keep-alive ID: renew it until interrupted");
+  lease_keep->add_option("id", lease_id)->required();
+
+  // lock, unlock, check-fence
+  auto* lock = app.add_subcommand(
+      "lock",
+      "lock NAME [-- CMD ARGS...]: hold a lock and print its fencing token, or run CMD "
+      "while it is held (KEEL_LOCK_NAME, KEEL_LOCK_TOKEN set; stopped if the lock is lost)");
+  std::string lock_name;
+  std::vector<std::string> lock_cmd;
+  double lock_ttl_s = 0, lock_timeout_s = 0, lock_delay_s = -1, lock_grace_s = 5;
+  int64_t lock_lease = 0;
+  bool lock_try = false;
+  lock->add_option("name", lock_name)->required();
+  lock->add_option("cmd", lock_cmd, "the command, after --");
+  lock->add_option("--ttl", lock_ttl_s,
+                   "seconds: TTL of the lock's session lease (default lease.default_ttl_ms)");
+  lock->add_option("--lease", lock_lease, "hold it with this lease instead of a session lease");
+  lock->add_option("--timeout", lock_timeout_s, "seconds to wait for it (0 = no limit)");
+  lock->add_flag("--try", lock_try, "do not wait: exit 1 at once if it is held");
+  lock->add_option("--delay", lock_delay_s,
+                   "seconds of lock-delay after this holder's lease expires (default "
+                   "lock.default_delay_ms)");
+  lock->add_option("--grace", lock_grace_s,
+                   "seconds between SIGTERM and SIGKILL when the lock is lost (default 5)");
+  auto* unlock = app.add_subcommand("unlock", "unlock NAME LEASE: release a lock held by LEASE");
+  unlock->add_option("name", lock_name)->required();
+  unlock->add_option("lease", lock_lease)->required();
+  auto* check_fence = app.add_subcommand(
+      "check-fence", "check-fence NAME TOKEN: exit 0 if TOKEN is lock NAME's current holder's");
+  int64_t fence_token = 0;
+  check_fence->add_option("name", lock_name)->required();
+  check_fence->add_option("token", fence_token)->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -338,7 +433,7 @@ int main(int argc, char** argv) {
         put_req.value = ss.str();
       }
       auto c = connect_or_exit(g);
-      auto r = c->put(put_req);
+      auto r = put_fence.empty() ? c->put(put_req) : c->put(put_req, parse_fence(put_fence));
       if (!r) return report(r.error());
       if (g.json()) {
         print_json<PutResponse, rpc::PutResponse>(*r);
@@ -399,7 +494,7 @@ int main(int argc, char** argv) {
       std::tie(d.key, d.range_end) = resolve_range(del, del_args);
       d.prev_kv = del_prev;
       auto c = connect_or_exit(g);
-      auto r = c->delete_range(d);
+      auto r = del_fence.empty() ? c->delete_range(d) : c->delete_range(d, parse_fence(del_fence));
       if (!r) return report(r.error());
       if (g.json())
         print_json<DeleteRangeResponse, rpc::DeleteRangeResponse>(*r);
@@ -554,6 +649,111 @@ int main(int argc, char** argv) {
         }
       }
       return 0;
+    }
+    if (lease->parsed()) {
+      auto c = connect_or_exit(g);
+      if (lease_grant->parsed()) {
+        auto l = c->lease_grant(lease_ttl_s * 1000, /*keep=*/true);
+        if (!l) return report(l.error());
+        if (g.json())
+          std::printf("{\"id\":\"%lld\",\"ttl_ms\":\"%lld\"}\n", static_cast<long long>((*l)->id()),
+                      static_cast<long long>((*l)->ttl_ms()));
+        else
+          std::printf("lease %lld granted with TTL(%llds)\n", static_cast<long long>((*l)->id()),
+                      static_cast<long long>((*l)->ttl_ms() / 1000));
+        return 0;
+      }
+      if (lease_revoke->parsed()) {
+        if (auto st = c->lease_revoke(lease_id); !st) return report(st.error());
+        if (g.json())
+          std::printf("{\"id\":\"%lld\",\"revoked\":true}\n", static_cast<long long>(lease_id));
+        else
+          std::printf("lease %lld revoked\n", static_cast<long long>(lease_id));
+        return 0;
+      }
+      if (lease_ttl->parsed()) {
+        auto info = c->lease_time_to_live(lease_id, lease_keys);
+        if (!info) return report(info.error());
+        print_lease(*info, g.json(), lease_keys);
+        return 0;
+      }
+      if (lease_list->parsed()) {
+        auto ids = c->lease_list();
+        if (!ids) return report(ids.error());
+        if (g.json()) {
+          std::string out = "{\"leases\":[";
+          for (size_t i = 0; i < ids->size(); ++i)
+            out += std::string(i ? "," : "") + "\"" + std::to_string((*ids)[i]) + "\"";
+          std::printf("%s]}\n", out.c_str());
+        } else {
+          std::printf("found %zu leases\n", ids->size());
+          for (int64_t id : *ids)
+            std::printf("%lld\n", static_cast<long long>(id));
+        }
+        return 0;
+      }
+      if (lease_keep->parsed()) {
+        auto l = c->lease_keep_alive(lease_id);
+        if (!l) return report(l.error());
+        std::printf("lease %lld kept alive with TTL(%llds)\n", static_cast<long long>(lease_id),
+                    static_cast<long long>((*l)->ttl_ms() / 1000));
+        std::fflush(stdout);
+        // Renewed by the agent until interrupted (the default SIGINT ends the process).
+        for (;;) {
+          auto ended = (*l)->wait_ended(1000);
+          if (!ended) return report(ended.error());
+          if (*ended) {
+            std::fprintf(stderr, "Error: lease %lld has ended\n", static_cast<long long>(lease_id));
+            return kExitFailed;
+          }
+        }
+      }
+    }
+    if (lock->parsed()) {
+      client::LockOptions lo;
+      lo.lease = lock_lease;
+      lo.ttl_ms = static_cast<int64_t>(lock_ttl_s * 1000);
+      lo.wait = !lock_try;
+      lo.timeout_ms = static_cast<int64_t>(lock_timeout_s * 1000);
+      lo.delay_ms = lock_delay_s < 0 ? -1 : static_cast<int64_t>(lock_delay_s * 1000);
+      client::RunOptions ro;
+      ro.grace_ms = static_cast<int64_t>(lock_grace_s * 1000);
+      auto c = connect_or_exit(g);
+      auto h = c->lock(lock_name, lo);
+      if (!h) return report(h.error());
+      if (!*h) {
+        std::fprintf(stderr, "Error: lock '%s' is held by another holder\n", lock_name.c_str());
+        return kExitFailed;
+      }
+      if (lock_cmd.empty()) {
+        if (g.json())
+          std::printf("{\"name\":%s,\"token\":\"%lld\",\"lease\":\"%lld\"}\n",
+                      json_string(lock_name).c_str(), static_cast<long long>((*h)->token()),
+                      static_cast<long long>((*h)->lease()));
+        else
+          std::printf("%s token=%lld lease=%lld\n", lock_name.c_str(),
+                      static_cast<long long>((*h)->token()), static_cast<long long>((*h)->lease()));
+        std::fflush(stdout);
+      }
+      return client::run_locked(**h, lock_cmd, ro);
+    }
+    if (unlock->parsed()) {
+      auto c = connect_or_exit(g);
+      if (auto st = c->unlock(lock_name, lock_lease); !st) return report(st.error());
+      if (!g.json()) std::printf("unlocked %s\n", lock_name.c_str());
+      return 0;
+    }
+    if (check_fence->parsed()) {
+      auto c = connect_or_exit(g);
+      auto r = c->check_fence(lock_name, fence_token);
+      if (!r) return report(r.error());
+      if (g.json())
+        std::printf("{\"valid\":%s,\"current_token\":\"%lld\"}\n", r->valid ? "true" : "false",
+                    static_cast<long long>(r->current_token));
+      else
+        std::printf("%s (current token %lld)\n", r->valid ? "valid" : "stale",
+                    static_cast<long long>(r->current_token));
+      return r->valid ? 0 : kExitFailed;
     }
   } catch (const UsageError& e) {
     std::fprintf(stderr, "Error: %s\n", e.message.c_str());

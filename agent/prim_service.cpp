@@ -85,7 +85,8 @@ class LeaseImpl final : public rpc::Lease::Server {
           if (!r) to_rpc(r.error(), ctx.getResults().initError());
         });
   }
-  kj::Promise<void> ended(EndedContext) override {
+  kj::Promise<void> ended(EndedContext ctx) override {
+    ctx.allowCancellation();  // see LockHandleImpl::lost
     if (s_->closed()) return kj::READY_NOW;
     return s_->lease_ended(id_);
   }
@@ -148,7 +149,11 @@ class LockHandleImpl final : public rpc::LockHandle::Server {
           mark_lost();
         });
   }
-  kj::Promise<void> lost(LostContext) override {
+  kj::Promise<void> lost(LostContext ctx) override {
+    // Cap'n Proto 0.9 keeps a call (and its capability) alive after its caller went away
+    // unless the call allows cancellation: without this a dead client's handle, and so its
+    // lock, would live on.
+    ctx.allowCancellation();
     if (lost_ || s_->closed()) return kj::READY_NOW;
     auto paf = kj::newPromiseAndFulfiller<void>();
     lost_waiters_.push_back(kj::mv(paf.fulfiller));
@@ -461,89 +466,93 @@ kj::Promise<void> PrimService::lock(
   }
   if (auto st = storage::validate(probe, limits_); !st) return fail(ctx.getResults(), st.error());
 
-  auto self = shared_from_this();
+  // One lock call's loose ends: whatever way the call ends without handing out a handle
+  // (an error, a timeout, or the caller going away, which cancels the call), its place in
+  // the queue goes and the agent's own lease for it is revoked. A grant still in flight at
+  // that moment completes unseen; that lease is not renewed and ends after its TTL.
+  struct LockCall {
+    std::shared_ptr<PrimService> s;
+    std::string name;
+    int64_t lease = 0;
+    bool own = false;
+    bool queued = false;
+    bool handed = false;
+    uint64_t wait_id = 0;
+    ~LockCall() {
+      if (handed || s->closed()) return;
+      if (wait_id != 0) s->lock_waits_.erase(wait_id);
+      if (lease == 0) return;
+      if (own) {
+        s->release(lease, /*revoke=*/true);
+      } else if (queued) {
+        s->propose_detached(storage::UnlockRequest{name, lease});
+      }
+    }
+  };
+  ctx.allowCancellation();
+  auto call = std::make_shared<LockCall>();
+  call->s = shared_from_this();
+  call->name = name;
+  call->own = given_lease == 0;
   kj::Promise<Result<int64_t>> lease =
       given_lease > 0 ? kj::Promise<Result<int64_t>>(Result<int64_t>(given_lease)) : grant(ttl_ms);
-  const bool own = given_lease == 0;
-  return lease.then([self, ctx, name, wait, timeout_ms, delay_ms, own,
-                     ttl_ms](Result<int64_t> id) mutable -> kj::Promise<void> {
-    auto results = ctx.getResults();
-    if (!id) return fail(results, id.error());
-    if (self->closed()) return fail(results, shutting_down());
-    const int64_t lease = *id;
-    // The agent's own lease is renewed from now on, and revoked if the call fails.
-    if (own) self->retain(lease, ttl_ms);
-    auto give_up = [self, own, lease] {
-      if (own && !self->closed()) self->release(lease, /*revoke=*/true);
-    };
-    return self->propose(storage::LockRequest{name, lease, wait, delay_ms})
-        .then([self, ctx, name, wait, timeout_ms, own, lease,
-               give_up](Result<CommandResult> r) mutable -> kj::Promise<void> {
+  auto handle = [call](int64_t token) {
+    call->handed = true;  // the handle takes over the agent's own lease, if any
+    return kj::heap<LockHandleImpl>(call->s, call->name, call->lease, token, call->own);
+  };
+  return lease
+      .then([call, ctx, wait, delay_ms,
+             ttl_ms](Result<int64_t> id) mutable -> kj::Promise<Result<CommandResult>> {
+        if (!id) return Result<CommandResult>(std::move(id).error());
+        if (call->s->closed()) return Result<CommandResult>(shutting_down());
+        call->lease = *id;
+        if (call->own) call->s->retain(call->lease, ttl_ms);  // renewed from now on
+        return call->s->propose(storage::LockRequest{call->name, call->lease, wait, delay_ms});
+      })
+      .then([call, ctx, wait, timeout_ms,
+             handle](Result<CommandResult> r) mutable -> kj::Promise<void> {
+        auto results = ctx.getResults();
+        if (!r) return fail(results, r.error());
+        if (call->s->closed()) return fail(results, shutting_down());
+        const auto& resp = std::get<storage::LockResponse>(r.value());
+        results.setLeaseId(call->lease);
+        if (resp.acquired) {
+          results.setAcquired(true);
+          results.setToken(resp.token);
+          results.setHandle(handle(resp.token));
+          return kj::READY_NOW;
+        }
+        if (!wait) return kj::READY_NOW;  // tryLock: held by someone else
+        // Queued: the replicated state hands us the lock (on_epoch), or we give up.
+        call->queued = true;
+        auto paf = kj::newPromiseAndFulfiller<int64_t>();
+        call->wait_id = call->s->next_wait_++;
+        call->s->lock_waits_.emplace(call->wait_id,
+                                     LockWait{call->name, call->lease, kj::mv(paf.fulfiller)});
+        call->s->on_epoch();  // handed over before we registered?
+        kj::Promise<kj::Maybe<int64_t>> acquired =
+            paf.promise.then([](int64_t t) { return kj::Maybe<int64_t>(t); });
+        if (timeout_ms > 0) {
+          acquired = acquired.exclusiveJoin(
+              call->s->timer_.afterDelay(timeout_ms * kj::MILLISECONDS).then([] {
+                return kj::Maybe<int64_t>(nullptr);
+              }));
+        }
+        return acquired.then([call, ctx, handle,
+                              timeout_ms](kj::Maybe<int64_t> token) mutable -> kj::Promise<void> {
           auto results = ctx.getResults();
-          if (!r) {
-            give_up();
-            return fail(results, r.error());
-          }
-          if (self->closed()) return fail(results, shutting_down());
-          const auto& resp = std::get<storage::LockResponse>(r.value());
-          auto handle = [self, name, lease, own](int64_t token) {
-            return kj::heap<LockHandleImpl>(self, name, lease, token, own);
-          };
-          results.setLeaseId(lease);
-          if (resp.acquired) {  // the handle takes over the agent's own lease, if any
+          KJ_IF_MAYBE (t, token) {
+            call->wait_id = 0;  // on_epoch removed it
             results.setAcquired(true);
-            results.setToken(resp.token);
-            results.setHandle(handle(resp.token));
+            results.setToken(*t);
+            results.setHandle(handle(*t));
             return kj::READY_NOW;
           }
-          if (!wait) {  // tryLock: held by someone else
-            give_up();
-            return kj::READY_NOW;
-          }
-          // Queued: the replicated state hands us the lock (on_epoch), or we give up.
-          auto paf = kj::newPromiseAndFulfiller<int64_t>();
-          const uint64_t wait_id = self->next_wait_++;
-          self->lock_waits_.emplace(wait_id, LockWait{name, lease, kj::mv(paf.fulfiller)});
-          self->on_epoch();  // already handed over before we registered?
-          kj::Promise<kj::Maybe<int64_t>> acquired =
-              paf.promise.then([](int64_t t) { return kj::Maybe<int64_t>(t); });
-          if (timeout_ms > 0) {
-            acquired = acquired.exclusiveJoin(
-                self->timer_.afterDelay(timeout_ms * kj::MILLISECONDS).then([] {
-                  return kj::Maybe<int64_t>(nullptr);
-                }));
-          }
-          // If the call ends without the lock (timeout, or the caller dropped it), the
-          // place in the queue goes: with our own lease by revoking it, else by unlock.
-          auto done = std::make_shared<bool>(false);
-          auto cleanup = kj::defer([self, wait_id, done, own, lease, name, give_up]() mutable {
-            if (*done || self->closed()) return;
-            self->lock_waits_.erase(wait_id);
-            if (own) {
-              give_up();
-            } else {
-              self->propose_detached(storage::UnlockRequest{name, lease});
-            }
-          });
-          return acquired
-              .then([ctx, done, handle, lease,
-                     timeout_ms](kj::Maybe<int64_t> token) mutable -> kj::Promise<void> {
-                auto results = ctx.getResults();
-                KJ_IF_MAYBE (t, token) {
-                  *done = true;
-                  results.setAcquired(true);
-                  results.setToken(*t);
-                  results.setLeaseId(lease);
-                  results.setHandle(handle(*t));
-                  return kj::READY_NOW;
-                }
-                return fail(results,
-                            make_error(ErrorCode::timeout, "lock not acquired within " +
-                                                               std::to_string(timeout_ms) + " ms"));
-              })
-              .attach(kj::mv(cleanup));
+          return fail(results,
+                      make_error(ErrorCode::timeout,
+                                 "lock not acquired within " + std::to_string(timeout_ms) + " ms"));
         });
-  });
+      });
 }
 
 kj::Promise<void> PrimService::check_fence(
