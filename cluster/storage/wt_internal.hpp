@@ -338,11 +338,11 @@ struct Session {
 
 // ---- reads shared by Reader and by txns inside apply() ----
 
-// Visits the rows of c with from <= key < to (to empty = no bound) in key order until visit
-// returns false; resets c. Returns 0 or a WiredTiger error.
+// Visits the rows of c with from <= key < to (from empty = from the first row, to empty = no
+// bound) in key order until visit returns false; resets c. Returns 0 or a WiredTiger error.
 inline int scan_rows(WT_CURSOR* c, std::string_view from, std::string_view to,
                      const std::function<bool(std::string_view, std::string_view)>& visit) {
-  int ret = seek_ge(c, from);
+  int ret = from.empty() ? c->next(c) : seek_ge(c, from);  // WiredTiger has no empty keys
   while (ret == 0) {
     std::string_view k = key_view(c);
     if (!to.empty() && k >= to) break;
