@@ -348,6 +348,12 @@ struct LockHandle::Impl {
   kj::Maybe<kj::ForkedPromise<void>> lost;
 };
 
+struct SemHandle::Impl {
+  Client::Impl& client;
+  rpc::SemHandle::Client cap;
+  kj::Maybe<kj::ForkedPromise<void>> lost;
+};
+
 namespace {
 
 LeaseInfo lease_info_from(rpc::LeaseInfo::Reader r) {
@@ -431,6 +437,79 @@ Result<bool> LockHandle::wait_lost(int64_t timeout_ms) {
     return wait_for(impl_->client, f->addBranch(), timeout_ms);
   }
   return false;
+}
+
+SemHandle::SemHandle(std::unique_ptr<Impl> impl, std::string name, std::string holder_id,
+                     int64_t lease)
+    : impl_(std::move(impl)),
+      name_(std::move(name)),
+      holder_id_(std::move(holder_id)),
+      lease_(lease) {}
+SemHandle::~SemHandle() = default;
+
+Status SemHandle::release() {
+  return call<Unit>([&]() -> Status {
+    auto resp = impl_->cap.releaseRequest().send().wait(impl_->client.io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<bool> SemHandle::wait_lost(int64_t timeout_ms) {
+  if (impl_->lost == nullptr) impl_->lost = impl_->cap.lostRequest().send().ignoreResult().fork();
+  KJ_IF_MAYBE (f, impl_->lost) {
+    return wait_for(impl_->client, f->addBranch(), timeout_ms);
+  }
+  return false;
+}
+
+Result<std::unique_ptr<SemHandle>> Client::sem_acquire(const std::string& name,
+                                                       const SemOptions& o) {
+  return call<std::unique_ptr<SemHandle>>([&]() -> Result<std::unique_ptr<SemHandle>> {
+    auto req = impl_->keel.semAcquireRequest();
+    req.setName(as_data(name));
+    req.setMax(o.max);
+    req.setHolderId(o.holder_id);
+    req.setMetadata(as_data(o.metadata));
+    req.setLeaseId(o.lease);
+    req.setTtlMs(o.ttl_ms);
+    req.setWait(o.wait);
+    req.setTimeoutMs(o.timeout_ms);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    if (!resp.getAcquired()) return std::unique_ptr<SemHandle>();
+    return std::make_unique<SemHandle>(
+        std::make_unique<SemHandle::Impl>(SemHandle::Impl{*impl_, resp.getHandle(), nullptr}), name,
+        o.holder_id, resp.getLeaseId());
+  });
+}
+
+Status Client::sem_release(const std::string& name, const std::string& holder_id) {
+  return call<Unit>([&]() -> Status {
+    auto req = impl_->keel.semReleaseRequest();
+    req.setName(as_data(name));
+    req.setHolderId(holder_id);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<SemInfo> Client::sem_holders(const std::string& name) {
+  return call<SemInfo>([&]() -> Result<SemInfo> {
+    auto req = impl_->keel.semHoldersRequest();
+    req.setName(as_data(name));
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    SemInfo out;
+    out.max = resp.getMax();
+    auto copy = [](auto list, std::vector<SemHolderInfo>* to) {
+      for (auto h : list)
+        to->push_back(SemHolderInfo{h.getHolderId(), h.getLeaseId(), h.getSinceMs(),
+                                    agent::to_string(h.getMetadata())});
+    };
+    copy(resp.getHolders(), &out.holders);
+    copy(resp.getWaiters(), &out.waiters);
+    return out;
+  });
 }
 
 Result<storage::PutResponse> Client::put(const storage::PutRequest& request,

@@ -124,6 +124,49 @@ class LockHandle {
   int64_t lease_;
 };
 
+struct SemOptions {
+  int64_t max = 0;        // slots; the semaphore's first acquirer sets it
+  std::string holder_id;  // who holds the slot; the same id asking again gets it back
+  std::string metadata;   // shown by sem_holders
+  int64_t lease = 0;      // 0: the agent grants a session lease of ttl_ms for this slot
+  int64_t ttl_ms = 0;     // 0: the agent's lease.default_ttl_ms
+  bool wait = true;
+  int64_t timeout_ms = 0;  // with wait: give up after this long (error timeout); 0 = never
+};
+
+// A held semaphore slot. Destroying it releases the slot (and revokes its own session
+// lease). Must not outlive its Client; same thread.
+class SemHandle {
+ public:
+  ~SemHandle();
+  const std::string& name() const { return name_; }
+  const std::string& holder_id() const { return holder_id_; }
+  int64_t lease() const { return lease_; }
+  Status release();
+  Result<bool> wait_lost(int64_t timeout_ms);
+
+  struct Impl;
+  SemHandle(std::unique_ptr<Impl> impl, std::string name, std::string holder_id, int64_t lease);
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  std::string name_;
+  std::string holder_id_;
+  int64_t lease_;
+};
+
+struct SemHolderInfo {
+  std::string holder_id;
+  int64_t lease = 0;
+  uint64_t since_ms = 0;  // cluster time
+  std::string metadata;
+};
+struct SemInfo {
+  int64_t max = 0;  // 0: nobody holds or waits for it
+  std::vector<SemHolderInfo> holders;
+  std::vector<SemHolderInfo> waiters;
+};
+
 struct FenceCheck {
   bool valid = false;
   int64_t current_token = 0;  // 0 = the lock is not held
@@ -163,6 +206,11 @@ class Client {
   Result<std::unique_ptr<LockHandle>> lock(const std::string& name, const LockOptions& options);
   Status unlock(const std::string& name, int64_t lease);
   Result<FenceCheck> check_fence(const std::string& name, int64_t token);
+  // The handle, or nullptr when wait = false and every slot is taken.
+  Result<std::unique_ptr<SemHandle>> sem_acquire(const std::string& name,
+                                                 const SemOptions& options);
+  Status sem_release(const std::string& name, const std::string& holder_id);
+  Result<SemInfo> sem_holders(const std::string& name);
   Result<int64_t> compact(int64_t revision, bool physical);  // returns the header revision
   Result<StatusInfo> status();
   // Every member's status, this member's first (an unreachable member has `error` set).
@@ -182,6 +230,7 @@ class Client {
  private:
   friend class Lease;
   friend class LockHandle;
+  friend class SemHandle;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

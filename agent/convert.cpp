@@ -444,6 +444,8 @@ rpc::ErrorCode to_rpc(ErrorCode code) {
       return rpc::ErrorCode::TOO_MANY_LEASES;
     case ErrorCode::lease_exists:
       return rpc::ErrorCode::LEASE_EXISTS;
+    case ErrorCode::semaphore_max_mismatch:
+      return rpc::ErrorCode::SEMAPHORE_MAX_MISMATCH;
     case ErrorCode::internal:
       return rpc::ErrorCode::INTERNAL;
   }
@@ -506,6 +508,8 @@ ErrorCode from_rpc(rpc::ErrorCode code) {
       return ErrorCode::too_many_leases;
     case rpc::ErrorCode::LEASE_EXISTS:
       return ErrorCode::lease_exists;
+    case rpc::ErrorCode::SEMAPHORE_MAX_MISMATCH:
+      return ErrorCode::semaphore_max_mismatch;
     case rpc::ErrorCode::INTERNAL:
       return ErrorCode::internal;
   }

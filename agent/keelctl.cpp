@@ -224,6 +224,12 @@ void print_json(const Response& r) {
   std::puts(to_json(b).c_str());
 }
 
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == 0) return "localhost";
+  return buf;
+}
+
 // "NAME:TOKEN" (the name may itself hold ':'; the token is after the last one).
 Fence parse_fence(const std::string& text) {
   auto colon = text.rfind(':');
@@ -416,6 +422,36 @@ int main(int argc, char** argv) {
   int64_t fence_token = 0;
   check_fence->add_option("name", lock_name)->required();
   check_fence->add_option("token", fence_token)->required();
+
+  // sem
+  auto* sem = app.add_subcommand("sem", "sem acquire|release|holders: semaphores (reboot slots)");
+  sem->require_subcommand(1);
+  std::string sem_name, sem_id = host_name(), sem_meta;
+  int64_t sem_max = 0;
+  double sem_ttl_s = 0, sem_timeout_s = 0, sem_grace_s = 5;
+  int64_t sem_lease = 0;
+  bool sem_try = false;
+  std::vector<std::string> sem_cmd;
+  auto* sem_acquire = sem->add_subcommand(
+      "acquire",
+      "acquire NAME --max N [-- CMD ARGS...]: take a slot and hold it (or run CMD "
+      "while it is held; KEEL_SEM_NAME, KEEL_SEM_HOLDER set)");
+  sem_acquire->add_option("name", sem_name)->required();
+  sem_acquire->add_option("cmd", sem_cmd, "the command, after --");
+  sem_acquire->add_option("--max", sem_max, "slots (set by the semaphore's first acquirer)")
+      ->required();
+  sem_acquire->add_option("--id", sem_id, "holder id (default: this host's name)");
+  sem_acquire->add_option("--metadata", sem_meta, "shown by sem holders");
+  sem_acquire->add_option("--ttl", sem_ttl_s, "seconds: TTL of the slot's session lease");
+  sem_acquire->add_option("--lease", sem_lease, "hold it with this lease instead");
+  sem_acquire->add_option("--timeout", sem_timeout_s, "seconds to wait for a slot (0 = no limit)");
+  sem_acquire->add_flag("--try", sem_try, "do not wait: exit 1 at once if every slot is taken");
+  sem_acquire->add_option("--grace", sem_grace_s, "seconds between SIGTERM and SIGKILL");
+  auto* sem_release = sem->add_subcommand("release", "release NAME [--id ID]: give up a slot");
+  sem_release->add_option("name", sem_name)->required();
+  sem_release->add_option("--id", sem_id, "holder id (default: this host's name)");
+  auto* sem_holders = sem->add_subcommand("holders", "holders NAME: who holds a slot, who waits");
+  sem_holders->add_option("name", sem_name)->required();
 
   try {
     app.parse(argc, argv);
@@ -735,7 +771,71 @@ int main(int argc, char** argv) {
                       static_cast<long long>((*h)->token()), static_cast<long long>((*h)->lease()));
         std::fflush(stdout);
       }
-      return client::run_locked(**h, lock_cmd, ro);
+      return client::run_locked(client::holding(**h), lock_cmd, ro);
+    }
+    if (sem->parsed()) {
+      auto c = connect_or_exit(g);
+      if (sem_acquire->parsed()) {
+        client::SemOptions so;
+        so.max = sem_max;
+        so.holder_id = sem_id;
+        so.metadata = sem_meta;
+        so.lease = sem_lease;
+        so.ttl_ms = static_cast<int64_t>(sem_ttl_s * 1000);
+        so.wait = !sem_try;
+        so.timeout_ms = static_cast<int64_t>(sem_timeout_s * 1000);
+        auto h = c->sem_acquire(sem_name, so);
+        if (!h) return report(h.error());
+        if (!*h) {
+          std::fprintf(stderr, "Error: every slot of semaphore '%s' is taken\n", sem_name.c_str());
+          return kExitFailed;
+        }
+        if (sem_cmd.empty()) {
+          if (g.json())
+            std::printf("{\"name\":%s,\"holder_id\":%s,\"lease\":\"%lld\"}\n",
+                        json_string(sem_name).c_str(), json_string(sem_id).c_str(),
+                        static_cast<long long>((*h)->lease()));
+          else
+            std::printf("%s holder=%s lease=%lld\n", sem_name.c_str(), sem_id.c_str(),
+                        static_cast<long long>((*h)->lease()));
+          std::fflush(stdout);
+        }
+        client::RunOptions ro;
+        ro.grace_ms = static_cast<int64_t>(sem_grace_s * 1000);
+        return client::run_locked(client::holding(**h), sem_cmd, ro);
+      }
+      if (sem_release->parsed()) {
+        if (auto st = c->sem_release(sem_name, sem_id); !st) return report(st.error());
+        if (!g.json()) std::printf("released %s (holder %s)\n", sem_name.c_str(), sem_id.c_str());
+        return 0;
+      }
+      auto r = c->sem_holders(sem_name);
+      if (!r) return report(r.error());
+      auto row_json = [](const client::SemHolderInfo& h) {
+        return "{\"holder_id\":" + json_string(h.holder_id) + ",\"lease\":\"" +
+               std::to_string(h.lease) + "\",\"since_ms\":\"" + std::to_string(h.since_ms) +
+               "\",\"metadata\":" + json_string(h.metadata) + "}";
+      };
+      if (g.json()) {
+        std::string out = "{\"max\":\"" + std::to_string(r->max) + "\",\"holders\":[";
+        for (size_t i = 0; i < r->holders.size(); ++i)
+          out += (i ? "," : "") + row_json(r->holders[i]);
+        out += "],\"waiters\":[";
+        for (size_t i = 0; i < r->waiters.size(); ++i)
+          out += (i ? "," : "") + row_json(r->waiters[i]);
+        std::printf("%s]}\n", out.c_str());
+      } else {
+        std::printf("max %lld, %zu held, %zu waiting\n", static_cast<long long>(r->max),
+                    r->holders.size(), r->waiters.size());
+        for (const auto& h : r->holders)
+          std::printf("holder %s lease %lld since %llu ms %s\n", h.holder_id.c_str(),
+                      static_cast<long long>(h.lease), static_cast<unsigned long long>(h.since_ms),
+                      h.metadata.c_str());
+        for (const auto& h : r->waiters)
+          std::printf("waiter %s lease %lld\n", h.holder_id.c_str(),
+                      static_cast<long long>(h.lease));
+      }
+      return 0;
     }
     if (unlock->parsed()) {
       auto c = connect_or_exit(g);

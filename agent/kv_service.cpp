@@ -129,6 +129,15 @@ class KeelImpl final : public rpc::Keel::Server {
   kj::Promise<void> unlock(UnlockContext ctx) override {
     return prim_call(ctx, &PrimService::unlock);
   }
+  kj::Promise<void> semAcquire(SemAcquireContext ctx) override {
+    return prim_call(ctx, &PrimService::sem_acquire);
+  }
+  kj::Promise<void> semRelease(SemReleaseContext ctx) override {
+    return prim_call(ctx, &PrimService::sem_release);
+  }
+  kj::Promise<void> semHolders(SemHoldersContext ctx) override {
+    return prim_call(ctx, &PrimService::sem_holders);
+  }
 
   kj::Promise<void> compact(CompactContext ctx) override {
     auto params = ctx.getParams();

@@ -98,7 +98,7 @@ class LeaseImpl final : public rpc::Lease::Server {
   bool revoked_ = false;
 };
 
-class LockHandleImpl final : public rpc::LockHandle::Server {
+class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
  public:
   // own_lease: the agent granted `lease` for this lock alone; it is revoked with the handle.
   LockHandleImpl(std::shared_ptr<PrimService> s, std::string name, int64_t lease, int64_t token,
@@ -125,8 +125,13 @@ class LockHandleImpl final : public rpc::LockHandle::Server {
   const std::string& name() const { return name_; }
   int64_t lease() const { return lease_; }
   int64_t token() const { return token_; }
+  bool still_held(storage::Reader& reader) override {
+    auto lock = State::lock_info(reader, name_);
+    if (!lock) return true;  // cannot tell: asked again at the next change
+    return *lock && (*lock)->holder == lease_ && (*lock)->token == token_;
+  }
   // The replicated state no longer names this holder.
-  void mark_lost() {
+  void mark_lost() override {
     if (lost_) return;
     lost_ = true;
     for (auto& w : lost_waiters_)
@@ -170,6 +175,79 @@ class LockHandleImpl final : public rpc::LockHandle::Server {
   std::vector<kj::Own<kj::PromiseFulfiller<void>>> lost_waiters_;
 };
 
+class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
+ public:
+  SemHandleImpl(std::shared_ptr<PrimService> s, std::string name, std::string holder_id,
+                int64_t lease, bool own_lease)
+      : s_(std::move(s)),
+        name_(std::move(name)),
+        holder_id_(std::move(holder_id)),
+        lease_(lease),
+        own_lease_(own_lease) {
+    s_->add_holder(this);
+  }
+  ~SemHandleImpl() {
+    if (s_->closed()) return;
+    s_->remove_holder(this);
+    if (own_lease_) {
+      s_->release(lease_, /*revoke=*/true);  // the slot ends with the lease
+    } else if (!lost_) {
+      s_->propose_detached(storage::SemReleaseRequest{name_, holder_id_});
+    }
+    for (auto& w : lost_waiters_)
+      w->fulfill();
+  }
+
+  bool still_held(storage::Reader& reader) override {
+    auto sem = State::semaphore_info(reader, name_);
+    if (!sem) return true;  // cannot tell: asked again at the next change
+    if (!*sem) return false;
+    for (const auto& h : (*sem)->holders) {
+      if (h.holder_id == holder_id_ && h.lease == lease_) return true;
+    }
+    return false;
+  }
+  void mark_lost() override {
+    if (lost_) return;
+    lost_ = true;
+    for (auto& w : lost_waiters_)
+      w->fulfill();
+    lost_waiters_.clear();
+  }
+
+ protected:
+  kj::Promise<void> release(ReleaseContext ctx) override {
+    if (s_->closed()) return fail(ctx.getResults(), shutting_down());
+    if (lost_) {
+      return fail(ctx.getResults(),
+                  make_error(ErrorCode::lock_not_held,
+                             "holder '" + holder_id_ + "' no longer holds a slot of semaphore '" +
+                                 name_ + "' through this handle"));
+    }
+    return s_->propose(storage::SemReleaseRequest{name_, holder_id_})
+        .then([this, ctx](Result<CommandResult> r) mutable {
+          if (!r) return (void)to_rpc(r.error(), ctx.getResults().initError());
+          mark_lost();
+        });
+  }
+  kj::Promise<void> lost(LostContext ctx) override {
+    ctx.allowCancellation();  // see LockHandleImpl::lost
+    if (lost_ || s_->closed()) return kj::READY_NOW;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    lost_waiters_.push_back(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }
+
+ private:
+  std::shared_ptr<PrimService> s_;
+  std::string name_;
+  std::string holder_id_;
+  int64_t lease_;
+  bool own_lease_;
+  bool lost_ = false;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> lost_waiters_;
+};
+
 // ---- the service ----
 
 PrimService::PrimService(const Config& config, storage::Engine& engine, node::Node& node,
@@ -198,7 +276,7 @@ void PrimService::start() {
 void PrimService::close() {
   renew_task_ = nullptr;
   epoch_task_ = nullptr;
-  lock_waits_.clear();  // their calls break: the agent is going away
+  waits_.clear();  // their calls break: the agent is going away
   end_waiters_.clear();
   holders_.clear();
   renewed_.clear();
@@ -299,20 +377,17 @@ kj::Promise<void> PrimService::epoch_loop() {
 // tell holders that lost theirs, and end waits on leases that are gone.
 void PrimService::on_epoch() {
   if (reader_ == nullptr) return;
-  for (auto it = lock_waits_.begin(); it != lock_waits_.end();) {
-    auto lock = State::lock_info(*reader_, it->second.name);
-    if (lock && *lock && (*lock)->holder == it->second.lease) {
-      it->second.acquired->fulfill(kj::cp((*lock)->token));
-      it = lock_waits_.erase(it);
+  for (auto it = waits_.begin(); it != waits_.end();) {
+    if (auto token = it->second.ready(*reader_)) {
+      it->second.acquired->fulfill(kj::cp(*token));
+      it = waits_.erase(it);
     } else {
       ++it;
     }
   }
-  std::vector<LockHandleImpl*> lost;
+  std::vector<Held*> lost;
   for (auto* h : holders_) {
-    auto lock = State::lock_info(*reader_, h->name());
-    if (!lock) continue;
-    if (!*lock || (*lock)->holder != h->lease() || (*lock)->token != h->token()) lost.push_back(h);
+    if (!h->still_held(*reader_)) lost.push_back(h);
   }
   for (auto* h : lost)
     h->mark_lost();
@@ -324,6 +399,22 @@ void PrimService::on_epoch() {
   }
   for (int64_t id : gone)
     lease_gone(id);
+}
+
+kj::Promise<kj::Maybe<int64_t>> PrimService::wait_for(uint64_t* wait_id, Ready ready,
+                                                      int64_t timeout_ms) {
+  auto paf = kj::newPromiseAndFulfiller<int64_t>();
+  *wait_id = next_wait_++;
+  waits_.emplace(*wait_id, Wait{std::move(ready), kj::mv(paf.fulfiller)});
+  on_epoch();  // handed over before the wait was registered?
+  kj::Promise<kj::Maybe<int64_t>> acquired =
+      paf.promise.then([](int64_t t) { return kj::Maybe<int64_t>(t); });
+  if (timeout_ms > 0) {
+    acquired = acquired.exclusiveJoin(timer_.afterDelay(timeout_ms * kj::MILLISECONDS).then([] {
+      return kj::Maybe<int64_t>(nullptr);
+    }));
+  }
+  return acquired;
 }
 
 Result<int64_t> PrimService::new_lease_id_checked(int64_t ttl_ms) {
@@ -480,7 +571,7 @@ kj::Promise<void> PrimService::lock(
     uint64_t wait_id = 0;
     ~LockCall() {
       if (handed || s->closed()) return;
-      if (wait_id != 0) s->lock_waits_.erase(wait_id);
+      if (wait_id != 0) s->cancel_wait(wait_id);
       if (lease == 0) return;
       if (own) {
         s->release(lease, /*revoke=*/true);
@@ -525,33 +616,165 @@ kj::Promise<void> PrimService::lock(
         if (!wait) return kj::READY_NOW;  // tryLock: held by someone else
         // Queued: the replicated state hands us the lock (on_epoch), or we give up.
         call->queued = true;
-        auto paf = kj::newPromiseAndFulfiller<int64_t>();
-        call->wait_id = call->s->next_wait_++;
-        call->s->lock_waits_.emplace(call->wait_id,
-                                     LockWait{call->name, call->lease, kj::mv(paf.fulfiller)});
-        call->s->on_epoch();  // handed over before we registered?
-        kj::Promise<kj::Maybe<int64_t>> acquired =
-            paf.promise.then([](int64_t t) { return kj::Maybe<int64_t>(t); });
-        if (timeout_ms > 0) {
-          acquired = acquired.exclusiveJoin(
-              call->s->timer_.afterDelay(timeout_ms * kj::MILLISECONDS).then([] {
-                return kj::Maybe<int64_t>(nullptr);
-              }));
+        auto ready = [name = call->name,
+                      lease = call->lease](storage::Reader& rd) -> std::optional<int64_t> {
+          auto lock = State::lock_info(rd, name);
+          if (lock && *lock && (*lock)->holder == lease) return (*lock)->token;
+          return std::nullopt;
+        };
+        return call->s->wait_for(&call->wait_id, ready, timeout_ms)
+            .then([call, ctx, handle,
+                   timeout_ms](kj::Maybe<int64_t> token) mutable -> kj::Promise<void> {
+              auto results = ctx.getResults();
+              KJ_IF_MAYBE (t, token) {
+                call->wait_id = 0;  // on_epoch removed it
+                results.setAcquired(true);
+                results.setToken(*t);
+                results.setHandle(handle(*t));
+                return kj::READY_NOW;
+              }
+              return fail(results,
+                          make_error(ErrorCode::timeout, "lock not acquired within " +
+                                                             std::to_string(timeout_ms) + " ms"));
+            });
+      });
+}
+
+kj::Promise<void> PrimService::sem_acquire(
+    capnp::CallContext<rpc::Keel::SemAcquireParams, rpc::Keel::SemAcquireResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  auto params = ctx.getParams();
+  storage::SemAcquireRequest req;
+  req.name = to_string(params.getName());
+  req.max = params.getMax();
+  req.holder_id = params.getHolderId();
+  req.metadata = to_string(params.getMetadata());
+  req.wait = params.getWait();
+  const int64_t given_lease = params.getLeaseId();
+  const int64_t timeout_ms = params.getTimeoutMs();
+  const int64_t ttl_ms = params.getTtlMs() > 0 ? params.getTtlMs() : config_.lease_default_ttl_ms;
+  if (given_lease < 0 || timeout_ms < 0) {
+    return fail(ctx.getResults(),
+                make_error(ErrorCode::invalid_argument,
+                           "semaphore acquire: leaseId and timeoutMs must be >= 0"));
+  }
+  req.lease = given_lease > 0 ? given_lease : 1;  // validated before anything is granted
+  if (auto st = storage::validate(storage::Command(req), limits_); !st)
+    return fail(ctx.getResults(), st.error());
+  // As LockCall: whatever way the call ends without a handle, the queue place and the own
+  // lease go.
+  struct SemCall {
+    std::shared_ptr<PrimService> s;
+    storage::SemAcquireRequest req;
+    bool own = false;
+    bool queued = false;
+    bool handed = false;
+    uint64_t wait_id = 0;
+    ~SemCall() {
+      if (handed || s->closed()) return;
+      if (wait_id != 0) s->cancel_wait(wait_id);
+      if (req.lease == 0) return;
+      if (own) {
+        s->release(req.lease, /*revoke=*/true);
+      } else if (queued) {
+        s->propose_detached(storage::SemReleaseRequest{req.name, req.holder_id});
+      }
+    }
+  };
+  ctx.allowCancellation();
+  auto call = std::make_shared<SemCall>();
+  call->s = shared_from_this();
+  call->req = req;
+  call->req.lease = 0;
+  call->own = given_lease == 0;
+  kj::Promise<Result<int64_t>> lease =
+      given_lease > 0 ? kj::Promise<Result<int64_t>>(Result<int64_t>(given_lease)) : grant(ttl_ms);
+  auto handle = [call] {
+    call->handed = true;
+    return kj::heap<SemHandleImpl>(call->s, call->req.name, call->req.holder_id, call->req.lease,
+                                   call->own);
+  };
+  return lease
+      .then([call, ttl_ms](Result<int64_t> id) mutable -> kj::Promise<Result<CommandResult>> {
+        if (!id) return Result<CommandResult>(std::move(id).error());
+        if (call->s->closed()) return Result<CommandResult>(shutting_down());
+        call->req.lease = *id;
+        if (call->own) call->s->retain(call->req.lease, ttl_ms);
+        return call->s->propose(call->req);
+      })
+      .then([call, ctx, timeout_ms, handle](Result<CommandResult> r) mutable -> kj::Promise<void> {
+        auto results = ctx.getResults();
+        if (!r) return fail(results, r.error());
+        if (call->s->closed()) return fail(results, shutting_down());
+        const auto& resp = std::get<storage::SemAcquireResponse>(r.value());
+        results.setLeaseId(call->req.lease);
+        results.setHolders(resp.holders);
+        if (resp.acquired) {
+          results.setAcquired(true);
+          results.setHandle(handle());
+          return kj::READY_NOW;
         }
-        return acquired.then([call, ctx, handle,
-                              timeout_ms](kj::Maybe<int64_t> token) mutable -> kj::Promise<void> {
-          auto results = ctx.getResults();
-          KJ_IF_MAYBE (t, token) {
-            call->wait_id = 0;  // on_epoch removed it
-            results.setAcquired(true);
-            results.setToken(*t);
-            results.setHandle(handle(*t));
-            return kj::READY_NOW;
+        if (!call->req.wait) return kj::READY_NOW;  // every slot is taken
+        call->queued = true;
+        auto ready = [name = call->req.name, id = call->req.holder_id,
+                      lease = call->req.lease](storage::Reader& rd) -> std::optional<int64_t> {
+          auto sem = State::semaphore_info(rd, name);
+          if (!sem || !*sem) return std::nullopt;
+          for (const auto& h : (*sem)->holders) {
+            if (h.holder_id == id && h.lease == lease) return int64_t{1};
           }
-          return fail(results,
-                      make_error(ErrorCode::timeout,
-                                 "lock not acquired within " + std::to_string(timeout_ms) + " ms"));
-        });
+          return std::nullopt;
+        };
+        return call->s->wait_for(&call->wait_id, ready, timeout_ms)
+            .then([call, ctx, handle,
+                   timeout_ms](kj::Maybe<int64_t> got) mutable -> kj::Promise<void> {
+              auto results = ctx.getResults();
+              if (got != nullptr) {
+                call->wait_id = 0;
+                results.setAcquired(true);
+                results.setHandle(handle());
+                return kj::READY_NOW;
+              }
+              return fail(results,
+                          make_error(ErrorCode::timeout, "no semaphore slot within " +
+                                                             std::to_string(timeout_ms) + " ms"));
+            });
+      });
+}
+
+kj::Promise<void> PrimService::sem_release(
+    capnp::CallContext<rpc::Keel::SemReleaseParams, rpc::Keel::SemReleaseResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  storage::Command c = storage::SemReleaseRequest{to_string(ctx.getParams().getName()),
+                                                  ctx.getParams().getHolderId()};
+  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
+  return propose(std::move(c)).then([ctx](Result<CommandResult> r) mutable {
+    if (!r) to_rpc(r.error(), ctx.getResults().initError());
+  });
+}
+
+kj::Promise<void> PrimService::sem_holders(
+    capnp::CallContext<rpc::Keel::SemHoldersParams, rpc::Keel::SemHoldersResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
+      .then([self = shared_from_this(), ctx](Status st) mutable {
+        auto results = ctx.getResults();
+        if (!st) return (void)to_rpc(st.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        auto sem = State::semaphore_info(self->reader(), to_string(ctx.getParams().getName()));
+        if (!sem) return (void)to_rpc(sem.error(), results.initError());
+        if (!*sem) return;
+        results.setMax((*sem)->max);
+        auto fill = [](const std::vector<primitives::SemSlot>& from, auto list) {
+          for (size_t i = 0; i < from.size(); ++i) {
+            list[i].setHolderId(from[i].holder_id);
+            list[i].setLeaseId(from[i].lease);
+            list[i].setSinceMs(from[i].since_ms);
+            list[i].setMetadata(as_data(from[i].metadata));
+          }
+        };
+        fill((*sem)->holders, results.initHolders((*sem)->holders.size()));
+        fill((*sem)->waiters, results.initWaiters((*sem)->waiters.size()));
       });
 }
 

@@ -20,8 +20,10 @@
 #include <kj/timer.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -32,7 +34,14 @@
 
 namespace keel::agent {
 
-class LockHandleImpl;
+// A lock or semaphore slot held through a capability: told when the replicated state no
+// longer names it (PrimService::on_epoch).
+class Held {
+ public:
+  virtual ~Held() = default;
+  virtual bool still_held(storage::Reader& reader) = 0;
+  virtual void mark_lost() = 0;
+};
 
 class PrimService : public std::enable_shared_from_this<PrimService> {
  public:
@@ -62,6 +71,12 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
       capnp::CallContext<rpc::Keel::CheckFenceParams, rpc::Keel::CheckFenceResults> ctx);
   kj::Promise<void> unlock(
       capnp::CallContext<rpc::Keel::UnlockParams, rpc::Keel::UnlockResults> ctx);
+  kj::Promise<void> sem_acquire(
+      capnp::CallContext<rpc::Keel::SemAcquireParams, rpc::Keel::SemAcquireResults> ctx);
+  kj::Promise<void> sem_release(
+      capnp::CallContext<rpc::Keel::SemReleaseParams, rpc::Keel::SemReleaseResults> ctx);
+  kj::Promise<void> sem_holders(
+      capnp::CallContext<rpc::Keel::SemHoldersParams, rpc::Keel::SemHoldersResults> ctx);
 
   // ---- used by the capabilities (prim_service.cpp) ----
   bool closed() const { return node_ == nullptr; }
@@ -74,8 +89,8 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   kj::Promise<Result<storage::CommandResult>> propose(storage::Command command);
   // Runs a proposal in the background (its outcome is logged, not returned).
   void propose_detached(storage::Command command);
-  void add_holder(LockHandleImpl* h) { holders_.insert(h); }
-  void remove_holder(LockHandleImpl* h) { holders_.erase(h); }
+  void add_holder(Held* h) { holders_.insert(h); }
+  void remove_holder(Held* h) { holders_.erase(h); }
   storage::Reader& reader() { return *reader_; }
 
  private:
@@ -85,11 +100,17 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
     kj::TimePoint last = kj::origin<kj::TimePoint>();
     bool in_flight = false;
   };
-  struct LockWait {
-    std::string name;
-    int64_t lease = 0;
-    kj::Own<kj::PromiseFulfiller<int64_t>> acquired;  // the token
+  // A queued lock or semaphore call: `ready` reads the replica and gives the token (1 for
+  // a semaphore slot) once the state machine has handed it over.
+  using Ready = std::function<std::optional<int64_t>(storage::Reader&)>;
+  struct Wait {
+    Ready ready;
+    kj::Own<kj::PromiseFulfiller<int64_t>> acquired;
   };
+  // Registers a wait (its id in *wait_id, for cancel_wait); resolves with ready()'s value,
+  // or nullptr after timeout_ms (0 = never).
+  kj::Promise<kj::Maybe<int64_t>> wait_for(uint64_t* wait_id, Ready ready, int64_t timeout_ms);
+  void cancel_wait(uint64_t wait_id) { waits_.erase(wait_id); }
 
   kj::Promise<void> renew_loop();
   void renew_due();
@@ -109,9 +130,9 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   std::mt19937_64 rng_;  // lease ids (not part of the replicated state: the id is in the entry)
   std::map<int64_t, Renewed> renewed_;
   std::multimap<int64_t, kj::Own<kj::PromiseFulfiller<void>>> end_waiters_;
-  std::map<uint64_t, LockWait> lock_waits_;
+  std::map<uint64_t, Wait> waits_;
   uint64_t next_wait_ = 1;
-  std::set<LockHandleImpl*> holders_;
+  std::set<Held*> holders_;
   int64_t seen_epoch_ = 0;
   kj::Promise<void> renew_task_ = nullptr;
   kj::Promise<void> epoch_task_ = nullptr;

@@ -54,7 +54,20 @@ int stop_group(pid_t pid, int64_t grace_ms, const char* why) {
 
 }  // namespace
 
-int run_locked(LockHandle& lock, const std::vector<std::string>& argv, const RunOptions& o) {
+Holding holding(LockHandle& lock) {
+  return Holding{
+      "lock '" + lock.name() + "' (token " + std::to_string(lock.token()) + ")",
+      {{"KEEL_LOCK_NAME", lock.name()}, {"KEEL_LOCK_TOKEN", std::to_string(lock.token())}},
+      [&lock](int64_t ms) { return lock.wait_lost(ms); }};
+}
+
+Holding holding(SemHandle& slot) {
+  return Holding{"slot of semaphore '" + slot.name() + "' (holder " + slot.holder_id() + ")",
+                 {{"KEEL_SEM_NAME", slot.name()}, {"KEEL_SEM_HOLDER", slot.holder_id()}},
+                 [&slot](int64_t ms) { return slot.wait_lost(ms); }};
+}
+
+int run_locked(const Holding& held, const std::vector<std::string>& argv, const RunOptions& o) {
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   ::sigemptyset(&sa.sa_mask);
@@ -64,10 +77,9 @@ int run_locked(LockHandle& lock, const std::vector<std::string>& argv, const Run
 
   if (argv.empty()) {  // hold until interrupted or lost
     while (g_signal == 0) {
-      auto lost = lock.wait_lost(o.poll_ms);
+      auto lost = held.wait_lost(o.poll_ms);
       if (!lost || *lost) {
-        std::fprintf(stderr, "keelctl: lock '%s' (token %lld) was lost\n", lock.name().c_str(),
-                     static_cast<long long>(lock.token()));
+        std::fprintf(stderr, "keelctl: %s was lost\n", held.what.c_str());
         return 1;
       }
     }
@@ -88,8 +100,8 @@ int run_locked(LockHandle& lock, const std::vector<std::string>& argv, const Run
     dfl.sa_handler = SIG_DFL;
     for (int s : {SIGINT, SIGTERM, SIGHUP})
       ::sigaction(s, &dfl, nullptr);
-    ::setenv("KEEL_LOCK_NAME", lock.name().c_str(), 1);
-    ::setenv("KEEL_LOCK_TOKEN", std::to_string(lock.token()).c_str(), 1);
+    for (const auto& [k, v] : held.env)
+      ::setenv(k.c_str(), v.c_str(), 1);
     std::vector<char*> args;
     for (const auto& a : argv)
       args.push_back(const_cast<char*>(a.c_str()));
@@ -103,10 +115,9 @@ int run_locked(LockHandle& lock, const std::vector<std::string>& argv, const Run
     int status = 0;
     if (wait_child(pid, 0, &status)) return status_code(status);
     if (g_signal != 0) return stop_group(pid, o.grace_ms, "interrupted");
-    auto lost = lock.wait_lost(o.poll_ms);
+    auto lost = held.wait_lost(o.poll_ms);
     if (!lost || *lost) {
-      std::string why =
-          "lock '" + lock.name() + "' (token " + std::to_string(lock.token()) + ") was lost";
+      std::string why = held.what + " was lost";
       return stop_group(pid, o.grace_ms, why.c_str());
     }
   }

@@ -5,7 +5,9 @@
 // that ran on for 90 s after its lock moved is the counter-example). keelctl's own death kills
 // the child (PR_SET_PDEATHSIG), and the lock passes on at once because the agent sees the
 // connection close. SIGINT/SIGTERM to keelctl are passed to the group.
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "agent/client.hpp"
@@ -17,8 +19,18 @@ struct RunOptions {
   int64_t poll_ms = 50;  // how often the child and the lock are looked at
 };
 
+// What is held: a lock or a semaphore slot.
+struct Holding {
+  std::string what;                                           // for messages: "lock 'x' (token 7)"
+  std::vector<std::pair<std::string, std::string>> env;       // set in the command's environment
+  std::function<Result<bool>(int64_t timeout_ms)> wait_lost;  // true (or an error) = lost
+};
+Holding holding(LockHandle& lock);
+Holding holding(SemHandle& slot);
+
 // Returns the exit status keelctl should exit with: the command's own (128 + signal when a
-// signal ended it). An empty `argv` holds the lock until SIGINT/SIGTERM (0) or its loss (1).
-int run_locked(LockHandle& lock, const std::vector<std::string>& argv, const RunOptions& options);
+// signal ended it). An empty `argv` holds until SIGINT/SIGTERM (0) or the loss (1).
+int run_locked(const Holding& held, const std::vector<std::string>& argv,
+               const RunOptions& options);
 
 }  // namespace keel::client

@@ -52,6 +52,7 @@ enum ErrorCode {
   ttlOutOfRange @25;
   tooManyLeases @26;
   leaseExists @27;
+  semaphoreMaxMismatch @28;
 }
 
 struct Error {
@@ -274,6 +275,21 @@ interface LockHandle {
   lost @1 () -> (error :Error);
 }
 
+struct SemHolder {
+  holderId @0 :Text $Json.name("holder_id");
+  leaseId @1 :Int64 $Json.name("lease_id");
+  sinceMs @2 :UInt64 $Json.name("since_ms");   # cluster time it took the slot (or queued)
+  metadata @3 :Data;
+}
+
+# A held semaphore slot. Dropping it releases the slot (and revokes its own session lease,
+# if the agent granted one for it).
+interface SemHandle {
+  release @0 () -> (error :Error);
+  # Resolves when this holder has lost the slot (its lease ended, or it was released).
+  lost @1 () -> (error :Error);
+}
+
 # The bootstrap capability of every connection.
 interface Keel {
   range @0 (request :RangeRequest) -> (response :RangeResponse, error :Error);
@@ -311,4 +327,14 @@ interface Keel {
   checkFence @18 (name :Data, token :Int64) -> (valid :Bool, currentToken :Int64, error :Error);
   # Releases a lock held (or left waiting) by lease leaseId, from any connection.
   unlock @19 (name :Data, leaseId :Int64) -> (error :Error);
+  # Takes a slot of semaphore `name` (max slots, set by its first acquirer while it exists:
+  # another max is semaphoreMaxMismatch) for holderId, with lease leaseId or, with 0, a new
+  # session lease of ttlMs bound to the handle. The same holderId asking again gets its own
+  # slot back. wait/timeoutMs as for lock.
+  semAcquire @20 (name :Data, max :Int64, holderId :Text, metadata :Data, leaseId :Int64,
+                  ttlMs :Int64, wait :Bool, timeoutMs :Int64)
+      -> (handle :SemHandle, acquired :Bool, holders :Int64, leaseId :Int64, error :Error);
+  semRelease @21 (name :Data, holderId :Text) -> (error :Error);
+  # Linearizable. A semaphore nobody holds or waits for has max 0 and no holders.
+  semHolders @22 (name :Data) -> (max :Int64, holders :List(SemHolder), waiters :List(SemHolder), error :Error);
 }

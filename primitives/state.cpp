@@ -156,6 +156,187 @@ bool decode_lock(std::string_view in, Lock* l) {
   return in.empty();
 }
 
+namespace {
+void put_str(std::string& out, std::string_view s) {
+  put_varint(out, s.size());
+  out.append(s);
+}
+bool get_str(std::string_view* in, std::string* s) {
+  uint64_t n = 0;
+  if (!get_varint(in, &n) || n > in->size()) return false;
+  s->assign(in->data(), n);
+  in->remove_prefix(n);
+  return true;
+}
+void put_slots(std::string& out, const std::vector<SemSlot>& slots) {
+  put_varint(out, slots.size());
+  for (const auto& x : slots) {
+    put_str(out, x.holder_id);
+    put_varint(out, static_cast<uint64_t>(x.lease));
+    put_varint(out, x.since_ms);
+    put_str(out, x.metadata);
+  }
+}
+bool get_slots(std::string_view* in, std::vector<SemSlot>* slots) {
+  uint64_t n = 0;
+  if (!get_varint(in, &n) || n > in->size() / 4) return false;  // >= 4 bytes per slot
+  slots->clear();
+  slots->reserve(n);
+  for (uint64_t i = 0; i < n; i++) {
+    SemSlot x;
+    uint64_t lease = 0;
+    if (!get_str(in, &x.holder_id) || !get_varint(in, &lease) || !get_varint(in, &x.since_ms) ||
+        !get_str(in, &x.metadata))
+      return false;
+    x.lease = static_cast<int64_t>(lease);
+    slots->push_back(std::move(x));
+  }
+  return true;
+}
+std::string sem_key(std::string_view name) {
+  std::string k(1, 'S');
+  k.append(name);
+  return k;
+}
+}  // namespace
+
+std::string encode_semaphore(const Semaphore& sem) {
+  std::string v;
+  put_varint(v, static_cast<uint64_t>(sem.max));
+  put_slots(v, sem.holders);
+  put_slots(v, sem.waiters);
+  return v;
+}
+
+bool decode_semaphore(std::string_view in, Semaphore* sem) {
+  uint64_t max = 0;
+  if (!get_varint(&in, &max)) return false;
+  sem->max = static_cast<int64_t>(max);
+  return get_slots(&in, &sem->holders) && get_slots(&in, &sem->waiters) && in.empty();
+}
+
+namespace {
+Result<std::optional<Semaphore>> read_sem(ApplyTxn& tx, const std::string& name) {
+  std::string v;
+  auto found = tx.get(sem_key(name), &v);
+  if (!found) return std::move(found).error();
+  if (!*found) return std::optional<Semaphore>();
+  Semaphore sem;
+  if (!decode_semaphore(v, &sem)) return corrupt("semaphore '" + name + "'");
+  return std::optional<Semaphore>(std::move(sem));
+}
+
+bool has_lease(const Semaphore& sem, int64_t lease) {
+  auto uses = [&](const SemSlot& x) { return x.lease == lease; };
+  return std::any_of(sem.holders.begin(), sem.holders.end(), uses) ||
+         std::any_of(sem.waiters.begin(), sem.waiters.end(), uses);
+}
+
+// Fills free slots from the queue, then stores the semaphore (or deletes it when empty) and
+// drops the G row of every lease in `touched` that no longer has an entry in it.
+Status write_sem(ApplyTxn& tx, const std::string& name, Semaphore& sem, uint64_t now_ms,
+                 const std::vector<int64_t>& touched) {
+  while (static_cast<int64_t>(sem.holders.size()) < sem.max && !sem.waiters.empty()) {
+    SemSlot x = std::move(sem.waiters.front());
+    sem.waiters.erase(sem.waiters.begin());
+    x.since_ms = now_ms;
+    sem.holders.push_back(std::move(x));
+  }
+  for (int64_t lease : touched) {
+    if (!has_lease(sem, lease)) {
+      if (auto st = tx.del(key_s('G', static_cast<uint64_t>(lease), name)); !st) return st;
+    }
+  }
+  if (sem.holders.empty() && sem.waiters.empty()) return tx.del(sem_key(name));
+  return tx.put(sem_key(name), encode_semaphore(sem));
+}
+}  // namespace
+
+Result<storage::CommandResult> State::sem_acquire(const storage::SemAcquireRequest& q,
+                                                  uint64_t now_ms, ApplyTxn& tx) {
+  auto lease = read_lease(tx, q.lease);
+  if (!lease) return std::move(lease).error();
+  if (!*lease) return lease_not_found(q.lease);
+  auto found = read_sem(tx, q.name);
+  if (!found) return std::move(found).error();
+  Semaphore sem = *found ? std::move(**found) : Semaphore{q.max, {}, {}};
+  if (sem.max != q.max) {
+    return make_error(ErrorCode::semaphore_max_mismatch,
+                      "semaphore '" + q.name + "' has max " + std::to_string(sem.max) +
+                          "; this acquire asked for max " + std::to_string(q.max));
+  }
+  storage::SemAcquireResponse resp;
+  std::vector<int64_t> touched;
+  auto same = [&](const SemSlot& x) { return x.holder_id == q.holder_id; };
+  auto held = std::find_if(sem.holders.begin(), sem.holders.end(), same);
+  auto queued = std::find_if(sem.waiters.begin(), sem.waiters.end(), same);
+  SemSlot* entry = nullptr;
+  if (held != sem.holders.end()) {
+    resp.acquired = true;  // its own slot back
+    entry = &*held;
+  } else if (queued != sem.waiters.end()) {
+    entry = &*queued;  // still waiting
+  } else if (static_cast<int64_t>(sem.holders.size()) < sem.max && sem.waiters.empty()) {
+    sem.holders.push_back(SemSlot{q.holder_id, q.lease, now_ms, q.metadata});
+    resp.acquired = true;
+  } else if (q.wait) {
+    sem.waiters.push_back(SemSlot{q.holder_id, q.lease, now_ms, q.metadata});
+  } else {
+    resp.holders = static_cast<int64_t>(sem.holders.size());
+    resp.revision = tx.revision();
+    return storage::CommandResult(resp);  // all taken; nothing changes
+  }
+  if (entry != nullptr && entry->lease != q.lease) {  // rebound to the asker's lease
+    touched.push_back(entry->lease);
+    entry->lease = q.lease;
+    entry->metadata = q.metadata;
+  }
+  if (auto st = tx.put(key_s('G', static_cast<uint64_t>(q.lease), q.name), ""); !st)
+    return std::move(st).error();
+  if (auto st = write_sem(tx, q.name, sem, now_ms, touched); !st) return std::move(st).error();
+  resp.holders = static_cast<int64_t>(sem.holders.size());
+  resp.revision = tx.revision();
+  return storage::CommandResult(resp);
+}
+
+Result<storage::CommandResult> State::sem_release(const storage::SemReleaseRequest& q,
+                                                  uint64_t now_ms, ApplyTxn& tx) {
+  auto found = read_sem(tx, q.name);
+  if (!found) return std::move(found).error();
+  auto not_held = make_error(ErrorCode::lock_not_held, "holder '" + q.holder_id +
+                                                           "' neither holds nor waits for a slot "
+                                                           "of semaphore '" +
+                                                           q.name + "'");
+  if (!*found) return not_held;
+  Semaphore sem = std::move(**found);
+  std::vector<int64_t> touched;
+  for (auto* list : {&sem.holders, &sem.waiters}) {
+    for (auto it = list->begin(); it != list->end();) {
+      if (it->holder_id == q.holder_id) {
+        touched.push_back(it->lease);
+        it = list->erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (touched.empty()) return not_held;
+  if (auto st = write_sem(tx, q.name, sem, now_ms, touched); !st) return std::move(st).error();
+  return storage::CommandResult(storage::SemReleaseResponse{tx.revision()});
+}
+
+Status State::sem_drop_lease(const std::string& name, int64_t lease, uint64_t now_ms,
+                             ApplyTxn& tx) {
+  auto found = read_sem(tx, name);
+  if (!found) return std::move(found).error();
+  if (!*found) return tx.del(key_s('G', static_cast<uint64_t>(lease), name));
+  Semaphore sem = std::move(**found);
+  auto uses = [&](const SemSlot& x) { return x.lease == lease; };
+  std::erase_if(sem.holders, uses);
+  std::erase_if(sem.waiters, uses);
+  return write_sem(tx, name, sem, now_ms, {lease});
+}
+
 // ---- apply ----
 
 Status State::advance(uint64_t now_ms, ApplyTxn& tx) {
@@ -241,6 +422,12 @@ Status State::end_lease(int64_t id, bool expired, uint64_t now_ms, ApplyTxn& tx)
       std::erase_if(l.waiters, [&](const Waiter& w) { return w.lease == id; });
       if (auto st = write_lock(tx, name, l); !st) return st;
     }
+  }
+  // Its semaphore slots free themselves (and go to the waiters).
+  auto sems = suffixes(tx, key1('G', uid));
+  if (!sems) return std::move(sems).error();
+  for (const auto& name : *sems) {
+    if (auto st = sem_drop_lease(name, id, now_ms, tx); !st) return st;
   }
   if (auto st = tx.del(key2('E', (*lease)->expiry_ms, uid)); !st) return st;
   return tx.del(key1('L', uid));
@@ -328,6 +515,8 @@ Result<storage::CommandResult> State::apply(const storage::Command& command, uin
     }
     return CommandResult(resp);
   }
+  if (auto* a = std::get_if<SemAcquireRequest>(&command)) return sem_acquire(*a, now_ms, tx);
+  if (auto* r = std::get_if<SemReleaseRequest>(&command)) return sem_release(*r, now_ms, tx);
   const auto& u = std::get<UnlockRequest>(command);
   auto found = read_lock(tx, u.name);
   if (!found) return std::move(found).error();
@@ -481,6 +670,24 @@ Result<std::optional<Lock>> State::lock_info(storage::Reader& reader, const std:
   });
   if (!st) return std::move(st).error();
   if (bad) return corrupt("lock '" + name + "'");
+  return out;
+}
+
+Result<std::optional<Semaphore>> State::semaphore_info(storage::Reader& reader,
+                                                       const std::string& name) {
+  const std::string k = sem_key(name);
+  std::optional<Semaphore> out;
+  bool bad = false;
+  auto st = reader.ext_scan(k, k + '\0', [&](std::string_view, std::string_view v) {
+    Semaphore sem;
+    if (decode_semaphore(v, &sem))
+      out = std::move(sem);
+    else
+      bad = true;
+    return false;
+  });
+  if (!st) return std::move(st).error();
+  if (bad) return corrupt("semaphore '" + name + "'");
   return out;
 }
 

@@ -23,6 +23,11 @@
 //   "H" be64(lease) name     -> "": locks the lease holds or waits for
 //   "C" name                 -> Lock (encode_lock)
 //   "D" be64(until) name     -> "": lock-delay timers
+//   "S" name                 -> Semaphore (encode_semaphore)
+//   "G" be64(lease) name     -> "": semaphores the lease holds a slot of or waits for
+//
+// Semaphores: a slot is bound to its holder's lease and ends with it (a dead machine never
+// keeps a slot); freed slots go to waiters in FIFO order.
 #include <atomic>
 #include <cstdint>
 #include <optional>
@@ -46,6 +51,21 @@ struct Lock {
   uint64_t delay_until_ms = 0;  // while free after an expiry: no holder before this
   std::vector<Waiter> waiters;  // FIFO
   bool operator==(const Lock&) const = default;
+};
+
+struct SemSlot {
+  std::string holder_id;
+  int64_t lease = 0;
+  uint64_t since_ms = 0;  // cluster time it took the slot (or, waiting, joined the queue)
+  std::string metadata;
+  bool operator==(const SemSlot&) const = default;
+};
+
+struct Semaphore {
+  int64_t max = 0;
+  std::vector<SemSlot> holders;  // at most max
+  std::vector<SemSlot> waiters;  // FIFO
+  bool operator==(const Semaphore&) const = default;
 };
 
 struct LeaseInfo {
@@ -82,12 +102,21 @@ class State final : public storage::StateExtension {
                                                      bool want_keys);
   static Result<std::vector<int64_t>> list_leases(storage::Reader& reader);
   static Result<std::optional<Lock>> lock_info(storage::Reader& reader, const std::string& name);
+  static Result<std::optional<Semaphore>> semaphore_info(storage::Reader& reader,
+                                                         const std::string& name);
   // Every row of table:ext, in key order (tests compare replicas with it).
   static Result<std::vector<std::pair<std::string, std::string>>> dump(storage::Reader& reader);
 
  private:
   Status end_lease(int64_t id, bool expired, uint64_t now_ms, storage::ApplyTxn& tx);
   Status give_to_next(const std::string& name, Lock& lock, storage::ApplyTxn& tx);
+  Result<storage::CommandResult> sem_acquire(const storage::SemAcquireRequest& q, uint64_t now_ms,
+                                             storage::ApplyTxn& tx);
+  Result<storage::CommandResult> sem_release(const storage::SemReleaseRequest& q, uint64_t now_ms,
+                                             storage::ApplyTxn& tx);
+  // Removes every entry of `lease` from semaphore `name` and fills the free slots.
+  Status sem_drop_lease(const std::string& name, int64_t lease, uint64_t now_ms,
+                        storage::ApplyTxn& tx);
   Result<uint64_t> first_deadline(storage::ApplyTxn& tx);
 
   uint64_t staged_deadline_ms_ = UINT64_MAX;
@@ -99,5 +128,7 @@ class State final : public storage::StateExtension {
 // Row codecs, exposed for tests.
 std::string encode_lock(const Lock& lock);
 bool decode_lock(std::string_view in, Lock* lock);
+std::string encode_semaphore(const Semaphore& sem);
+bool decode_semaphore(std::string_view in, Semaphore* sem);
 
 }  // namespace keel::primitives

@@ -30,6 +30,8 @@ enum Tag : uint8_t {
   kLeaseRenew = 7,
   kLock = 8,
   kUnlock = 9,
+  kSemAcquire = 10,
+  kSemRelease = 11,
 };
 enum OpTag : uint8_t { kOpRange = 0, kOpPut = 1, kOpDelete = 2 };
 
@@ -299,11 +301,23 @@ std::string encode_command(const Command& command) {
     w.str(l->name);
     w.i64(l->lease);
     w.i64(l->delay_ms);
-  } else {
-    const auto& u = std::get<UnlockRequest>(command);
+  } else if (auto* u = std::get_if<UnlockRequest>(&command)) {
     w.u8(kUnlock);
-    w.str(u.name);
-    w.i64(u.lease);
+    w.str(u->name);
+    w.i64(u->lease);
+  } else if (auto* a = std::get_if<SemAcquireRequest>(&command)) {
+    w.u8(kSemAcquire);
+    w.u8(a->wait ? 1 : 0);
+    w.str(a->name);
+    w.i64(a->max);
+    w.i64(a->lease);
+    w.str(a->holder_id);
+    w.str(a->metadata);
+  } else {
+    const auto& r = std::get<SemReleaseRequest>(command);
+    w.u8(kSemRelease);
+    w.str(r.name);
+    w.str(r.holder_id);
   }
   return std::move(w.out);
 }
@@ -385,6 +399,24 @@ Result<Command> decode_command(std::string_view bytes) {
       u.name = p.str();
       u.lease = p.i64();
       command = std::move(u);
+      break;
+    }
+    case kSemAcquire: {
+      SemAcquireRequest a;
+      a.wait = p.flags(1) & 1;
+      a.name = p.str();
+      a.max = p.i64();
+      a.lease = p.i64();
+      a.holder_id = p.str();
+      a.metadata = p.str();
+      command = std::move(a);
+      break;
+    }
+    case kSemRelease: {
+      SemReleaseRequest r;
+      r.name = p.str();
+      r.holder_id = p.str();
+      command = std::move(r);
       break;
     }
     default:

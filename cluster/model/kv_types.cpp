@@ -60,6 +60,8 @@ const char* error_code_name(ErrorCode code) {
       return "too_many_leases";
     case ErrorCode::lease_exists:
       return "lease_exists";
+    case ErrorCode::semaphore_max_mismatch:
+      return "semaphore_max_mismatch";
   }
   return "unknown";
 }

@@ -199,13 +199,43 @@ struct UnlockResponse {
   int64_t revision = 0;
 };
 
+// Takes a slot of semaphore `name` for `holder_id` with `lease`. The first acquirer sets
+// `max` (>= 1) while the semaphore exists; a different max is semaphore_max_mismatch. The
+// same holder_id asking again keeps its slot (rebound to this lease; FleetLock's recursive
+// acquire). With `wait`, a holder that finds every slot taken queues FIFO. A slot ends with
+// its lease, or by release.
+struct SemAcquireRequest {
+  std::string name;
+  int64_t max = 0;
+  int64_t lease = 0;
+  std::string holder_id;
+  std::string metadata;
+  bool wait = false;
+  bool operator==(const SemAcquireRequest&) const = default;
+};
+struct SemAcquireResponse {
+  bool acquired = false;
+  int64_t holders = 0;  // slots taken after this command
+  int64_t revision = 0;
+};
+// Gives up holder_id's slot or place in the queue; lock_not_held when it has neither.
+struct SemReleaseRequest {
+  std::string name;
+  std::string holder_id;
+  bool operator==(const SemReleaseRequest&) const = default;
+};
+struct SemReleaseResponse {
+  int64_t revision = 0;
+};
+
 // A replicated command: what goes into the log and what apply() executes deterministically.
-using Command =
-    std::variant<PutRequest, DeleteRangeRequest, TxnRequest, CompactRequest, LeaseGrantRequest,
-                 LeaseRevokeRequest, LeaseRenewRequest, LockRequest, UnlockRequest>;
+using Command = std::variant<PutRequest, DeleteRangeRequest, TxnRequest, CompactRequest,
+                             LeaseGrantRequest, LeaseRevokeRequest, LeaseRenewRequest, LockRequest,
+                             UnlockRequest, SemAcquireRequest, SemReleaseRequest>;
 using CommandResult =
     std::variant<PutResponse, DeleteRangeResponse, TxnResponse, CompactResponse, LeaseGrantResponse,
-                 LeaseRevokeResponse, LeaseRenewResponse, LockResponse, UnlockResponse>;
+                 LeaseRevokeResponse, LeaseRenewResponse, LockResponse, UnlockResponse,
+                 SemAcquireResponse, SemReleaseResponse>;
 // Commands that the primitives state machine applies (the rest are the KV store's).
 inline bool is_primitive(const Command& c) {
   return c.index() >= 4;
@@ -225,7 +255,9 @@ struct Limits {
   size_t max_response_bytes = 4 * 1024 * 1024;  // page size for ranges
   size_t max_watchers = 10000;                  // per agent
   size_t max_lock_name_bytes = 4096;
-  size_t max_renew_ids = 100000;  // lease ids in one renew entry
+  size_t max_renew_ids = 100000;       // lease ids in one renew entry
+  size_t max_semaphore_slots = 10000;  // a semaphore's max
+  size_t max_holder_id_bytes = 1024;   // a semaphore holder id, and its metadata: value limit
 };
 
 // Rejects what the store must never see: empty key, key/value over the limits, range_end

@@ -51,6 +51,7 @@ enum class ErrorCode : uint16_t {
   ttl_out_of_range,  // lease TTL below lease.min_ttl_ms or above lease.max_ttl_ms
   too_many_leases,   // limits.max_leases_per_agent reached
   lease_exists,      // grant of a lease id that is already granted
+  semaphore_max_mismatch,  // acquire with a max other than the semaphore's
 };
 
 const char* error_code_name(ErrorCode code);

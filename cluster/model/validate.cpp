@@ -202,9 +202,36 @@ std::optional<Error> check_primitive(const Command& command, const Limits& limit
     KEEL_CHECK(check_positive("lock", "lease", l->lease));
     return check_non_negative("lock", "delay_ms", l->delay_ms);
   }
-  const auto& u = std::get<UnlockRequest>(command);
-  KEEL_CHECK(check_lock_name("unlock", "name", u.name, limits));
-  return check_positive("unlock", "lease", u.lease);
+  if (auto* u = std::get_if<UnlockRequest>(&command)) {
+    KEEL_CHECK(check_lock_name("unlock", "name", u->name, limits));
+    return check_positive("unlock", "lease", u->lease);
+  }
+  auto check_holder = [&](const char* where, const std::string& id) -> std::optional<Error> {
+    if (id.empty()) return error(ErrorCode::invalid_argument, where, "holder_id is empty");
+    if (id.size() > limits.max_holder_id_bytes) {
+      return error(ErrorCode::invalid_argument, where,
+                   "holder_id is " + std::to_string(id.size()) + " bytes; limit is " +
+                       std::to_string(limits.max_holder_id_bytes) +
+                       " (limits.max_holder_id_bytes)");
+    }
+    return std::nullopt;
+  };
+  if (auto* a = std::get_if<SemAcquireRequest>(&command)) {
+    KEEL_CHECK(check_lock_name("semaphore acquire", "name", a->name, limits));
+    KEEL_CHECK(check_positive("semaphore acquire", "lease", a->lease));
+    KEEL_CHECK(check_positive("semaphore acquire", "max", a->max));
+    if (static_cast<uint64_t>(a->max) > limits.max_semaphore_slots) {
+      return error(ErrorCode::invalid_argument, "semaphore acquire",
+                   "max is " + std::to_string(a->max) + "; limit is " +
+                       std::to_string(limits.max_semaphore_slots) +
+                       " (limits.max_semaphore_slots)");
+    }
+    KEEL_CHECK(check_holder("semaphore acquire", a->holder_id));
+    return check_value("semaphore acquire", "metadata", a->metadata, limits);
+  }
+  const auto& r = std::get<SemReleaseRequest>(command);
+  KEEL_CHECK(check_lock_name("semaphore release", "name", r.name, limits));
+  return check_holder("semaphore release", r.holder_id);
 }
 
 std::optional<Error> check_command(const Command& command, const Limits& limits) {

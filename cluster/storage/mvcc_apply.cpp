@@ -24,6 +24,8 @@ Limits structural_limits() {
   l.max_response_bytes = SIZE_MAX;
   l.max_lock_name_bytes = SIZE_MAX;
   l.max_renew_ids = SIZE_MAX;
+  l.max_semaphore_slots = SIZE_MAX;
+  l.max_holder_id_bytes = SIZE_MAX;
   return l;
 }
 
