@@ -354,7 +354,18 @@ struct SemHandle::Impl {
   kj::Maybe<kj::ForkedPromise<void>> lost;
 };
 
+struct Leadership::Impl {
+  Client::Impl& client;
+  rpc::Leadership::Client cap;
+  kj::Maybe<kj::ForkedPromise<void>> lost;
+};
+
 namespace {
+
+LeaderKey leader_from(rpc::LeaderKey::Reader r) {
+  return LeaderKey{agent::to_string(r.getName()), agent::to_string(r.getKey()), r.getRevision(),
+                   r.getLease()};
+}
 
 LeaseInfo lease_info_from(rpc::LeaseInfo::Reader r) {
   LeaseInfo out;
@@ -460,6 +471,64 @@ Result<bool> SemHandle::wait_lost(int64_t timeout_ms) {
     return wait_for(impl_->client, f->addBranch(), timeout_ms);
   }
   return false;
+}
+
+Leadership::Leadership(std::unique_ptr<Impl> impl, LeaderKey key)
+    : impl_(std::move(impl)), key_(std::move(key)) {}
+Leadership::~Leadership() = default;
+
+Result<int64_t> Leadership::proclaim(const std::string& value) {
+  return call<int64_t>([&]() -> Result<int64_t> {
+    auto req = impl_->cap.proclaimRequest();
+    req.setValue(as_data(value));
+    auto resp = req.send().wait(impl_->client.io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return resp.getRevision();
+  });
+}
+
+Status Leadership::resign() {
+  return call<Unit>([&]() -> Status {
+    auto resp = impl_->cap.resignRequest().send().wait(impl_->client.io.waitScope);
+    return status_of(resp);
+  });
+}
+
+Result<bool> Leadership::wait_lost(int64_t timeout_ms) {
+  if (impl_->lost == nullptr) impl_->lost = impl_->cap.lostRequest().send().ignoreResult().fork();
+  KJ_IF_MAYBE (f, impl_->lost) {
+    return wait_for(impl_->client, f->addBranch(), timeout_ms);
+  }
+  return false;
+}
+
+Result<std::unique_ptr<Leadership>> Client::campaign(const std::string& name,
+                                                     const std::string& value,
+                                                     const CampaignOptions& o) {
+  return call<std::unique_ptr<Leadership>>([&]() -> Result<std::unique_ptr<Leadership>> {
+    auto req = impl_->keel.campaignRequest();
+    req.setName(as_data(name));
+    req.setValue(as_data(value));
+    req.setLeaseId(o.lease);
+    req.setTtlMs(o.ttl_ms);
+    req.setTimeoutMs(o.timeout_ms);
+    auto resp = req.send().wait(impl_->io.waitScope);
+    if (auto st = status_of(resp); !st) return std::move(st).error();
+    return std::make_unique<Leadership>(
+        std::make_unique<Leadership::Impl>(Leadership::Impl{*impl_, resp.getLeadership(), nullptr}),
+        leader_from(resp.getLeader()));
+  });
+}
+
+Result<std::pair<LeaderKey, std::string>> Client::leader(const std::string& name) {
+  return call<std::pair<LeaderKey, std::string>>(
+      [&]() -> Result<std::pair<LeaderKey, std::string>> {
+        auto req = impl_->keel.leaderRequest();
+        req.setName(as_data(name));
+        auto resp = req.send().wait(impl_->io.waitScope);
+        if (auto st = status_of(resp); !st) return std::move(st).error();
+        return std::make_pair(leader_from(resp.getLeader()), agent::to_string(resp.getValue()));
+      });
 }
 
 Result<std::unique_ptr<SemHandle>> Client::sem_acquire(const std::string& name,

@@ -167,6 +167,36 @@ struct SemInfo {
   std::vector<SemHolderInfo> waiters;
 };
 
+struct LeaderKey {
+  std::string name;
+  std::string key;  // name + "/" + hex(lease): holds the leader's value
+  int64_t revision = 0;
+  int64_t lease = 0;
+};
+
+// Leadership won by Client::campaign. Destroying it resigns. Must not outlive its Client.
+class Leadership {
+ public:
+  ~Leadership();
+  const LeaderKey& key() const { return key_; }
+  Result<int64_t> proclaim(const std::string& value);  // the put's revision
+  Status resign();
+  Result<bool> wait_lost(int64_t timeout_ms);
+
+  struct Impl;
+  Leadership(std::unique_ptr<Impl> impl, LeaderKey key);
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  LeaderKey key_;
+};
+
+struct CampaignOptions {
+  int64_t lease = 0;   // 0: a session lease of ttl_ms bound to the Leadership
+  int64_t ttl_ms = 0;  // 0: the agent's lease.default_ttl_ms
+  int64_t timeout_ms = 0;
+};
+
 struct FenceCheck {
   bool valid = false;
   int64_t current_token = 0;  // 0 = the lock is not held
@@ -211,6 +241,11 @@ class Client {
                                                  const SemOptions& options);
   Status sem_release(const std::string& name, const std::string& holder_id);
   Result<SemInfo> sem_holders(const std::string& name);
+  // Elections (etcd's v3election): blocks until this candidate leads (or timeout).
+  Result<std::unique_ptr<Leadership>> campaign(const std::string& name, const std::string& value,
+                                               const CampaignOptions& options);
+  // The current leader and its value; key_not_found when there is none.
+  Result<std::pair<LeaderKey, std::string>> leader(const std::string& name);
   Result<int64_t> compact(int64_t revision, bool physical);  // returns the header revision
   Result<StatusInfo> status();
   // Every member's status, this member's first (an unreachable member has `error` set).
@@ -231,6 +266,7 @@ class Client {
   friend class Lease;
   friend class LockHandle;
   friend class SemHandle;
+  friend class Leadership;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

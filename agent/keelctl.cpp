@@ -453,6 +453,20 @@ int main(int argc, char** argv) {
   auto* sem_holders = sem->add_subcommand("holders", "holders NAME: who holds a slot, who waits");
   sem_holders->add_option("name", sem_name)->required();
 
+  // elect
+  auto* elect =
+      app.add_subcommand("elect",
+                         "elect NAME VALUE: campaign, then lead until interrupted (resign); "
+                         "elect --listen NAME: print each leader's value, in order");
+  std::string elect_name, elect_value;
+  bool elect_listen = false;
+  double elect_ttl_s = 0, elect_timeout_s = 0;
+  elect->add_option("name", elect_name)->required();
+  elect->add_option("value", elect_value);
+  elect->add_flag("-l,--listen", elect_listen, "observe the election instead of campaigning");
+  elect->add_option("--ttl", elect_ttl_s, "seconds: TTL of the candidate's session lease");
+  elect->add_option("--timeout", elect_timeout_s, "seconds to wait for leadership (0 = no limit)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -836,6 +850,59 @@ int main(int argc, char** argv) {
                       static_cast<long long>(h.lease));
       }
       return 0;
+    }
+    if (elect->parsed()) {
+      auto c = connect_or_exit(g);
+      auto print = [&](const std::string& key, const std::string& value) {
+        if (g.json()) {
+          std::printf("{\"key\":%s,\"value\":%s}\n", json_string(key).c_str(),
+                      json_string(value).c_str());
+        } else {
+          write_bytes(key);
+          write_bytes(value);
+        }
+        std::fflush(stdout);
+      };
+      if (elect_listen) {
+        // Observe: the leader now, then every value a leader publishes (a new leader's key or
+        // a proclaim), in revision order.
+        int64_t from = 0;
+        auto now = c->leader(elect_name);
+        if (now) {
+          print(now->first.key, now->second);
+          from = now->first.revision + 1;
+        } else if (now.error().code != ErrorCode::key_not_found) {
+          return report(now.error());
+        }
+        client::WatchOptions wo2;
+        wo2.key = elect_name + "/";
+        wo2.range_end = prefix_end(wo2.key);
+        wo2.start_revision = from;
+        wo2.no_delete = true;
+        std::string last;
+        auto st = c->watch(wo2, [&](int64_t, const std::vector<Event>& events) {
+          for (const auto& e : events) {
+            if (e.kv.mod_revision < from) continue;
+            print(e.kv.key, e.kv.value);
+          }
+          return true;
+        });
+        if (!st) return report(st.error());
+        return 0;
+      }
+      if (elect->count("value") == 0) throw UsageError{"elect NAME VALUE (or --listen NAME)"};
+      client::CampaignOptions co;
+      co.ttl_ms = static_cast<int64_t>(elect_ttl_s * 1000);
+      co.timeout_ms = static_cast<int64_t>(elect_timeout_s * 1000);
+      auto l = c->campaign(elect_name, elect_value, co);
+      if (!l) return report(l.error());
+      print((*l)->key().key, elect_value);
+      client::Holding held{"leadership of '" + elect_name + "'", {}, [&l](int64_t ms) {
+                             return (*l)->wait_lost(ms);
+                           }};
+      int rc = client::run_locked(held, {}, client::RunOptions{});
+      if (rc == 0) (void)(*l)->resign();
+      return rc;
     }
     if (unlock->parsed()) {
       auto c = connect_or_exit(g);

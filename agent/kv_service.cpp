@@ -129,6 +129,12 @@ class KeelImpl final : public rpc::Keel::Server {
   kj::Promise<void> unlock(UnlockContext ctx) override {
     return prim_call(ctx, &PrimService::unlock);
   }
+  kj::Promise<void> campaign(CampaignContext ctx) override {
+    return prim_call(ctx, &PrimService::campaign);
+  }
+  kj::Promise<void> leader(LeaderContext ctx) override {
+    return prim_call(ctx, &PrimService::leader);
+  }
   kj::Promise<void> semAcquire(SemAcquireContext ctx) override {
     return prim_call(ctx, &PrimService::sem_acquire);
   }

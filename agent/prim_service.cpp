@@ -159,6 +159,11 @@ class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
     // unless the call allows cancellation: without this a dead client's handle, and so its
     // lock, would live on.
     ctx.allowCancellation();
+    return when_lost();
+  }
+
+ public:
+  kj::Promise<void> when_lost() {
     if (lost_ || s_->closed()) return kj::READY_NOW;
     auto paf = kj::newPromiseAndFulfiller<void>();
     lost_waiters_.push_back(kj::mv(paf.fulfiller));
@@ -173,6 +178,73 @@ class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
   bool own_lease_;
   bool lost_ = false;
   std::vector<kj::Own<kj::PromiseFulfiller<void>>> lost_waiters_;
+};
+
+std::string election_lock(const std::string& name) {
+  return "election/" + name;
+}
+std::string leader_key(const std::string& name, int64_t lease) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(lease));
+  return name + "/" + hex;
+}
+// A one-op txn that applies only while `lock` is the election lock's current holder.
+storage::TxnRequest fenced(storage::RequestOp op, const LockHandleImpl& lock) {
+  storage::TxnRequest txn;
+  txn.success.push_back(std::move(op));
+  txn.fences.push_back(storage::Fence{lock.name(), lock.token()});
+  return txn;
+}
+
+class LeadershipImpl final : public rpc::Leadership::Server {
+ public:
+  LeadershipImpl(std::shared_ptr<PrimService> s, std::string key, kj::Own<LockHandleImpl> lock)
+      : s_(std::move(s)), key_(std::move(key)), lock_(kj::mv(lock)) {}
+  ~LeadershipImpl() {
+    // Resign: the value goes first, then the lock (dropping it unlocks or revokes).
+    if (!s_->closed() && lock_.get() != nullptr) {
+      s_->propose_detached(fenced(storage::DeleteRangeRequest{key_, "", false}, *lock_));
+    }
+  }
+
+ protected:
+  kj::Promise<void> proclaim(ProclaimContext ctx) override {
+    if (s_->closed()) return fail(ctx.getResults(), shutting_down());
+    if (lock_.get() == nullptr) return fail(ctx.getResults(), resigned());
+    storage::PutRequest put;
+    put.key = key_;
+    put.value = to_string(ctx.getParams().getValue());
+    put.lease = lock_->lease();
+    return s_->propose(fenced(std::move(put), *lock_)).then([ctx](Result<CommandResult> r) mutable {
+      auto results = ctx.getResults();
+      if (!r) return (void)to_rpc(r.error(), results.initError());
+      results.setRevision(std::get<storage::TxnResponse>(r.value()).revision);
+    });
+  }
+  kj::Promise<void> resign(ResignContext ctx) override {
+    if (s_->closed()) return fail(ctx.getResults(), shutting_down());
+    if (lock_.get() == nullptr) return fail(ctx.getResults(), resigned());
+    return s_->propose(fenced(storage::DeleteRangeRequest{key_, "", false}, *lock_))
+        .then([this, ctx](Result<CommandResult> r) mutable {
+          if (!r && r.error().code != ErrorCode::fenced) {
+            return (void)to_rpc(r.error(), ctx.getResults().initError());
+          }
+          lock_ = nullptr;  // unlocks: the next candidate is leader
+        });
+  }
+  kj::Promise<void> lost(LostContext ctx) override {
+    ctx.allowCancellation();  // see LockHandleImpl::lost
+    if (lock_.get() == nullptr) return kj::READY_NOW;
+    return lock_->when_lost();
+  }
+
+ private:
+  static Error resigned() {
+    return make_error(ErrorCode::lock_not_held, "this leadership was resigned");
+  }
+  std::shared_ptr<PrimService> s_;
+  std::string key_;
+  kj::Own<LockHandleImpl> lock_;
 };
 
 class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
@@ -533,29 +605,27 @@ kj::Promise<void> PrimService::lease_keep_alive(
       });
 }
 
-kj::Promise<void> PrimService::lock(
-    capnp::CallContext<rpc::Keel::LockParams, rpc::Keel::LockResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  auto params = ctx.getParams();
-  const std::string name = to_string(params.getName());
-  const int64_t given_lease = params.getLeaseId();
-  const bool wait = params.getWait();
-  const int64_t timeout_ms = params.getTimeoutMs();
-  const int64_t delay_ms =
-      params.getDelayMs() < 0 ? config_.lock_default_delay_ms : params.getDelayMs();
-  const int64_t ttl_ms = params.getTtlMs() > 0 ? params.getTtlMs() : config_.lease_default_ttl_ms;
-  if (timeout_ms < 0) {
-    return fail(ctx.getResults(), make_error(ErrorCode::invalid_argument,
-                                             "lock: timeoutMs must be >= 0 (0 = no timeout)"));
+kj::Promise<PrimService::LockOutcome> PrimService::acquire_lock(LockArgs args) {
+  auto failed = [](Error e) {
+    LockOutcome out;
+    out.ok = false;
+    out.error = std::move(e);
+    return out;
+  };
+  if (node_ == nullptr) return failed(shutting_down());
+  if (args.timeout_ms < 0) {
+    return failed(
+        make_error(ErrorCode::invalid_argument, "lock: timeoutMs must be >= 0 (0 = no timeout)"));
   }
+  if (args.lease < 0) {
+    return failed(make_error(ErrorCode::invalid_argument, "lock: leaseId must be >= 0"));
+  }
+  const int64_t delay_ms = args.delay_ms < 0 ? config_.lock_default_delay_ms : args.delay_ms;
+  const int64_t ttl_ms = args.ttl_ms > 0 ? args.ttl_ms : config_.lease_default_ttl_ms;
   // Validate before granting anything (the lease id is a placeholder when the agent grants).
   storage::Command probe =
-      storage::LockRequest{name, given_lease > 0 ? given_lease : 1, wait, delay_ms};
-  if (given_lease < 0) {
-    return fail(ctx.getResults(),
-                make_error(ErrorCode::invalid_argument, "lock: leaseId must be >= 0"));
-  }
-  if (auto st = storage::validate(probe, limits_); !st) return fail(ctx.getResults(), st.error());
+      storage::LockRequest{args.name, args.lease > 0 ? args.lease : 1, args.wait, delay_ms};
+  if (auto st = storage::validate(probe, limits_); !st) return failed(st.error());
 
   // One lock call's loose ends: whatever way the call ends without handing out a handle
   // (an error, a timeout, or the caller going away, which cancels the call), its place in
@@ -580,19 +650,24 @@ kj::Promise<void> PrimService::lock(
       }
     }
   };
-  ctx.allowCancellation();
   auto call = std::make_shared<LockCall>();
   call->s = shared_from_this();
-  call->name = name;
-  call->own = given_lease == 0;
+  call->name = args.name;
+  call->own = args.lease == 0;
   kj::Promise<Result<int64_t>> lease =
-      given_lease > 0 ? kj::Promise<Result<int64_t>>(Result<int64_t>(given_lease)) : grant(ttl_ms);
-  auto handle = [call](int64_t token) {
+      args.lease > 0 ? kj::Promise<Result<int64_t>>(Result<int64_t>(args.lease)) : grant(ttl_ms);
+  auto acquired = [call](int64_t token) {
     call->handed = true;  // the handle takes over the agent's own lease, if any
-    return kj::heap<LockHandleImpl>(call->s, call->name, call->lease, token, call->own);
+    LockOutcome out;
+    out.lease = call->lease;
+    out.token = token;
+    out.handle = kj::heap<LockHandleImpl>(call->s, call->name, call->lease, token, call->own);
+    return out;
   };
+  const bool wait = args.wait;
+  const int64_t timeout_ms = args.timeout_ms;
   return lease
-      .then([call, ctx, wait, delay_ms,
+      .then([call, wait, delay_ms,
              ttl_ms](Result<int64_t> id) mutable -> kj::Promise<Result<CommandResult>> {
         if (!id) return Result<CommandResult>(std::move(id).error());
         if (call->s->closed()) return Result<CommandResult>(shutting_down());
@@ -600,20 +675,17 @@ kj::Promise<void> PrimService::lock(
         if (call->own) call->s->retain(call->lease, ttl_ms);  // renewed from now on
         return call->s->propose(storage::LockRequest{call->name, call->lease, wait, delay_ms});
       })
-      .then([call, ctx, wait, timeout_ms,
-             handle](Result<CommandResult> r) mutable -> kj::Promise<void> {
-        auto results = ctx.getResults();
-        if (!r) return fail(results, r.error());
-        if (call->s->closed()) return fail(results, shutting_down());
+      .then([call, wait, timeout_ms, acquired,
+             failed](Result<CommandResult> r) mutable -> kj::Promise<LockOutcome> {
+        if (!r) return failed(r.error());
+        if (call->s->closed()) return failed(shutting_down());
         const auto& resp = std::get<storage::LockResponse>(r.value());
-        results.setLeaseId(call->lease);
-        if (resp.acquired) {
-          results.setAcquired(true);
-          results.setToken(resp.token);
-          results.setHandle(handle(resp.token));
-          return kj::READY_NOW;
+        if (resp.acquired) return acquired(resp.token);
+        if (!wait) {  // tryLock: held by someone else
+          LockOutcome out;
+          out.lease = call->lease;
+          return out;
         }
-        if (!wait) return kj::READY_NOW;  // tryLock: held by someone else
         // Queued: the replicated state hands us the lock (on_epoch), or we give up.
         call->queued = true;
         auto ready = [name = call->name,
@@ -623,20 +695,110 @@ kj::Promise<void> PrimService::lock(
           return std::nullopt;
         };
         return call->s->wait_for(&call->wait_id, ready, timeout_ms)
-            .then([call, ctx, handle,
-                   timeout_ms](kj::Maybe<int64_t> token) mutable -> kj::Promise<void> {
-              auto results = ctx.getResults();
+            .then([call, acquired, failed,
+                   timeout_ms](kj::Maybe<int64_t> token) mutable -> LockOutcome {
               KJ_IF_MAYBE (t, token) {
                 call->wait_id = 0;  // on_epoch removed it
-                results.setAcquired(true);
-                results.setToken(*t);
-                results.setHandle(handle(*t));
-                return kj::READY_NOW;
+                return acquired(*t);
               }
-              return fail(results,
-                          make_error(ErrorCode::timeout, "lock not acquired within " +
-                                                             std::to_string(timeout_ms) + " ms"));
+              return failed(make_error(ErrorCode::timeout, "lock not acquired within " +
+                                                               std::to_string(timeout_ms) + " ms"));
             });
+      });
+}
+
+kj::Promise<void> PrimService::lock(
+    capnp::CallContext<rpc::Keel::LockParams, rpc::Keel::LockResults> ctx) {
+  auto params = ctx.getParams();
+  LockArgs args;
+  args.name = to_string(params.getName());
+  args.lease = params.getLeaseId();
+  args.ttl_ms = params.getTtlMs();
+  args.wait = params.getWait();
+  args.timeout_ms = params.getTimeoutMs();
+  args.delay_ms = params.getDelayMs();
+  ctx.allowCancellation();  // a caller that goes away while queued gives up its place
+  return acquire_lock(std::move(args)).then([ctx](LockOutcome out) mutable {
+    auto results = ctx.getResults();
+    if (!out.ok) return (void)to_rpc(out.error, results.initError());
+    results.setLeaseId(out.lease);
+    if (out.handle.get() == nullptr) return;  // tryLock: held
+    results.setAcquired(true);
+    results.setToken(out.token);
+    results.setHandle(kj::mv(out.handle));
+  });
+}
+
+kj::Promise<void> PrimService::campaign(
+    capnp::CallContext<rpc::Keel::CampaignParams, rpc::Keel::CampaignResults> ctx) {
+  auto params = ctx.getParams();
+  const std::string name = to_string(params.getName());
+  const std::string value = to_string(params.getValue());
+  if (auto e = storage::validate(
+          storage::Command(storage::PutRequest{leader_key(name, 1), value, 0, false, false, false}),
+          limits_);
+      !e) {
+    return fail(ctx.getResults(), e.error());
+  }
+  LockArgs args;
+  args.name = election_lock(name);
+  args.lease = params.getLeaseId();
+  args.ttl_ms = params.getTtlMs();
+  args.wait = true;
+  args.timeout_ms = params.getTimeoutMs();
+  ctx.allowCancellation();  // a candidate that goes away leaves the queue
+  auto self = shared_from_this();
+  return acquire_lock(std::move(args))
+      .then([self, ctx, name, value](LockOutcome out) mutable -> kj::Promise<void> {
+        auto results = ctx.getResults();
+        if (!out.ok) return fail(results, out.error);
+        KEEL_ASSERT(out.handle.get() != nullptr, "a waiting lock call ends acquired or failed");
+        // Leader: publish the value on the leader key, fenced by the election lock's token.
+        const std::string key = leader_key(name, out.lease);
+        storage::PutRequest put{key, value, out.lease, false, false, false};
+        auto txn = fenced(std::move(put), *out.handle);
+        auto lock = kj::mv(out.handle);
+        const int64_t lease = out.lease;
+        return self->propose(std::move(txn))
+            .then([self, ctx, name, key, lease,
+                   lock = kj::mv(lock)](Result<CommandResult> r) mutable {
+              auto results = ctx.getResults();
+              if (!r) return (void)to_rpc(r.error(), results.initError());  // lock dropped
+              auto leader = results.initLeader();
+              leader.setName(as_data(name));
+              leader.setKey(as_data(key));
+              leader.setRevision(std::get<storage::TxnResponse>(r.value()).revision);
+              leader.setLease(lease);
+              results.setLeadership(kj::heap<LeadershipImpl>(self, key, kj::mv(lock)));
+            });
+      });
+}
+
+kj::Promise<void> PrimService::leader(
+    capnp::CallContext<rpc::Keel::LeaderParams, rpc::Keel::LeaderResults> ctx) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
+      .then([self = shared_from_this(), ctx](Status st) mutable {
+        auto results = ctx.getResults();
+        if (!st) return (void)to_rpc(st.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        const std::string name = to_string(ctx.getParams().getName());
+        auto none = make_error(ErrorCode::key_not_found, "election '" + name + "' has no leader");
+        auto lock = State::lock_info(self->reader(), election_lock(name));
+        if (!lock) return (void)to_rpc(lock.error(), results.initError());
+        if (!*lock || (*lock)->holder == 0) return (void)to_rpc(none, results.initError());
+        storage::RangeRequest rr;
+        rr.key = leader_key(name, (*lock)->holder);
+        auto r = self->reader().range(rr, self->limits_.max_response_bytes);
+        if (!r) return (void)to_rpc(r.error(), results.initError());
+        if (r->kvs.empty()) return (void)to_rpc(none, results.initError());  // not yet published
+        const auto& kv = r->kvs[0];
+        auto leader = results.initLeader();
+        leader.setName(as_data(name));
+        leader.setKey(as_data(kv.key));
+        leader.setRevision(kv.create_revision);
+        leader.setLease(kv.lease);
+        results.setValue(as_data(kv.value));
       });
 }
 

@@ -43,6 +43,8 @@ class Held {
   virtual void mark_lost() = 0;
 };
 
+class LockHandleImpl;
+
 class PrimService : public std::enable_shared_from_this<PrimService> {
  public:
   // `epoch` is published (by the node thread) whenever the primitives' rows change.
@@ -71,6 +73,10 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
       capnp::CallContext<rpc::Keel::CheckFenceParams, rpc::Keel::CheckFenceResults> ctx);
   kj::Promise<void> unlock(
       capnp::CallContext<rpc::Keel::UnlockParams, rpc::Keel::UnlockResults> ctx);
+  kj::Promise<void> campaign(
+      capnp::CallContext<rpc::Keel::CampaignParams, rpc::Keel::CampaignResults> ctx);
+  kj::Promise<void> leader(
+      capnp::CallContext<rpc::Keel::LeaderParams, rpc::Keel::LeaderResults> ctx);
   kj::Promise<void> sem_acquire(
       capnp::CallContext<rpc::Keel::SemAcquireParams, rpc::Keel::SemAcquireResults> ctx);
   kj::Promise<void> sem_release(
@@ -111,6 +117,24 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   // or nullptr after timeout_ms (0 = never).
   kj::Promise<kj::Maybe<int64_t>> wait_for(uint64_t* wait_id, Ready ready, int64_t timeout_ms);
   void cancel_wait(uint64_t wait_id) { waits_.erase(wait_id); }
+
+  struct LockArgs {
+    std::string name;
+    int64_t lease = 0;  // 0: a session lease of ttl_ms, owned by the handle
+    int64_t ttl_ms = 0;
+    bool wait = true;
+    int64_t timeout_ms = 0;
+    int64_t delay_ms = -1;
+  };
+  // A plain struct, not Result (GCC 12's false -Wmaybe-uninitialized in kj's ExceptionOr).
+  struct LockOutcome {
+    bool ok = true;
+    Error error;
+    int64_t lease = 0;
+    int64_t token = 0;
+    kj::Own<LockHandleImpl> handle;  // null when not acquired (tryLock)
+  };
+  kj::Promise<LockOutcome> acquire_lock(LockArgs args);
 
   kj::Promise<void> renew_loop();
   void renew_due();

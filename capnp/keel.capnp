@@ -290,6 +290,24 @@ interface SemHandle {
   lost @1 () -> (error :Error);
 }
 
+# An election's leader (etcd's v3election LeaderKey): `key` is name + "/" + the lease id in
+# hex, holding the leader's value, attached to its lease; `revision` is its put's.
+struct LeaderKey {
+  name @0 :Data;
+  key @1 :Data;
+  revision @2 :Int64;
+  lease @3 :Int64;
+}
+
+# Leadership won by campaign. Dropping it resigns (and revokes its own session lease).
+interface Leadership {
+  # Sets a new value while still the leader (fenced: refused once leadership is lost).
+  proclaim @0 (value :Data) -> (revision :Int64, error :Error);
+  resign @1 () -> (error :Error);
+  # Resolves when leadership is lost (lease ended, or resigned).
+  lost @2 () -> (error :Error);
+}
+
 # The bootstrap capability of every connection.
 interface Keel {
   range @0 (request :RangeRequest) -> (response :RangeResponse, error :Error);
@@ -337,4 +355,11 @@ interface Keel {
   semRelease @21 (name :Data, holderId :Text) -> (error :Error);
   # Linearizable. A semaphore nobody holds or waits for has max 0 and no holders.
   semHolders @22 (name :Data) -> (max :Int64, holders :List(SemHolder), waiters :List(SemHolder), error :Error);
+  # Elections: candidates queue FIFO (on a lock named "election/" + name); the winner's value
+  # is the key name + "/" + hex(lease). Blocks until leader or timeoutMs (0 = no limit).
+  # leaseId 0: a session lease of ttlMs bound to `leadership`.
+  campaign @23 (name :Data, value :Data, leaseId :Int64, ttlMs :Int64, timeoutMs :Int64)
+      -> (leadership :Leadership, leader :LeaderKey, error :Error);
+  # The current leader (linearizable); error keyNotFound when there is none.
+  leader @24 (name :Data) -> (leader :LeaderKey, value :Data, error :Error);
 }
