@@ -225,6 +225,10 @@ StatusInfo status_from_rpc(rpc::Status::Reader s) {
   out.cluster_time_ms = s.getClusterTimeMs();
   out.dropped_peer_msgs = s.getDroppedPeerMsgs();
   out.dropped_by_reason = s.getDroppedByReason();
+  out.leases_renewing = s.getLeasesRenewing();
+  out.renew_messages = s.getRenewMessages();
+  out.leases_renewed = s.getLeasesRenewed();
+  out.time_entries = s.getTimeEntries();
   if (s.hasError() && s.getError().getCode() != rpc::ErrorCode::OK)
     out.error = from_rpc(s.getError());
   return out;

@@ -37,7 +37,11 @@ struct StatusInfo {
   uint64_t cluster_time_ms = 0;    // leader-stamped cluster time as of applied_index
   uint64_t dropped_peer_msgs = 0;  // peer messages the Raft core refused
   std::string dropped_by_reason;
-  std::optional<Error> error;  // cluster_status(): the member did not answer
+  uint64_t leases_renewing = 0;  // leases this agent renews
+  uint64_t renew_messages = 0;   // batched renewal entries it proposed since start
+  uint64_t leases_renewed = 0;   // renewals they carried
+  uint64_t time_entries = 0;     // time entries it appended as leader
+  std::optional<Error> error;    // cluster_status(): the member did not answer
 };
 
 struct MemberInfo {

@@ -109,7 +109,11 @@ std::string status_json(const client::StatusInfo& st) {
          ",\"cluster_time_ms\":" + num(st.cluster_time_ms) +
          ",\"dropped_peer_msgs\":" + num(st.dropped_peer_msgs) +
          ",\"dropped_by_reason\":" + json_string(st.dropped_by_reason) +
-         ",\"revision\":" + num(st.revision) + ",\"compact_revision\":" + num(st.compact_revision) +
+         ",\"leases_renewing\":" + num(st.leases_renewing) +
+         ",\"renew_messages\":" + num(st.renew_messages) +
+         ",\"leases_renewed\":" + num(st.leases_renewed) +
+         ",\"time_entries\":" + num(st.time_entries) + ",\"revision\":" + num(st.revision) +
+         ",\"compact_revision\":" + num(st.compact_revision) +
          ",\"version\":" + json_string(st.version) + ",\"data_dir\":" + json_string(st.data_dir) +
          ",\"log_syncs\":" + num(st.log_syncs) + ",\"log_entries\":" + num(st.log_entries) +
          ",\"watchers\":" + num(st.watchers) + ",\"connections\":" + num(st.connections) +
@@ -138,6 +142,13 @@ void print_status(const client::StatusInfo& st, bool with_caller) {
       static_cast<long long>(st.compact_revision), static_cast<unsigned long long>(st.log_syncs),
       static_cast<unsigned long long>(st.log_entries), static_cast<unsigned long long>(st.watchers),
       static_cast<unsigned long long>(st.connections));
+  std::printf(
+      "leases_renewing: %llu\nrenew_messages: %llu\nleases_renewed: %llu\n"
+      "time_entries: %llu\n",
+      static_cast<unsigned long long>(st.leases_renewing),
+      static_cast<unsigned long long>(st.renew_messages),
+      static_cast<unsigned long long>(st.leases_renewed),
+      static_cast<unsigned long long>(st.time_entries));
   if (with_caller) {
     std::printf("you: uid %lld pid %lld\n", static_cast<long long>(st.peer_uid),
                 static_cast<long long>(st.peer_pid));

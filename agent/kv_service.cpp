@@ -278,6 +278,7 @@ class KeelImpl final : public rpc::Keel::Server {
     s.setClusterTimeMs(st.cluster_ms);
     s.setDroppedPeerMsgs(st.dropped_peer_msgs);
     s.setDroppedByReason(st.dropped_by_reason);
+    s.setTimeEntries(st.time_entries);
   }
 
   template <typename Builder>
@@ -290,6 +291,12 @@ class KeelImpl final : public rpc::Keel::Server {
     s.setPeerUid(peer_.uid);
     s.setPeerPid(peer_.pid);
     if (s_->engine_ == nullptr) return;
+    if (s_->prim_) {
+      auto ps = s_->prim_->stats();
+      s.setLeasesRenewing(ps.leases_renewing);
+      s.setRenewMessages(ps.renew_messages);
+      s.setLeasesRenewed(ps.leases_renewed);
+    }
     auto& store = s_->engine_->store();
     s.initHeader().setRevision(store.current_revision());
     s.setDataDir(s_->engine_->dir());

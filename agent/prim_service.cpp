@@ -419,6 +419,8 @@ void PrimService::renew_due() {
     req.ids.push_back(id);
   }
   if (req.ids.empty()) return;
+  renew_messages_++;
+  leases_renewed_ += req.ids.size();
   auto ids = req.ids;
   tasks_->add(propose(std::move(req)).then([this, ids, now](Result<CommandResult> r) {
     for (size_t i = 0; i < ids.size(); ++i) {

@@ -98,6 +98,12 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   void add_holder(Held* h) { holders_.insert(h); }
   void remove_holder(Held* h) { holders_.erase(h); }
   storage::Reader& reader() { return *reader_; }
+  struct Stats {
+    uint64_t leases_renewing = 0;
+    uint64_t renew_messages = 0;
+    uint64_t leases_renewed = 0;
+  };
+  Stats stats() const { return Stats{renewed_.size(), renew_messages_, leases_renewed_}; }
 
  private:
   struct Renewed {
@@ -158,6 +164,8 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   uint64_t next_wait_ = 1;
   std::set<Held*> holders_;
   int64_t seen_epoch_ = 0;
+  uint64_t renew_messages_ = 0;
+  uint64_t leases_renewed_ = 0;
   kj::Promise<void> renew_task_ = nullptr;
   kj::Promise<void> epoch_task_ = nullptr;
   kj::Own<kj::TaskSet> tasks_;

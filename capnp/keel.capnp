@@ -237,6 +237,11 @@ struct Status {
   clusterTimeMs @21 :UInt64 $Json.name("cluster_time_ms");  # cluster time as of applied_index
   droppedPeerMsgs @22 :UInt64 $Json.name("dropped_peer_msgs");  # refused by the Raft core
   droppedByReason @23 :Text $Json.name("dropped_by_reason");    # "reason=count ..."
+  # This agent's lease renewal (one batched message per lease.renew_tick_ms when any is due).
+  leasesRenewing @24 :UInt64 $Json.name("leases_renewing");     # leases it renews now
+  renewMessages @25 :UInt64 $Json.name("renew_messages");       # renewal entries it proposed
+  leasesRenewed @26 :UInt64 $Json.name("leases_renewed");       # lease renewals they carried
+  timeEntries @27 :UInt64 $Json.name("time_entries");           # time entries it appended as leader
 }
 
 struct Member {

@@ -787,6 +787,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     s.members = member_list();
     s.readies = stat_readies;
     s.proposals = stat_proposals;
+    s.time_entries = stat_time_entries;
     s.log_syncs = engine.stats().log_syncs;
     const raft::DroppedCounts& d = raw->dropped();
     s.dropped_peer_msgs = d.total();

@@ -108,6 +108,7 @@ struct NodeStatus {
   // raft::DroppedCounts), in total and as "reason=count ..." for the non-zero reasons.
   uint64_t dropped_peer_msgs = 0;
   std::string dropped_by_reason;
+  uint64_t time_entries = 0;         // time entries appended as leader (keep_time_moving)
   uint64_t snapshots_sent = 0;       // streams completed as sender
   uint64_t snapshots_installed = 0;  // streams installed as receiver
 };
