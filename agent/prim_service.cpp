@@ -435,7 +435,10 @@ void PrimService::renew_due() {
         it->second.last = now;
       }
     }
-    if (!r) spdlog::warn("lease renewal of {} leases failed: {}", ids.size(), r.error().message);
+    if (!r && r.error().code != ErrorCode::shutting_down) {
+      spdlog::warn("lease renewal of {} leases failed: {}; retried at the next tick", ids.size(),
+                   r.error().message);
+    }
   }));
 }
 

@@ -436,7 +436,11 @@ Status State::end_lease(int64_t id, bool expired, uint64_t now_ms, ApplyTxn& tx)
 Result<storage::CommandResult> State::apply(const storage::Command& command, uint64_t now_ms,
                                             ApplyTxn& tx) {
   using namespace storage;
-  changed_ = true;
+  // Grants and renewals never change who holds what (the agent re-reads its clients' locks
+  // on every epoch, so renewals, the most frequent command, must not move it).
+  if (!std::holds_alternative<LeaseGrantRequest>(command) &&
+      !std::holds_alternative<LeaseRenewRequest>(command))
+    changed_ = true;
   if (auto* g = std::get_if<LeaseGrantRequest>(&command)) {
     auto lease = read_lease(tx, g->id);
     if (!lease) return std::move(lease).error();

@@ -93,8 +93,9 @@ class State final : public storage::StateExtension {
   void rolled_back() override { changed_ = false; }
   Status reload(storage::ApplyTxn& tx) override;
   uint64_t next_deadline_ms() const override { return deadline_ms_.load(); }
-  // Counts committed batches that may have changed a lease or lock (any thread): the agent
-  // re-reads the locks its clients wait for or hold when it moves.
+  // Counts committed batches that may have changed who holds a lock or slot, or ended a
+  // lease (any thread; grants and renewals do not move it): the agent re-reads the locks
+  // its clients wait for or hold when it moves.
   int64_t epoch() const { return epoch_.load(); }
 
   // ---- reads from a replica (any thread, through its own Reader) ----

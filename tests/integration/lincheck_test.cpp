@@ -221,6 +221,13 @@ class Nemesis {
   Nemesis(KeelCluster& c, NetLab* lab, uint64_t seed)
       : c_(c), lab_(lab), one_way_(lab && NetLab::has_tc()), rng_(seed) {}
 
+  // Keeps why a restart failed (issue 6: one soak saw it once, with no log left to read).
+  void restart_failed(int m) {
+    std::string log = c_.member(m).log();
+    if (log.size() > 4000) log = "..." + log.substr(log.size() - 4000);
+    failures.push_back("restart of " + c_.name(m) + " failed; its log ends:\n" + log);
+  }
+
   void run(const std::atomic<bool>& stop) {
     while (!stop) {
       // Partitions only with network namespaces (last in the enum).
@@ -234,7 +241,7 @@ class Nemesis {
         pause(hold, stop);
         const bool ok = c_.start(victim);
         note("restart " + c_.name(victim) + (ok ? "" : " FAILED"));
-        if (!ok) failures.push_back("restart of " + c_.name(victim) + " failed");
+        if (!ok) restart_failed(victim);
       } else if (kind == Fault::stop) {
         note("SIGSTOP " + c_.name(victim));
         ::kill(c_.member(victim).pid(), SIGSTOP);
@@ -255,7 +262,7 @@ class Nemesis {
         for (int m : {victim, second}) {
           const bool ok = c_.start(m);
           note("restart " + c_.name(m) + (ok ? "" : " FAILED"));
-          if (!ok) failures.push_back("restart of " + c_.name(m) + " failed");
+          if (!ok) restart_failed(m);
         }
       } else if (kind == Fault::terminate) {
         note("SIGTERM " + c_.name(victim));
@@ -269,7 +276,7 @@ class Nemesis {
         pause(hold, stop);
         const bool ok = c_.start(victim);
         note("restart " + c_.name(victim) + (ok ? "" : " FAILED"));
-        if (!ok) failures.push_back("restart of " + c_.name(victim) + " failed");
+        if (!ok) restart_failed(victim);
       } else {
         auto how = NetLab::Cut::both;
         const auto dice = rng_() % 4;
