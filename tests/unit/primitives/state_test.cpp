@@ -788,5 +788,101 @@ TEST_CASE("semaphore: the same holder id asking again gets its own slot, on its 
   CHECK(holder_ids(s) == Strs{"host2"});
 }
 
+// The invariants the primitives promise, checked after every entry of a random workload
+// (one entry per apply, as a follower applies a log). The simulator of the Raft core proves
+// every replica applies the same committed entries; this proves what those entries do.
+TEST_CASE(
+    "invariants: after every entry, one token per holder, ever increasing; slots <= max; "
+    "a lease ends exactly at its last acknowledged renewal + ttl",
+    "[primitives][invariants]") {
+  for (uint64_t seed : {11u, 12u, 13u, 14u}) {
+    INFO("seed " << seed);
+    std::mt19937_64 rng(seed);
+    PStore s;
+    std::map<int64_t, uint64_t> expiry;                         // lease -> when it must end (model)
+    std::map<std::string, std::pair<int64_t, int64_t>> holder;  // lock -> (lease, token)
+    int64_t max_token = 0;
+    uint64_t now = 1000;
+    for (int step = 0; step < 600; ++step) {
+      INFO("step " << step);
+      now += rng() % 120;
+      const auto lease = static_cast<int64_t>(1 + rng() % 6);
+      const std::string name(1, static_cast<char>('a' + rng() % 2));
+      std::optional<Command> c;
+      switch (rng() % 10) {
+        case 0:
+          c = LeaseGrantRequest{lease, static_cast<int64_t>(200 + rng() % 800)};
+          break;
+        case 1:
+        case 2:
+          c = LeaseRenewRequest{{lease}};
+          break;
+        case 3:
+          c = LeaseRevokeRequest{lease};
+          break;
+        case 4:
+        case 5:
+          c = LockRequest{name, lease, rng() % 2 == 0, static_cast<int64_t>(rng() % 2 * 150)};
+          break;
+        case 6:
+          c = UnlockRequest{name, lease};
+          break;
+        case 7:
+        case 8:
+          c = SemAcquireRequest{"s", 2, lease, "h" + std::to_string(rng() % 4), "", true};
+          break;
+        default:
+          c = SemReleaseRequest{"s", "h" + std::to_string(rng() % 4)};
+      }
+      auto r = s.at(now, *c);
+      const uint64_t t = s.store().applied_cluster_ms();
+      if (r.ok()) {
+        if (auto* g = std::get_if<LeaseGrantRequest>(&*c)) expiry[g->id] = t + g->ttl_ms;
+        if (auto* n = std::get_if<LeaseRenewResponse>(&r.value()); n && n->ttl_ms.at(0) > 0) {
+          auto& e = expiry.at(lease);
+          e = std::max(e, t + static_cast<uint64_t>(n->ttl_ms[0]));
+        }
+        if (std::holds_alternative<LeaseRevokeRequest>(*c)) expiry.erase(lease);
+      }
+      // Leases: alive exactly while the cluster time is before the model's expiry.
+      for (auto it = expiry.begin(); it != expiry.end();) {
+        const bool alive = s.lease(it->first).has_value();
+        if (t < it->second) {
+          CHECK(alive);  // never early
+        } else {
+          CHECK_FALSE(alive);  // never late: expired at the entry whose stamp reached it
+        }
+        it = alive ? std::next(it) : expiry.erase(it);
+      }
+      for (const auto& id : s.leases())
+        CHECK(expiry.count(id) == 1);  // nothing alive that the model ended
+      // Locks: a new holder always has a token above every token handed out before.
+      for (const std::string n : {"a", "b"}) {
+        auto l = s.lock_of(n);
+        if (!l || l->holder == 0) {
+          holder.erase(n);
+          continue;
+        }
+        CHECK(expiry.count(l->holder) == 1);  // held by a live lease only
+        auto [it, fresh] = holder.try_emplace(n, l->holder, l->token);
+        if (fresh || it->second != std::make_pair(l->holder, l->token)) {
+          CHECK(l->token > max_token);
+          it->second = {l->holder, l->token};
+        }
+        max_token = std::max(max_token, l->token);
+      }
+      // Semaphore: never more holders than max; every holder's lease alive.
+      if (auto sem = must(State::semaphore_info(*s.rd, "s"))) {
+        CHECK(static_cast<int64_t>(sem->holders.size()) <= sem->max);
+        for (const auto& h : sem->holders)
+          CHECK(expiry.count(h.lease) == 1);
+        if (static_cast<int64_t>(sem->holders.size()) < sem->max)
+          CHECK(sem->waiters.empty());  // a free slot is never left while someone waits
+      }
+    }
+    CHECK(max_token > 4);  // the workload did hand locks around
+  }
+}
+
 }  // namespace
 }  // namespace keel::primitives
