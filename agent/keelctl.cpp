@@ -877,7 +877,11 @@ int main(int argc, char** argv) {
       if (elect_listen) {
         // Observe: the leader now, then every value a leader publishes (a new leader's key or
         // a proclaim), in revision order.
-        int64_t from = 0;
+        // With no leader now, watch from the revision read before asking, so a leader
+        // elected in between is not missed.
+        auto before = c->status();
+        if (!before) return report(before.error());
+        int64_t from = before->revision + 1;
         auto now = c->leader(elect_name);
         if (now) {
           print(now->first.key, now->second);

@@ -115,11 +115,9 @@ class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
     s_->remove_holder(this);
     if (own_lease_) {
       s_->release(lease_, /*revoke=*/true);  // the lock passes on with the lease
-    } else if (!lost_) {
+    } else if (!is_lost()) {
       s_->propose_detached(storage::UnlockRequest{name_, lease_});
     }
-    for (auto& w : lost_waiters_)
-      w->fulfill();
   }
 
   const std::string& name() const { return name_; }
@@ -130,19 +128,11 @@ class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
     if (!lock) return true;  // cannot tell: asked again at the next change
     return *lock && (*lock)->holder == lease_ && (*lock)->token == token_;
   }
-  // The replicated state no longer names this holder.
-  void mark_lost() override {
-    if (lost_) return;
-    lost_ = true;
-    for (auto& w : lost_waiters_)
-      w->fulfill();
-    lost_waiters_.clear();
-  }
 
  protected:
   kj::Promise<void> unlock(UnlockContext ctx) override {
     if (s_->closed()) return fail(ctx.getResults(), shutting_down());
-    if (lost_) {
+    if (is_lost()) {
       return fail(ctx.getResults(),
                   make_error(ErrorCode::lock_not_held, "lock '" + name_ + "' with token " +
                                                            std::to_string(token_) +
@@ -159,15 +149,8 @@ class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
     // unless the call allows cancellation: without this a dead client's handle, and so its
     // lock, would live on.
     ctx.allowCancellation();
+    if (s_->closed()) return kj::READY_NOW;
     return when_lost();
-  }
-
- public:
-  kj::Promise<void> when_lost() {
-    if (lost_ || s_->closed()) return kj::READY_NOW;
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    lost_waiters_.push_back(kj::mv(paf.fulfiller));
-    return kj::mv(paf.promise);
   }
 
  private:
@@ -176,8 +159,6 @@ class LockHandleImpl final : public rpc::LockHandle::Server, public Held {
   int64_t lease_;
   int64_t token_;
   bool own_lease_;
-  bool lost_ = false;
-  std::vector<kj::Own<kj::PromiseFulfiller<void>>> lost_waiters_;
 };
 
 std::string election_lock(const std::string& name) {
@@ -263,11 +244,9 @@ class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
     s_->remove_holder(this);
     if (own_lease_) {
       s_->release(lease_, /*revoke=*/true);  // the slot ends with the lease
-    } else if (!lost_) {
-      s_->propose_detached(storage::SemReleaseRequest{name_, holder_id_});
+    } else if (!is_lost()) {
+      s_->propose_detached(storage::SemReleaseRequest{name_, holder_id_, lease_});
     }
-    for (auto& w : lost_waiters_)
-      w->fulfill();
   }
 
   bool still_held(storage::Reader& reader) override {
@@ -279,24 +258,17 @@ class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
     }
     return false;
   }
-  void mark_lost() override {
-    if (lost_) return;
-    lost_ = true;
-    for (auto& w : lost_waiters_)
-      w->fulfill();
-    lost_waiters_.clear();
-  }
 
  protected:
   kj::Promise<void> release(ReleaseContext ctx) override {
     if (s_->closed()) return fail(ctx.getResults(), shutting_down());
-    if (lost_) {
+    if (is_lost()) {
       return fail(ctx.getResults(),
                   make_error(ErrorCode::lock_not_held,
                              "holder '" + holder_id_ + "' no longer holds a slot of semaphore '" +
                                  name_ + "' through this handle"));
     }
-    return s_->propose(storage::SemReleaseRequest{name_, holder_id_})
+    return s_->propose(storage::SemReleaseRequest{name_, holder_id_, lease_})
         .then([this, ctx](Result<CommandResult> r) mutable {
           if (!r) return (void)to_rpc(r.error(), ctx.getResults().initError());
           mark_lost();
@@ -304,10 +276,8 @@ class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
   }
   kj::Promise<void> lost(LostContext ctx) override {
     ctx.allowCancellation();  // see LockHandleImpl::lost
-    if (lost_ || s_->closed()) return kj::READY_NOW;
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    lost_waiters_.push_back(kj::mv(paf.fulfiller));
-    return kj::mv(paf.promise);
+    if (s_->closed()) return kj::READY_NOW;
+    return when_lost();
   }
 
  private:
@@ -316,8 +286,6 @@ class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
   std::string holder_id_;
   int64_t lease_;
   bool own_lease_;
-  bool lost_ = false;
-  std::vector<kj::Own<kj::PromiseFulfiller<void>>> lost_waiters_;
 };
 
 // ---- the service ----
@@ -524,6 +492,30 @@ kj::Promise<Result<int64_t>> PrimService::grant(int64_t ttl_ms) {
       });
 }
 
+// A command whose reply is only its error (validated here, before it is replicated).
+template <typename Context>
+kj::Promise<void> PrimService::propose_only(Context ctx, storage::Command command) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  if (auto st = storage::validate(command, limits_); !st) return fail(ctx.getResults(), st.error());
+  return propose(std::move(command)).then([ctx](Result<CommandResult> r) mutable {
+    if (!r) to_rpc(r.error(), ctx.getResults().initError());
+  });
+}
+
+// A linearizable read: once this replica has applied a read index confirmed by a quorum,
+// read(self, results) answers from it.
+template <typename Context, typename Read>
+kj::Promise<void> PrimService::after_read_index(Context ctx, Read read) {
+  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
+  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
+      .then([self = shared_from_this(), ctx, read = std::move(read)](Status st) mutable {
+        auto results = ctx.getResults();
+        if (!st) return (void)to_rpc(st.error(), results.initError());
+        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
+        read(*self, ctx.getParams(), results);
+      });
+}
+
 kj::Promise<void> PrimService::lease_grant(
     capnp::CallContext<rpc::Keel::LeaseGrantParams, rpc::Keel::LeaseGrantResults> ctx) {
   if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
@@ -542,49 +534,34 @@ kj::Promise<void> PrimService::lease_grant(
 
 kj::Promise<void> PrimService::lease_revoke(
     capnp::CallContext<rpc::Keel::LeaseRevokeParams, rpc::Keel::LeaseRevokeResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  storage::Command c = storage::LeaseRevokeRequest{ctx.getParams().getId()};
-  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
-  return propose(std::move(c)).then([ctx](Result<CommandResult> r) mutable {
-    if (!r) to_rpc(r.error(), ctx.getResults().initError());
-  });
+  return propose_only(ctx, storage::LeaseRevokeRequest{ctx.getParams().getId()});
 }
 
 kj::Promise<void> PrimService::lease_time_to_live(
     capnp::CallContext<rpc::Keel::LeaseTimeToLiveParams, rpc::Keel::LeaseTimeToLiveResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
   // Linearizable: the replica has applied everything acknowledged before the call.
-  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
-      .then([self = shared_from_this(), ctx](Status st) mutable {
-        auto results = ctx.getResults();
-        if (!st) return (void)to_rpc(st.error(), results.initError());
-        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
-        const int64_t id = ctx.getParams().getId();
-        auto info = State::lease_info(self->reader(), id, ctx.getParams().getKeys());
-        if (!info) return (void)to_rpc(info.error(), results.initError());
-        if (!*info) {
-          return (void)to_rpc(
-              make_error(ErrorCode::lease_not_found, "lease " + std::to_string(id) + " not found"),
-              results.initError());
-        }
-        fill_info(**info, results.initInfo());
-      });
+  return after_read_index(ctx, [](PrimService& self, auto params, auto results) {
+    const int64_t id = params.getId();
+    auto info = State::lease_info(self.reader(), id, params.getKeys());
+    if (!info) return (void)to_rpc(info.error(), results.initError());
+    if (!*info) {
+      return (void)to_rpc(
+          make_error(ErrorCode::lease_not_found, "lease " + std::to_string(id) + " not found"),
+          results.initError());
+    }
+    fill_info(**info, results.initInfo());
+  });
 }
 
 kj::Promise<void> PrimService::lease_list(
     capnp::CallContext<rpc::Keel::LeaseListParams, rpc::Keel::LeaseListResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
-      .then([self = shared_from_this(), ctx](Status st) mutable {
-        auto results = ctx.getResults();
-        if (!st) return (void)to_rpc(st.error(), results.initError());
-        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
-        auto ids = State::list_leases(self->reader());
-        if (!ids) return (void)to_rpc(ids.error(), results.initError());
-        auto list = results.initIds(ids->size());
-        for (size_t i = 0; i < ids->size(); ++i)
-          list.set(i, (*ids)[i]);
-      });
+  return after_read_index(ctx, [](PrimService& self, auto, auto results) {
+    auto ids = State::list_leases(self.reader());
+    if (!ids) return (void)to_rpc(ids.error(), results.initError());
+    auto list = results.initIds(ids->size());
+    for (size_t i = 0; i < ids->size(); ++i)
+      list.set(i, (*ids)[i]);
+  });
 }
 
 kj::Promise<void> PrimService::lease_keep_alive(
@@ -610,6 +587,33 @@ kj::Promise<void> PrimService::lease_keep_alive(
       });
 }
 
+namespace {
+
+// One lock or semaphore call's loose ends: whatever way the call ends without handing out a
+// handle (an error, a timeout, or the caller going away, which cancels the call), its place
+// in the queue goes (`leave`) and the agent's own lease for it is revoked. A grant still in
+// flight at that moment completes unseen; that lease is not renewed and ends after its TTL.
+struct PendingAcquire {
+  std::shared_ptr<PrimService> s;
+  int64_t lease = 0;  // once known
+  bool own = false;   // the agent granted `lease` for this call
+  bool handed = false;
+  uint64_t wait_id = 0;
+  std::optional<storage::Command> leave;  // set once queued with the caller's own lease
+  ~PendingAcquire() {
+    if (handed || s->closed()) return;
+    if (wait_id != 0) s->cancel_wait(wait_id);
+    if (lease == 0) return;
+    if (own) {
+      s->release(lease, /*revoke=*/true);
+    } else if (leave) {
+      s->propose_detached(std::move(*leave));
+    }
+  }
+};
+
+}  // namespace
+
 kj::Promise<PrimService::LockOutcome> PrimService::acquire_lock(LockArgs args) {
   auto failed = [](Error e) {
     LockOutcome out;
@@ -632,28 +636,8 @@ kj::Promise<PrimService::LockOutcome> PrimService::acquire_lock(LockArgs args) {
       storage::LockRequest{args.name, args.lease > 0 ? args.lease : 1, args.wait, delay_ms};
   if (auto st = storage::validate(probe, limits_); !st) return failed(st.error());
 
-  // One lock call's loose ends: whatever way the call ends without handing out a handle
-  // (an error, a timeout, or the caller going away, which cancels the call), its place in
-  // the queue goes and the agent's own lease for it is revoked. A grant still in flight at
-  // that moment completes unseen; that lease is not renewed and ends after its TTL.
-  struct LockCall {
-    std::shared_ptr<PrimService> s;
+  struct LockCall : PendingAcquire {
     std::string name;
-    int64_t lease = 0;
-    bool own = false;
-    bool queued = false;
-    bool handed = false;
-    uint64_t wait_id = 0;
-    ~LockCall() {
-      if (handed || s->closed()) return;
-      if (wait_id != 0) s->cancel_wait(wait_id);
-      if (lease == 0) return;
-      if (own) {
-        s->release(lease, /*revoke=*/true);
-      } else if (queued) {
-        s->propose_detached(storage::UnlockRequest{name, lease});
-      }
-    }
   };
   auto call = std::make_shared<LockCall>();
   call->s = shared_from_this();
@@ -692,7 +676,7 @@ kj::Promise<PrimService::LockOutcome> PrimService::acquire_lock(LockArgs args) {
           return out;
         }
         // Queued: the replicated state hands us the lock (on_epoch), or we give up.
-        call->queued = true;
+        call->leave = storage::UnlockRequest{call->name, call->lease};
         auto ready = [name = call->name,
                       lease = call->lease](storage::Reader& rd) -> std::optional<int64_t> {
           auto lock = State::lock_info(rd, name);
@@ -781,30 +765,25 @@ kj::Promise<void> PrimService::campaign(
 
 kj::Promise<void> PrimService::leader(
     capnp::CallContext<rpc::Keel::LeaderParams, rpc::Keel::LeaderResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
-      .then([self = shared_from_this(), ctx](Status st) mutable {
-        auto results = ctx.getResults();
-        if (!st) return (void)to_rpc(st.error(), results.initError());
-        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
-        const std::string name = to_string(ctx.getParams().getName());
-        auto none = make_error(ErrorCode::key_not_found, "election '" + name + "' has no leader");
-        auto lock = State::lock_info(self->reader(), election_lock(name));
-        if (!lock) return (void)to_rpc(lock.error(), results.initError());
-        if (!*lock || (*lock)->holder == 0) return (void)to_rpc(none, results.initError());
-        storage::RangeRequest rr;
-        rr.key = leader_key(name, (*lock)->holder);
-        auto r = self->reader().range(rr, self->limits_.max_response_bytes);
-        if (!r) return (void)to_rpc(r.error(), results.initError());
-        if (r->kvs.empty()) return (void)to_rpc(none, results.initError());  // not yet published
-        const auto& kv = r->kvs[0];
-        auto leader = results.initLeader();
-        leader.setName(as_data(name));
-        leader.setKey(as_data(kv.key));
-        leader.setRevision(kv.create_revision);
-        leader.setLease(kv.lease);
-        results.setValue(as_data(kv.value));
-      });
+  return after_read_index(ctx, [](PrimService& self, auto params, auto results) {
+    const std::string name = to_string(params.getName());
+    auto none = make_error(ErrorCode::key_not_found, "election '" + name + "' has no leader");
+    auto lock = State::lock_info(self.reader(), election_lock(name));
+    if (!lock) return (void)to_rpc(lock.error(), results.initError());
+    if (!*lock || (*lock)->holder == 0) return (void)to_rpc(none, results.initError());
+    storage::RangeRequest rr;
+    rr.key = leader_key(name, (*lock)->holder);
+    auto r = self.reader().range(rr, self.limits_.max_response_bytes);
+    if (!r) return (void)to_rpc(r.error(), results.initError());
+    if (r->kvs.empty()) return (void)to_rpc(none, results.initError());  // not yet published
+    const auto& kv = r->kvs[0];
+    auto leader = results.initLeader();
+    leader.setName(as_data(name));
+    leader.setKey(as_data(kv.key));
+    leader.setRevision(kv.create_revision);
+    leader.setLease(kv.lease);
+    results.setValue(as_data(kv.value));
+  });
 }
 
 kj::Promise<void> PrimService::sem_acquire(
@@ -828,25 +807,8 @@ kj::Promise<void> PrimService::sem_acquire(
   req.lease = given_lease > 0 ? given_lease : 1;  // validated before anything is granted
   if (auto st = storage::validate(storage::Command(req), limits_); !st)
     return fail(ctx.getResults(), st.error());
-  // As LockCall: whatever way the call ends without a handle, the queue place and the own
-  // lease go.
-  struct SemCall {
-    std::shared_ptr<PrimService> s;
+  struct SemCall : PendingAcquire {
     storage::SemAcquireRequest req;
-    bool own = false;
-    bool queued = false;
-    bool handed = false;
-    uint64_t wait_id = 0;
-    ~SemCall() {
-      if (handed || s->closed()) return;
-      if (wait_id != 0) s->cancel_wait(wait_id);
-      if (req.lease == 0) return;
-      if (own) {
-        s->release(req.lease, /*revoke=*/true);
-      } else if (queued) {
-        s->propose_detached(storage::SemReleaseRequest{req.name, req.holder_id});
-      }
-    }
   };
   ctx.allowCancellation();
   auto call = std::make_shared<SemCall>();
@@ -865,8 +827,8 @@ kj::Promise<void> PrimService::sem_acquire(
       .then([call, ttl_ms](Result<int64_t> id) mutable -> kj::Promise<Result<CommandResult>> {
         if (!id) return Result<CommandResult>(std::move(id).error());
         if (call->s->closed()) return Result<CommandResult>(shutting_down());
-        call->req.lease = *id;
-        if (call->own) call->s->retain(call->req.lease, ttl_ms);
+        call->req.lease = call->lease = *id;
+        if (call->own) call->s->retain(call->lease, ttl_ms);
         return call->s->propose(call->req);
       })
       .then([call, ctx, timeout_ms, handle](Result<CommandResult> r) mutable -> kj::Promise<void> {
@@ -882,7 +844,7 @@ kj::Promise<void> PrimService::sem_acquire(
           return kj::READY_NOW;
         }
         if (!call->req.wait) return kj::READY_NOW;  // every slot is taken
-        call->queued = true;
+        call->leave = storage::SemReleaseRequest{call->req.name, call->req.holder_id, call->lease};
         auto ready = [name = call->req.name, id = call->req.holder_id,
                       lease = call->req.lease](storage::Reader& rd) -> std::optional<int64_t> {
           auto sem = State::semaphore_info(rd, name);
@@ -911,66 +873,46 @@ kj::Promise<void> PrimService::sem_acquire(
 
 kj::Promise<void> PrimService::sem_release(
     capnp::CallContext<rpc::Keel::SemReleaseParams, rpc::Keel::SemReleaseResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  storage::Command c = storage::SemReleaseRequest{to_string(ctx.getParams().getName()),
-                                                  ctx.getParams().getHolderId()};
-  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
-  return propose(std::move(c)).then([ctx](Result<CommandResult> r) mutable {
-    if (!r) to_rpc(r.error(), ctx.getResults().initError());
-  });
+  return propose_only(ctx, storage::SemReleaseRequest{to_string(ctx.getParams().getName()),
+                                                      ctx.getParams().getHolderId()});
 }
 
 kj::Promise<void> PrimService::sem_holders(
     capnp::CallContext<rpc::Keel::SemHoldersParams, rpc::Keel::SemHoldersResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
-      .then([self = shared_from_this(), ctx](Status st) mutable {
-        auto results = ctx.getResults();
-        if (!st) return (void)to_rpc(st.error(), results.initError());
-        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
-        auto sem = State::semaphore_info(self->reader(), to_string(ctx.getParams().getName()));
-        if (!sem) return (void)to_rpc(sem.error(), results.initError());
-        if (!*sem) return;
-        results.setMax((*sem)->max);
-        auto fill = [](const std::vector<primitives::SemSlot>& from, auto list) {
-          for (size_t i = 0; i < from.size(); ++i) {
-            list[i].setHolderId(from[i].holder_id);
-            list[i].setLeaseId(from[i].lease);
-            list[i].setSinceMs(from[i].since_ms);
-            list[i].setMetadata(as_data(from[i].metadata));
-          }
-        };
-        fill((*sem)->holders, results.initHolders((*sem)->holders.size()));
-        fill((*sem)->waiters, results.initWaiters((*sem)->waiters.size()));
-      });
+  return after_read_index(ctx, [](PrimService& self, auto params, auto results) {
+    auto sem = State::semaphore_info(self.reader(), to_string(params.getName()));
+    if (!sem) return (void)to_rpc(sem.error(), results.initError());
+    if (!*sem) return;
+    results.setMax((*sem)->max);
+    auto fill = [](const std::vector<primitives::SemSlot>& from, auto list) {
+      for (size_t i = 0; i < from.size(); ++i) {
+        list[i].setHolderId(from[i].holder_id);
+        list[i].setLeaseId(from[i].lease);
+        list[i].setSinceMs(from[i].since_ms);
+        list[i].setMetadata(as_data(from[i].metadata));
+      }
+    };
+    fill((*sem)->holders, results.initHolders((*sem)->holders.size()));
+    fill((*sem)->waiters, results.initWaiters((*sem)->waiters.size()));
+  });
 }
 
 kj::Promise<void> PrimService::check_fence(
     capnp::CallContext<rpc::Keel::CheckFenceParams, rpc::Keel::CheckFenceResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  return from_node<Status>(*node_, [](node::Node& n, auto done) { n.read_index(std::move(done)); })
-      .then([self = shared_from_this(), ctx](Status st) mutable {
-        auto results = ctx.getResults();
-        if (!st) return (void)to_rpc(st.error(), results.initError());
-        if (self->closed()) return (void)to_rpc(shutting_down(), results.initError());
-        const std::string name = to_string(ctx.getParams().getName());
-        auto lock = State::lock_info(self->reader(), name);
-        if (!lock) return (void)to_rpc(lock.error(), results.initError());
-        const int64_t current = *lock && (*lock)->holder != 0 ? (*lock)->token : 0;
-        results.setCurrentToken(current);
-        results.setValid(current != 0 && current == ctx.getParams().getToken());
-      });
+  return after_read_index(ctx, [](PrimService& self, auto params, auto results) {
+    const std::string name = to_string(params.getName());
+    auto lock = State::lock_info(self.reader(), name);
+    if (!lock) return (void)to_rpc(lock.error(), results.initError());
+    const int64_t current = *lock && (*lock)->holder != 0 ? (*lock)->token : 0;
+    results.setCurrentToken(current);
+    results.setValid(current != 0 && current == params.getToken());
+  });
 }
 
 kj::Promise<void> PrimService::unlock(
     capnp::CallContext<rpc::Keel::UnlockParams, rpc::Keel::UnlockResults> ctx) {
-  if (node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-  storage::Command c =
-      storage::UnlockRequest{to_string(ctx.getParams().getName()), ctx.getParams().getLeaseId()};
-  if (auto st = storage::validate(c, limits_); !st) return fail(ctx.getResults(), st.error());
-  return propose(std::move(c)).then([ctx](Result<CommandResult> r) mutable {
-    if (!r) to_rpc(r.error(), ctx.getResults().initError());
-  });
+  return propose_only(ctx, storage::UnlockRequest{to_string(ctx.getParams().getName()),
+                                                  ctx.getParams().getLeaseId()});
 }
 
 }  // namespace keel::agent

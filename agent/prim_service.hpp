@@ -27,6 +27,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "agent/config.hpp"
 #include "agent/watch_hub.hpp"
@@ -38,9 +39,30 @@ namespace keel::agent {
 // longer names it (PrimService::on_epoch).
 class Held {
  public:
-  virtual ~Held() = default;
+  virtual ~Held() { wake(); }
   virtual bool still_held(storage::Reader& reader) = 0;
-  virtual void mark_lost() = 0;
+  bool is_lost() const { return lost_; }
+  // The replicated state no longer names this holder (or it let go): wakes when_lost().
+  void mark_lost() {
+    lost_ = true;
+    wake();
+  }
+  // Resolves once lost (at once if it already is).
+  kj::Promise<void> when_lost() {
+    if (lost_) return kj::READY_NOW;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    waiters_.push_back(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }
+
+ private:
+  void wake() {
+    for (auto& w : waiters_)
+      w->fulfill();
+    waiters_.clear();
+  }
+  bool lost_ = false;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> waiters_;
 };
 
 class LockHandleImpl;
@@ -95,6 +117,7 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   kj::Promise<Result<storage::CommandResult>> propose(storage::Command command);
   // Runs a proposal in the background (its outcome is logged, not returned).
   void propose_detached(storage::Command command);
+  void cancel_wait(uint64_t wait_id) { waits_.erase(wait_id); }
   void add_holder(Held* h) { holders_.insert(h); }
   void remove_holder(Held* h) { holders_.erase(h); }
   storage::Reader& reader() { return *reader_; }
@@ -122,7 +145,6 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   // Registers a wait (its id in *wait_id, for cancel_wait); resolves with ready()'s value,
   // or nullptr after timeout_ms (0 = never).
   kj::Promise<kj::Maybe<int64_t>> wait_for(uint64_t* wait_id, Ready ready, int64_t timeout_ms);
-  void cancel_wait(uint64_t wait_id) { waits_.erase(wait_id); }
 
   struct LockArgs {
     std::string name;
@@ -141,6 +163,11 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
     kj::Own<LockHandleImpl> handle;  // null when not acquired (tryLock)
   };
   kj::Promise<LockOutcome> acquire_lock(LockArgs args);
+
+  template <typename Context>
+  kj::Promise<void> propose_only(Context ctx, storage::Command command);
+  template <typename Context, typename Read>
+  kj::Promise<void> after_read_index(Context ctx, Read read);
 
   kj::Promise<void> renew_loop();
   void renew_due();

@@ -312,7 +312,7 @@ Result<storage::CommandResult> State::sem_release(const storage::SemReleaseReque
   std::vector<int64_t> touched;
   for (auto* list : {&sem.holders, &sem.waiters}) {
     for (auto it = list->begin(); it != list->end();) {
-      if (it->holder_id == q.holder_id) {
+      if (it->holder_id == q.holder_id && (q.lease == 0 || it->lease == q.lease)) {
         touched.push_back(it->lease);
         it = list->erase(it);
       } else {

@@ -318,6 +318,7 @@ std::string encode_command(const Command& command) {
     w.u8(kSemRelease);
     w.str(r.name);
     w.str(r.holder_id);
+    w.i64(r.lease);
   }
   return std::move(w.out);
 }
@@ -416,6 +417,7 @@ Result<Command> decode_command(std::string_view bytes) {
       SemReleaseRequest r;
       r.name = p.str();
       r.holder_id = p.str();
+      r.lease = p.i64();
       command = std::move(r);
       break;
     }

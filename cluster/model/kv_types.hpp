@@ -219,9 +219,12 @@ struct SemAcquireResponse {
   int64_t revision = 0;
 };
 // Gives up holder_id's slot or place in the queue; lock_not_held when it has neither.
+// lease != 0: only if held (or queued) with that lease, so a handle that outlived a rebind
+// of its holder id to a newer lease cannot release the newer slot.
 struct SemReleaseRequest {
   std::string name;
   std::string holder_id;
+  int64_t lease = 0;
   bool operator==(const SemReleaseRequest&) const = default;
 };
 struct SemReleaseResponse {

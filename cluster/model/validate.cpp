@@ -231,6 +231,7 @@ std::optional<Error> check_primitive(const Command& command, const Limits& limit
   }
   const auto& r = std::get<SemReleaseRequest>(command);
   KEEL_CHECK(check_lock_name("semaphore release", "name", r.name, limits));
+  KEEL_CHECK(check_non_negative("semaphore release", "lease", r.lease));
   return check_holder("semaphore release", r.holder_id);
 }
 

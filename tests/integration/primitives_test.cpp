@@ -25,102 +25,13 @@
 #include <thread>
 
 #include "cluster_harness.hpp"
+#include "proc.hpp"
 
 using namespace keel;
 using namespace keel::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A process left running in the background: keelctl holding or waiting for a lock, a watch.
-class Proc {
- public:
-  Proc(const std::vector<std::string>& args, const std::string& dir, const std::string& tag)
-      : out_path_(dir + "/" + tag + ".out"), err_path_(dir + "/" + tag + ".err") {
-    std::vector<std::string> full = args;
-    std::vector<char*> argv;
-    for (auto& a : full)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_ = fork();
-    if (pid_ == 0) {
-      int in = open("/dev/null", O_RDONLY);
-      int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      int err = open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(in, 0);
-      dup2(out, 1);
-      dup2(err, 2);
-      // Nothing of the test (e.g. a Client's socket) may live on in the child.
-      for (int fd = 3; fd < 1024; ++fd)
-        close(fd);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  static std::unique_ptr<Proc> keelctl(const std::string& socket,
-                                       const std::vector<std::string>& args,
-                                       const std::string& dir, const std::string& tag) {
-    std::vector<std::string> full = {KEELCTL_PATH, "--socket", socket};
-    full.insert(full.end(), args.begin(), args.end());
-    return std::make_unique<Proc>(full, dir, tag);
-  }
-  ~Proc() { kill9(); }
-  Proc(const Proc&) = delete;
-  Proc& operator=(const Proc&) = delete;
-
-  pid_t pid() const { return pid_; }
-  bool running() {
-    if (exited_) return false;
-    int raw = 0;
-    if (waitpid(pid_, &raw, WNOHANG) == pid_) {
-      exited_ = true;
-      status_ = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-      return false;
-    }
-    return true;
-  }
-  // The exit status once it has exited within the deadline.
-  std::optional<int> wait_exit(std::chrono::milliseconds deadline) {
-    const auto until = Clock::now() + deadline;
-    while (running()) {
-      if (Clock::now() >= until) return std::nullopt;
-      std::this_thread::sleep_for(5ms);
-    }
-    return status_;
-  }
-  void kill9() {
-    if (pid_ <= 0 || exited_) return;
-    ::kill(pid_, SIGKILL);
-    int raw = 0;
-    waitpid(pid_, &raw, 0);
-    exited_ = true;
-    status_ = 128 + SIGKILL;
-  }
-  void signal(int sig) {
-    if (!exited_) ::kill(pid_, sig);
-  }
-  std::string out() const { return read_file(out_path_); }
-  std::string err() const { return read_file(err_path_); }
-
- private:
-  std::string out_path_, err_path_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int status_ = -1;
-};
 
 struct Held {
   int64_t token = 0;
@@ -144,8 +55,7 @@ std::optional<Held> wait_held(Proc& p, const std::string& name,
 
 // Waits (bounded) until the replicated state shows a lease other than `except` that holds or
 // waits for lock `name` (a queued waiter's lock request is applied); returns that lease.
-std::optional<int64_t> wait_lease_on_lock(Keeld& member, const std::string& name,
-                                          int64_t except,
+std::optional<int64_t> wait_lease_on_lock(Keeld& member, const std::string& name, int64_t except,
                                           std::chrono::milliseconds deadline = 15s) {
   const auto until = Clock::now() + deadline;
   while (Clock::now() < until) {
@@ -266,11 +176,10 @@ TEST_CASE("kill -9 of a lock holder's client passes the lock to the next waiter 
   INFO("holder stderr: " << holder->err());
   REQUIRE(held);
   const std::string file = dir.path + "/waiter.txt";
-  auto waiter = Proc::keelctl(
-      b.socket(),
-      {"lock", "job", "--ttl", "30", "--", "sh", "-c", "echo got $KEEL_LOCK_TOKEN > " + file +
-                                                           "; exec sleep 60"},
-      dir.path, "waiter");
+  auto waiter = Proc::keelctl(b.socket(),
+                              {"lock", "job", "--ttl", "30", "--", "sh", "-c",
+                               "echo got $KEEL_LOCK_TOKEN > " + file + "; exec sleep 60"},
+                              dir.path, "waiter");
   // The waiter's lock request is in the queue before the holder dies.
   REQUIRE(wait_lease_on_lock(b, "job", held->lease));
   REQUIRE_FALSE(std::filesystem::exists(file));
@@ -302,17 +211,16 @@ TEST_CASE("kill -9 of the holder's agent passes the lock only after the lease TT
   const int x = r.followers[0], y = r.followers[1];
   const int64_t ttl_ms = 4000;
 
-  auto holder = Proc::keelctl(c.member(x).socket(), {"lock", "job", "--ttl", "4"}, dir.path,
-                              "holder");
+  auto holder =
+      Proc::keelctl(c.member(x).socket(), {"lock", "job", "--ttl", "4"}, dir.path, "holder");
   auto held = wait_held(*holder, "job");
   INFO("holder stderr: " << holder->err());
   REQUIRE(held);
   const std::string file = dir.path + "/waiter.txt";
-  auto waiter = Proc::keelctl(
-      c.member(y).socket(),
-      {"lock", "job", "--ttl", "30", "--", "sh", "-c", "echo got $KEEL_LOCK_TOKEN > " + file +
-                                                           "; exec sleep 60"},
-      dir.path, "waiter");
+  auto waiter = Proc::keelctl(c.member(y).socket(),
+                              {"lock", "job", "--ttl", "30", "--", "sh", "-c",
+                               "echo got $KEEL_LOCK_TOKEN > " + file + "; exec sleep 60"},
+                              dir.path, "waiter");
   REQUIRE(wait_lease_on_lock(c.member(y), "job", held->lease));
 
   // Kill X right after a renewal of the holder's lease has been applied (its remaining TTL
@@ -375,8 +283,8 @@ TEST_CASE("kill -9 of the leader keeps the lock's holder, token and remaining TT
   std::smatch m;
   REQUIRE(std::regex_search(grant.out, m, std::regex("\"id\":\"([0-9]+)\"")));
   const int64_t lease = std::stoll(m[1]);
-  auto holder = Proc::keelctl(fs, {"lock", "job", "--lease", std::to_string(lease)}, dir.path,
-                              "holder");
+  auto holder =
+      Proc::keelctl(fs, {"lock", "job", "--lease", std::to_string(lease)}, dir.path, "holder");
   auto held = wait_held(*holder, "job");
   INFO("holder stderr: " << holder->err());
   REQUIRE(held);
@@ -402,7 +310,7 @@ TEST_CASE("kill -9 of the leader keeps the lock's holder, token and remaining TT
       "the reads; new leader %s)\n",
       static_cast<long long>(*before), static_cast<long long>(*after), elapsed,
       c.name(*new_leader).c_str());
-  CHECK(*after < 60000);    // not reset to the full TTL
+  CHECK(*after < 60000);     // not reset to the full TTL
   CHECK(*after <= *before);  // nor renewed by the failover
   CHECK(*after >= *before - static_cast<int64_t>((elapsed + 2.0) * 1000));  // nor shortened
   CHECK(last.out.find("\"locks\":[\"job\"]") != std::string::npos);
@@ -434,8 +342,7 @@ TEST_CASE("kill -9 of the leader keeps the lock's holder, token and remaining TT
   keelctl(fs, {"lease", "revoke", std::to_string(lease)});
 }
 
-TEST_CASE("a write with a stale fencing token is rejected as fenced",
-          "[integration][primitives]") {
+TEST_CASE("a write with a stale fencing token is rejected as fenced", "[integration][primitives]") {
   TempDir dir;
   KeelCluster c(dir.path, 3);
   REQUIRE(c.start_all());
@@ -487,11 +394,10 @@ TEST_CASE("lock -- CMD stops a SIGTERM-ignoring command within the grace when th
   Roles r = roles(c);
   REQUIRE(r.leader >= 0);
   const std::string pidfile = dir.path + "/child.pid";
-  auto holder = Proc::keelctl(
-      c.member(r.followers[0]).socket(),
-      {"lock", "job", "--grace", "1", "--", "sh", "-c",
-       "trap '' TERM; echo $$ > " + pidfile + "; exec sleep 1000"},
-      dir.path, "holder");
+  auto holder = Proc::keelctl(c.member(r.followers[0]).socket(),
+                              {"lock", "job", "--grace", "1", "--", "sh", "-c",
+                               "trap '' TERM; echo $$ > " + pidfile + "; exec sleep 1000"},
+                              dir.path, "holder");
   auto pid_line = wait_line(pidfile, 15s);
   INFO("holder stderr: " << holder->err());
   REQUIRE(pid_line);
@@ -508,7 +414,8 @@ TEST_CASE("lock -- CMD stops a SIGTERM-ignoring command within the grace when th
   for (std::string line; std::getline(ids, line);) {
     if (line.empty() || !std::isdigit(static_cast<unsigned char>(line[0]))) continue;
     auto ttl = keelctl(other, {"lease", "timetolive", line});
-    if (ttl.status == 0 && ttl.out.find("lock job\n") != std::string::npos) lease = std::stoll(line);
+    if (ttl.status == 0 && ttl.out.find("lock job\n") != std::string::npos)
+      lease = std::stoll(line);
   }
   REQUIRE(lease != 0);
   const auto t0 = Clock::now();
@@ -579,8 +486,8 @@ TEST_CASE("lease expiry deletes its keys in one revision, seen by a watcher",
   REQUIRE(revs.size() == 2);
   CHECK(revs[0] == revs[1]);
   CHECK(std::stoll(revs[0]) > std::stoll(first_rev) + 1);  // after both puts
-  CHECK(out.find("\"ZXhwL2E=\"") != std::string::npos);  // base64 of exp/a
-  CHECK(out.find("\"ZXhwL2I=\"") != std::string::npos);  // base64 of exp/b
+  CHECK(out.find("\"ZXhwL2E=\"") != std::string::npos);    // base64 of exp/a
+  CHECK(out.find("\"ZXhwL2I=\"") != std::string::npos);    // base64 of exp/b
 
   auto ttl = keelctl(s, {"lease", "timetolive", lease});
   INFO("timetolive: " << ttl.out << ttl.err);

@@ -780,7 +780,9 @@ TEST_CASE("semaphore: the same holder id asking again gets its own slot, on its 
   auto again = s.ok<SemAcquireResponse>(3, sem_req("host1", 3, 1));
   CHECK(again.acquired);
   CHECK(again.holders == 1);
-  // The old lease no longer holds it: revoking it leaves host1's slot alone.
+  // The old lease no longer holds it: a release through it (an old handle) and revoking it
+  // both leave host1's slot alone.
+  CHECK(s.fails(4, SemReleaseRequest{"reboot", "host1", 1}) == ErrorCode::lock_not_held);
   s.revoke(4, 1);
   CHECK(holder_ids(s) == Strs{"host1"});
   CHECK(waiter_ids(s) == Strs{"host2"});
