@@ -17,6 +17,7 @@
 #include "cluster/node/wire.hpp"
 #include "cluster/storage/raft_storage.hpp"
 #include "cluster/transport/codec.hpp"
+#include "primitives/state.hpp"
 
 using namespace keel;
 using namespace keel::storage;
@@ -33,9 +34,11 @@ struct TempDir {
   ~TempDir() { std::filesystem::remove_all(path); }
 };
 
-std::unique_ptr<Engine> open_at(const std::filesystem::path& dir) {
+std::unique_ptr<Engine> open_at(const std::filesystem::path& dir,
+                                storage::StateExtension* extension = nullptr) {
   EngineOptions o;
   o.dir = dir.string();
+  o.extension = extension;
   o.cache_size_mb = 16;
   o.log_file_max_mb = 1;
   auto e = open_engine(o);
@@ -104,8 +107,14 @@ struct Cluster {
   std::vector<std::unique_ptr<Engine>> engines;
   std::vector<std::unique_ptr<node::Node>> nodes;
   std::vector<node::NodeOptions> options;
+  std::vector<std::unique_ptr<primitives::State>> states;  // with_primitives: outlive engines
 
-  explicit Cluster(int n, const std::function<void(node::NodeOptions&)>& tweak = {}) {
+  explicit Cluster(int n, const std::function<void(node::NodeOptions&)>& tweak = {},
+                   bool with_primitives = false) {
+    if (with_primitives) {
+      for (int i = 0; i < n; ++i)
+        states.push_back(std::make_unique<primitives::State>());
+    }
     const uint64_t cid = node::cluster_id_of("three");
     for (int i = 0; i < n; ++i) {
       std::string name = "m" + std::to_string(i);
@@ -125,7 +134,7 @@ struct Cluster {
       o.request_timeout_ms = 3000;
       if (tweak) tweak(o);
       options.push_back(o);
-      engines.push_back(open_at(root.path / o.name));
+      engines.push_back(open_at(root.path / o.name, with_primitives ? states[i].get() : nullptr));
       auto node = node::Node::open(*engines.back(), o);
       REQUIRE(node.ok());
       nodes.push_back(std::move(node).value());
@@ -136,6 +145,8 @@ struct Cluster {
   ~Cluster() {
     for (auto& nd : nodes)
       if (nd) nd->stop();
+    nodes.clear();
+    engines.clear();  // before the states they apply through
   }
   // Index of the member everyone agrees leads, or -1.
   int leader() const {
@@ -731,4 +742,78 @@ TEST_CASE("node wire formats round-trip and reject truncated input", "[node][wir
   CHECK(sb.members == s.members);
   for (size_t n = 0; n < resp.size(); ++n)
     CHECK_FALSE(node::wire::decode_status_response(resp.substr(0, n), &seq, &sb));
+}
+
+TEST_CASE(
+    "three members: leases and locks on cluster time through a leader change; time entries "
+    "end a lease with no other writes; every replica's primitives rows are identical",
+    "[node][cluster][primitives]") {
+  Cluster c(3, {}, /*with_primitives=*/true);
+  int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  const int f = (l + 1) % 3;
+  auto ok = [](Result<CommandResult> r) {
+    if (!r) FAIL(r.error().message);
+    return std::move(r).value();
+  };
+  // Lease 1 holds lock L; lease 2 (asked through a follower) queues behind it.
+  ok(propose_wait(*c.nodes[l], LeaseGrantRequest{1, 800}));
+  ok(propose_wait(*c.nodes[f], LeaseGrantRequest{2, 60000}));
+  auto first = std::get<LockResponse>(ok(propose_wait(*c.nodes[l], LockRequest{"L", 1, true, 0})));
+  REQUIRE(first.acquired);
+  auto queued = std::get<LockResponse>(ok(propose_wait(*c.nodes[f], LockRequest{"L", 2, true, 0})));
+  CHECK_FALSE(queued.acquired);
+  // The leader goes; lease 1 is renewed through the survivors for a while, then not.
+  c.nodes[l]->stop();
+  c.nodes[l].reset();
+  int l2 = -1;
+  REQUIRE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (c.nodes[i] && c.nodes[i]->status().role == "leader") l2 = i;
+        return l2 >= 0;
+      },
+      20s));
+  const int other = 3 - l - l2;
+  for (int i = 0; i < 5; ++i) {
+    auto r =
+        std::get<LeaseRenewResponse>(ok(propose_wait(*c.nodes[other], LeaseRenewRequest{{1}})));
+    CHECK(r.ttl_ms.at(0) == 800);  // still alive: renewed across the leader change
+    std::this_thread::sleep_for(200ms);
+  }
+  auto holder = [&](int i) {
+    auto rd = c.engines[i]->store().reader();
+    auto lock = primitives::State::lock_info(*rd, "L");
+    REQUIRE(lock.ok());
+    return lock->has_value() ? (*lock)->holder : 0;
+  };
+  CHECK(holder(other) == 1);
+  const uint64_t renewed_ms = c.engines[other]->store().applied_cluster_ms();
+  // No more writes: only the new leader's time entries move time, and they end lease 1;
+  // the lock passes to lease 2 with a greater token.
+  REQUIRE(eventually([&] { return holder(other) == 2; }, 10s));
+  CHECK(c.engines[other]->store().applied_cluster_ms() >= renewed_ms + 800 - 200);
+  // The old leader comes back and catches up: the same rows everywhere at the same index.
+  c.nodes[l] = std::move(node::Node::open(*c.engines[l], c.options[l])).value();
+  REQUIRE(c.nodes[l]->start(nullptr).ok());
+  auto dump = [&](int i) {
+    auto rd = c.engines[i]->store().reader();
+    auto rows = primitives::State::dump(*rd);
+    REQUIRE(rows.ok());
+    return *rows;
+  };
+  CHECK(eventually(
+      [&] {
+        const uint64_t index = c.engines[l2]->store().applied_index();
+        for (int i = 0; i < 3; ++i)
+          if (c.engines[i]->store().applied_index() != index) return false;
+        return dump(0) == dump(1) && dump(1) == dump(2);
+      },
+      10s));
+  auto rd = c.engines[l]->store().reader();
+  auto lock = primitives::State::lock_info(*rd, "L");
+  REQUIRE(lock.ok());
+  REQUIRE(lock->has_value());
+  CHECK((*lock)->holder == 2);
+  CHECK((*lock)->token > first.token);
 }
