@@ -102,8 +102,8 @@ int main(int argc, char** argv) {
 
   if (have_determinism) {
     g_seed = determinism;
-    const auto a = keel::sim::run_seed({determinism, nullptr, byzantine});
-    const auto b = keel::sim::run_seed({determinism, nullptr, byzantine});
+    const auto a = keel::sim::run_seed({determinism, nullptr, byzantine, nullptr});
+    const auto b = keel::sim::run_seed({determinism, nullptr, byzantine, nullptr});
     print_stats(determinism, a);
     if (!a.ok || !b.ok || a.trace_hash != b.trace_hash || a.stats.events != b.stats.events) {
       std::fprintf(stderr, "FAILED: seed %llu is not deterministic (%016llx vs %016llx) %s\n",
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
 
   if (have_seed) {
     g_seed = seed;
-    const auto r = keel::sim::run_seed({seed, trace ? stdout : nullptr, byzantine});
+    const auto r = keel::sim::run_seed({seed, trace ? stdout : nullptr, byzantine, nullptr});
     print_stats(seed, r);
     if (!r.ok) {
       std::fprintf(stderr, "FAILED seed %llu: %s\n", static_cast<unsigned long long>(seed),
@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
   uint64_t crashes_at[5] = {};
   for (uint64_t s = from; s < from + seeds; ++s) {
     g_seed = s;
-    const auto r = keel::sim::run_seed({s, nullptr, byzantine});
+    const auto r = keel::sim::run_seed({s, nullptr, byzantine, nullptr});
     acked += r.stats.acked_writes;
     reads += r.stats.reads_released;
     crashes += r.stats.crashes;

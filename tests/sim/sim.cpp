@@ -101,8 +101,9 @@ struct SimNode {
   uint64_t app_hash = 0;
   ConfState app_conf;
   uint64_t chain_base = 0;
-  std::vector<uint64_t> chain;  // chain[i - chain_base]: hash of the log prefix ending at i
-  uint64_t expected_drops = 0;  // corrupted messages this incarnation had to drop (counted)
+  std::vector<uint64_t> chain;          // chain[i - chain_base]: hash of the log prefix ending at i
+  uint64_t expected_drops = 0;          // corrupted messages this incarnation had to drop (counted)
+  std::unique_ptr<SimMachine> machine;  // SimOptions::machine's instance of this member
 };
 
 struct ReadReq {
@@ -116,7 +117,10 @@ class SimReady;
 class Sim {
  public:
   explicit Sim(const SimOptions& opt)
-      : opt_(opt), rng_(opt.seed), byz_rng_(opt.seed ^ 0xb12a47e5c0ffee11ULL) {}
+      : opt_(opt),
+        rng_(opt.seed),
+        byz_rng_(opt.seed ^ 0xb12a47e5c0ffee11ULL),
+        machine_rng_(opt.seed ^ 0x5eed0f9a1e5c0de5ULL) {}
   SimResult run();
 
  private:
@@ -180,6 +184,8 @@ class Sim {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> chain_of_;  // (index, term) -> prefix hash
   std::vector<uint64_t> applied_hash_{0};  // state machine hash after applying index i
   std::vector<uint64_t> applied_term_{0};
+  std::vector<uint64_t> machine_hash_{0};  // SimMachine::hash() after index i first applied
+  Rng machine_rng_;                        // the machine's client draws (own stream)
   std::map<uint64_t, ConfState> conf_at_;  // committed configurations by index
   std::map<uint64_t, uint64_t> acked_;     // write id -> index of first application
   uint64_t max_acked_index_ = 0;
@@ -279,6 +285,7 @@ SimNode& Sim::add_node(NodeId id, const ConfState& bootstrap) {
   SimNode& n = *node;
   n.tick_units = rng_.between(kUnitsPerTick - 1, kUnitsPerTick + 1);
   n.next_tick = now_ + rng_.between(1, n.tick_units);
+  if (opt_.machine) n.machine = opt_.machine();
   nodes_[id] = std::move(node);
   next_id_ = std::max(next_id_, id + 1);
   start(n);
@@ -323,6 +330,9 @@ void Sim::start(SimNode& n) {
     n.app_index = get_u64(snap->data, 0);
     n.app_hash = get_u64(snap->data, 8);
   }
+  // The machine restarts from what its snapshot carries (applied state is re-derived from
+  // the log above it, as keel's store would after losing what was not checkpointed).
+  if (n.machine) n.machine->reset(snap->meta.index == 0 ? std::string() : snap->data.substr(16));
   rebuild_chain(n);
   ev("start", n.id, n.raft->term(), n.raft->commit_index(), n.live.last_index());
   check_node(n);
@@ -586,6 +596,23 @@ void Sim::apply_entry(SimNode& n, const Entry& e) {
     if (!decode_conf_change(e.data, &cc, &n.app_conf, &has_result) || !has_result)
       fail("malformed conf change applied");
   }
+  if (n.machine) {
+    if (e.type == EntryType::normal && e.data.size() > 9 && e.data[0] == 'w') {
+      const std::string broken = n.machine->apply(e.data.substr(9));
+      if (!broken.empty())
+        fail("primitives at index " + std::to_string(e.index) + " on node " + std::to_string(n.id) +
+             ": " + broken);
+    }
+    const uint64_t mh = n.machine->hash();
+    if (e.index < machine_hash_.size()) {
+      if (machine_hash_[e.index] != mh)
+        fail("primitives: node " + std::to_string(n.id) + " reached a different state at " +
+             std::to_string(e.index) + " than the first member to apply it");
+    } else {
+      machine_hash_.resize(e.index + 1, 0);
+      machine_hash_[e.index] = mh;
+    }
+  }
   if (e.index < applied_hash_.size()) {
     if (applied_hash_[e.index] != n.app_hash) {
       fail("state machine safety: node " + std::to_string(n.id) + " applied a different entry at " +
@@ -623,6 +650,7 @@ void Sim::apply_entry(SimNode& n, const Entry& e) {
     }
   } else if (e.data.size() >= 9 && e.data[0] == 'w') {
     const uint64_t id = get_u64(e.data, 1);
+
     if (acked_.emplace(id, e.index).second) {
       max_acked_index_ = std::max(max_acked_index_, e.index);
       ++stats_.acked_writes;
@@ -641,6 +669,11 @@ void Sim::install_snapshot(SimNode& n, const Snapshot& s) {
   n.app_index = idx;
   n.app_hash = h;
   n.app_conf = s.meta.conf;
+  if (n.machine) {
+    n.machine->reset(s.data.substr(16));
+    if (idx < machine_hash_.size() && machine_hash_[idx] != n.machine->hash())
+      fail("primitives: the snapshot at " + std::to_string(idx) + " holds another state");
+  }
   ev("install_snap", n.id, idx);
 }
 
@@ -650,6 +683,7 @@ void Sim::maybe_snapshot(SimNode& n) {
   // The state machine reads applied conf changes, so app_conf is the configuration as of
   // app_index (what a real node would store with its snapshot).
   std::string data = put_u64(n.app_index) + put_u64(n.app_hash);
+  if (n.machine) data += n.machine->rows();
   const uint64_t compact_to = n.app_index > sw_.snapshot_keep ? n.app_index - sw_.snapshot_keep : 0;
   n.live.create_snapshot(n.app_index, n.app_conf, data, compact_to);
   n.durable.create_snapshot(n.app_index, n.app_conf, std::move(data), compact_to);
@@ -806,7 +840,12 @@ void Sim::clients() {
     SimNode* n = random_up(true);
     if (!n) break;
     const uint64_t id = next_write_++;
-    std::string data = "w" + put_u64(id) + std::string(rng_.below(48), 'x');
+    std::string data = "w" + put_u64(id);
+    if (n->machine) {
+      data += n->machine->propose(machine_rng_.next(), now_);
+    } else {
+      data += std::string(rng_.below(48), 'x');
+    }
     const auto r = n->raft->propose(std::move(data));
     ev("propose", n->id, id, static_cast<uint64_t>(r.status), r.index);
     process_ready(*n);

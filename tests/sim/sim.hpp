@@ -4,14 +4,34 @@
 // seed, so a failing seed replays exactly with --trace.
 #include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <string>
 
 namespace keel::sim {
+
+// A replicated state machine the simulator runs besides its own hash (keel's primitives:
+// tests/sim/prim_machine.cpp): each member has its own instance, fed the committed payloads
+// it applies, restarted from its snapshot's rows after a crash, replaced by them when it
+// installs a snapshot. After every first application of an index the simulator records
+// hash(); every later application of that index on any member must give the same hash.
+class SimMachine {
+ public:
+  virtual ~SimMachine() = default;
+  // A new client command's payload; `now` is the simulated clock (the entry's stamp).
+  virtual std::string propose(uint64_t random, uint64_t now) = 0;
+  virtual void reset(const std::string& rows) = 0;  // "" = the initial state
+  virtual std::string rows() const = 0;             // what a snapshot carries
+  // Applies one committed payload; returns the invariant it found violated, or "".
+  virtual std::string apply(const std::string& payload) = 0;
+  virtual uint64_t hash() const = 0;
+};
 
 struct SimOptions {
   uint64_t seed = 1;
   FILE* trace = nullptr;  // when set, one line per event
   int byzantine = -1;     // a corrupting peer: -1 drawn per seed (30%), 0 never, 1 always
+  std::function<std::unique_ptr<SimMachine>()> machine;  // none: the hash alone
 };
 
 struct SimStats {
