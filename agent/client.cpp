@@ -535,6 +535,44 @@ Result<std::pair<LeaderKey, std::string>> Client::leader(const std::string& name
       });
 }
 
+Status Client::observe(
+    const std::string& name,
+    const std::function<bool(const std::string& key, const std::string& value)>& on_leader) {
+  // With no leader now, watch from the revision read before asking, so a leader elected in
+  // between is not missed; with one, from after its value's revision.
+  auto before = status();
+  if (!before) return std::move(before).error();
+  int64_t from = before->revision + 1;
+  auto now =
+      call<std::pair<std::string, int64_t>>([&]() -> Result<std::pair<std::string, int64_t>> {
+        auto req = impl_->keel.leaderRequest();
+        req.setName(as_data(name));
+        auto resp = req.send().wait(impl_->io.waitScope);
+        if (auto st = status_of(resp); !st) return std::move(st).error();
+        if (!on_leader(agent::to_string(resp.getLeader().getKey()),
+                       agent::to_string(resp.getValue())))
+          return std::make_pair(std::string("stop"), int64_t{0});
+        return std::make_pair(std::string(), resp.getValueRevision());
+      });
+  if (now) {
+    if (now->first == "stop") return ok_status();
+    from = now->second + 1;
+  } else if (now.error().code != ErrorCode::key_not_found) {
+    return std::move(now).error();
+  }
+  WatchOptions wo;
+  wo.key = name + "/";
+  wo.range_end = storage::prefix_end(wo.key);
+  wo.start_revision = from;
+  wo.no_delete = true;
+  return watch(wo, [&](int64_t, const std::vector<storage::Event>& events) {
+    for (const auto& e : events) {
+      if (!on_leader(e.kv.key, e.kv.value)) return false;
+    }
+    return true;
+  });
+}
+
 Result<std::unique_ptr<SemHandle>> Client::sem_acquire(const std::string& name,
                                                        const SemOptions& o) {
   return call<std::unique_ptr<SemHandle>>([&]() -> Result<std::unique_ptr<SemHandle>> {

@@ -250,6 +250,12 @@ class Client {
                                                const CampaignOptions& options);
   // The current leader and its value; key_not_found when there is none.
   Result<std::pair<LeaderKey, std::string>> leader(const std::string& name);
+  // Observes an election: calls `on_leader(key, value)` for the leader now (if any), then
+  // for each value a leader publishes (a new leader, or a proclaim), once each, in order,
+  // until it returns false (ok) or the watch ends with an error.
+  Status observe(
+      const std::string& name,
+      const std::function<bool(const std::string& key, const std::string& value)>& on_leader);
   Result<int64_t> compact(int64_t revision, bool physical);  // returns the header revision
   Result<StatusInfo> status();
   // Every member's status, this member's first (an unreachable member has `error` set).

@@ -875,31 +875,9 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       };
       if (elect_listen) {
-        // Observe: the leader now, then every value a leader publishes (a new leader's key or
-        // a proclaim), in revision order.
-        // With no leader now, watch from the revision read before asking, so a leader
-        // elected in between is not missed.
-        auto before = c->status();
-        if (!before) return report(before.error());
-        int64_t from = before->revision + 1;
-        auto now = c->leader(elect_name);
-        if (now) {
-          print(now->first.key, now->second);
-          from = now->first.revision + 1;
-        } else if (now.error().code != ErrorCode::key_not_found) {
-          return report(now.error());
-        }
-        client::WatchOptions wo2;
-        wo2.key = elect_name + "/";
-        wo2.range_end = prefix_end(wo2.key);
-        wo2.start_revision = from;
-        wo2.no_delete = true;
-        std::string last;
-        auto st = c->watch(wo2, [&](int64_t, const std::vector<Event>& events) {
-          for (const auto& e : events) {
-            if (e.kv.mod_revision < from) continue;
-            print(e.kv.key, e.kv.value);
-          }
+        // Observe: the leader now, then every value a leader publishes, in order.
+        auto st = c->observe(elect_name, [&](const std::string& key, const std::string& value) {
+          print(key, value);
           return true;
         });
         if (!st) return report(st.error());

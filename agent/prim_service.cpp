@@ -783,6 +783,7 @@ kj::Promise<void> PrimService::leader(
     leader.setRevision(kv.create_revision);
     leader.setLease(kv.lease);
     results.setValue(as_data(kv.value));
+    results.setValueRevision(kv.mod_revision);
   });
 }
 

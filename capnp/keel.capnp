@@ -366,5 +366,5 @@ interface Keel {
   campaign @23 (name :Data, value :Data, leaseId :Int64, ttlMs :Int64, timeoutMs :Int64)
       -> (leadership :Leadership, leader :LeaderKey, error :Error);
   # The current leader (linearizable); error keyNotFound when there is none.
-  leader @24 (name :Data) -> (leader :LeaderKey, value :Data, error :Error);
+  leader @24 (name :Data) -> (leader :LeaderKey, value :Data, error :Error, valueRevision :Int64);
 }

@@ -583,3 +583,47 @@ TEST_CASE("kill -9 of a client revokes its session lease", "[integration][primit
   INFO("check-fence: " << fence.out << fence.err);
   CHECK(fence.status == 1);
 }
+
+TEST_CASE("a handle whose lock was taken away is told, and its unlock is a typed error",
+          "[integration][primitives]") {
+  TempDir dir;
+  KeelCluster c(dir.path, 3);
+  REQUIRE(c.start_all());
+  Roles r = roles(c);
+  REQUIRE(r.leader >= 0);
+  auto holder = c.member(r.followers[0]).client();
+  auto other = c.member(r.followers[1]).client();
+  REQUIRE(holder);
+  REQUIRE(other);
+  auto lease = holder->lease_grant(30000);
+  REQUIRE(lease.ok());
+  client::LockOptions lo;
+  lo.lease = (*lease)->id();
+  auto h = holder->lock("foreign", lo);
+  REQUIRE(h.ok());
+  REQUIRE(*h != nullptr);
+  auto lost = (*h)->wait_lost(100);
+  REQUIRE(lost.ok());
+  CHECK_FALSE(*lost);
+  // Someone else ends the holder's lease (an operator's `keelctl lease revoke`).
+  REQUIRE(other->lease_revoke((*lease)->id()).ok());
+  lost = (*h)->wait_lost(5000);
+  REQUIRE(lost.ok());
+  CHECK(*lost);  // told, without asking
+  auto unlock = (*h)->unlock();
+  REQUIRE_FALSE(unlock.ok());
+  CHECK(unlock.error().code == ErrorCode::lock_not_held);
+  CHECK(unlock.error().message.find("foreign") != std::string::npos);
+  auto info = (*lease)->info(false);
+  REQUIRE_FALSE(info.ok());
+  CHECK(info.error().code == ErrorCode::lease_not_found);
+  // The lock is free for the next holder, with a greater token.
+  auto lease2 = other->lease_grant(30000);
+  REQUIRE(lease2.ok());
+  lo.lease = (*lease2)->id();
+  lo.wait = false;
+  auto h2 = other->lock("foreign", lo);
+  REQUIRE(h2.ok());
+  REQUIRE(*h2 != nullptr);
+  CHECK((*h2)->token() > (*h)->token());
+}
