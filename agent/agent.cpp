@@ -131,6 +131,7 @@ Status Agent::start() {
 kj::Promise<void> Agent::shutdown(uint64_t deadline_ms) {
   p_->listener->stop();
   p_->hub->cancel_all(make_error(ErrorCode::shutting_down, "the agent is shutting down"));
+  p_->prim->stop();  // queued lock calls answer shutting_down instead of holding shutdown up
   p_->node->stop();  // finishes queued writes; their replies resolve below
   p_->service->stop_waiting_for_compaction();
   // Replies to canceled watchers and drained calls still need a few event-loop turns to be

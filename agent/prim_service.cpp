@@ -313,6 +313,15 @@ void PrimService::start() {
   epoch_task_ = epoch_loop().eagerlyEvaluate(nullptr);
 }
 
+void PrimService::stop() {
+  renew_task_ = nullptr;
+  stopping_ = true;
+  auto waits = std::move(waits_);
+  waits_.clear();
+  for (auto& [id, w] : waits)
+    w.acquired->fulfill(int64_t{-1});  // wait_for: -1 = shutting down
+}
+
 void PrimService::close() {
   renew_task_ = nullptr;
   epoch_task_ = nullptr;
@@ -448,6 +457,7 @@ void PrimService::on_epoch() {
 
 kj::Promise<kj::Maybe<int64_t>> PrimService::wait_for(uint64_t* wait_id, Ready ready,
                                                       int64_t timeout_ms) {
+  if (stopping_) return kj::Maybe<int64_t>(int64_t{-1});
   auto paf = kj::newPromiseAndFulfiller<int64_t>();
   *wait_id = next_wait_++;
   waits_.emplace(*wait_id, Wait{std::move(ready), kj::mv(paf.fulfiller)});
@@ -687,7 +697,8 @@ kj::Promise<PrimService::LockOutcome> PrimService::acquire_lock(LockArgs args) {
             .then([call, acquired, failed,
                    timeout_ms](kj::Maybe<int64_t> token) mutable -> LockOutcome {
               KJ_IF_MAYBE (t, token) {
-                call->wait_id = 0;  // on_epoch removed it
+                call->wait_id = 0;  // on_epoch (or stop) removed it
+                if (*t < 0) return failed(shutting_down());
                 return acquired(*t);
               }
               return failed(make_error(ErrorCode::timeout, "lock not acquired within " +
@@ -859,8 +870,9 @@ kj::Promise<void> PrimService::sem_acquire(
             .then([call, ctx, handle,
                    timeout_ms](kj::Maybe<int64_t> got) mutable -> kj::Promise<void> {
               auto results = ctx.getResults();
-              if (got != nullptr) {
+              KJ_IF_MAYBE (t, got) {
                 call->wait_id = 0;
+                if (*t < 0) return fail(results, shutting_down());
                 results.setAcquired(true);
                 results.setHandle(handle());
                 return kj::READY_NOW;

@@ -77,6 +77,9 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   PrimService& operator=(const PrimService&) = delete;
 
   void start();
+  // Shutdown begins: queued lock, semaphore and campaign calls end with shutting_down, and
+  // renewal stops (the leases live on for their TTL, as if the host had died).
+  void stop();
   void close();
 
   // The Keel methods (KvService's capability forwards them here).
@@ -191,6 +194,7 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   uint64_t next_wait_ = 1;
   std::set<Held*> holders_;
   int64_t seen_epoch_ = 0;
+  bool stopping_ = false;
   uint64_t renew_messages_ = 0;
   uint64_t leases_renewed_ = 0;
   kj::Promise<void> renew_task_ = nullptr;
