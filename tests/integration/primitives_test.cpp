@@ -627,3 +627,69 @@ TEST_CASE("a handle whose lock was taken away is told, and its unlock is a typed
   REQUIRE(*h2 != nullptr);
   CHECK((*h2)->token() > (*h)->token());
 }
+
+TEST_CASE("kill -9 of keelctl lock -- CMD stops its command and passes the lock on at once",
+          "[integration][primitives]") {
+  TempDir dir;
+  KeelCluster c(dir.path, 3);
+  REQUIRE(c.start_all());
+  Roles r = roles(c);
+  REQUIRE(r.leader >= 0);
+  const std::string pidfile = dir.path + "/child.pid";
+  auto holder = Proc::keelctl(c.member(r.followers[0]).socket(),
+                              {"lock", "job", "--ttl", "30", "--", "sh", "-c",
+                               "echo $$ > " + pidfile + "; exec sleep 1000"},
+                              dir.path, "holder");
+  auto pid_line = wait_line(pidfile, 15s);
+  INFO("holder stderr: " << holder->err());
+  REQUIRE(pid_line);
+  const pid_t child = std::stoi(*pid_line);
+  REQUIRE(group_alive(child));
+  auto waiter = Proc::keelctl(c.member(r.followers[1]).socket(), {"lock", "job", "--ttl", "30"},
+                              dir.path, "waiter");
+  REQUIRE(wait_lease_on_lock(c.member(r.followers[1]), "job", 0));
+  const auto t0 = Clock::now();
+  holder->kill9();  // keelctl dies: the kernel kills its command (PR_SET_PDEATHSIG)
+  while (group_alive(child) && Clock::now() < t0 + 5s)
+    std::this_thread::sleep_for(5ms);
+  const bool still_alive = group_alive(child);
+  CHECK_FALSE(still_alive);
+  // And the agent saw the connection close: the lock passes well before the 30 s TTL.
+  auto got = wait_held(*waiter, "job", 10s);
+  INFO("waiter stderr: " << waiter->err());
+  CHECK(got.has_value());
+  std::printf("primitives: keelctl killed -> command gone and lock passed in %.3f s\n",
+              seconds_since(t0));
+  if (still_alive) ::kill(-child, SIGKILL);
+}
+
+TEST_CASE("an agent renews at most limits.max_leases_per_agent leases: too_many_leases",
+          "[integration][primitives]") {
+  TempDir dir;
+  KeelCluster c(dir.path, 3,
+                std::string(KeelCluster::kFastRaft) + "[limits]\nmax_leases_per_agent = 2\n");
+  REQUIRE(c.start_all());
+  Roles r = roles(c);
+  REQUIRE(r.leader >= 0);
+  auto client = c.member(r.followers[0]).client();
+  REQUIRE(client);
+  auto a = client->lease_grant(30000);
+  auto b = client->lease_grant(30000);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  auto third = client->lease_grant(30000);
+  REQUIRE_FALSE(third.ok());
+  CHECK(third.error().code == ErrorCode::too_many_leases);
+  CHECK(third.error().message.find("limits.max_leases_per_agent") != std::string::npos);
+  // Another agent has its own budget; and once one is given up, this one grants again.
+  auto elsewhere = c.member(r.followers[1]).client();
+  REQUIRE(elsewhere);
+  CHECK(elsewhere->lease_grant(30000).ok());
+  a.value().reset();
+  bool granted = false;
+  for (int i = 0; i < 100 && !granted; ++i) {
+    granted = client->lease_grant(30000).ok();
+    if (!granted) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(granted);
+}
