@@ -220,7 +220,7 @@ TEST_CASE("lincheck: the violating key is named among linearizable ones", "[linc
   CHECK(r.ops[0] == 4);
 }
 
-TEST_CASE("lincheck: an exhausted budget is unknown, not ok; bad intervals are rejected",
+TEST_CASE("lincheck: an exhausted budget is unknown, not ok, bad intervals are rejected",
           "[lincheck]") {
   std::vector<Operation> h;
   for (uint64_t i = 0; i < 12; ++i)  // 12 concurrent puts, the first one last
@@ -362,7 +362,7 @@ bool make_stale(std::vector<Operation>& h, std::mt19937_64& rng, size_t* which) 
 
 }  // namespace
 
-TEST_CASE("lincheck: random linearizable histories pass; one stale read makes them fail",
+TEST_CASE("lincheck: random linearizable histories pass, one stale read makes them fail",
           "[lincheck]") {
   int perturbed = 0;
   for (uint64_t seed = 1; seed <= 300; ++seed) {

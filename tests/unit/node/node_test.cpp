@@ -224,7 +224,7 @@ TEST_CASE("one member: proposals from many threads are applied in one order and 
   CHECK(st.role == "leader");
 }
 
-TEST_CASE("one member: state and log survive a restart; the data dir refuses another cluster",
+TEST_CASE("one member: state and log survive a restart, the data dir refuses another cluster",
           "[node][recovery]") {
   TempDir dir;
   {
@@ -255,7 +255,7 @@ TEST_CASE("one member: state and log survive a restart; the data dir refuses ano
   (*node)->stop();
 }
 
-TEST_CASE("one member: a stopped node answers shutting_down; failed commands change nothing",
+TEST_CASE("one member: a stopped node answers shutting_down, failed commands change nothing",
           "[node]") {
   TempDir dir;
   auto engine = open_at(dir.path);
@@ -354,7 +354,7 @@ TEST_CASE("three members: every member's status over the peer connections", "[no
   CHECK(named);
 }
 
-TEST_CASE("three members: a stopping leader hands leadership over; no write is lost",
+TEST_CASE("three members: a stopping leader hands leadership over, no write is lost",
           "[node][cluster][transfer]") {
   Cluster c(3);
   const int l = c.wait_leader();
@@ -674,7 +674,7 @@ TEST_CASE(
   CHECK(t3 < t2 + 1000);  // not t2 + 1500 ms or more: the gap without a leader is not time
 }
 
-TEST_CASE("entries carry the leader's cluster time; version-1 entries still decode",
+TEST_CASE("entries carry the leader's cluster time, version-1 entries still decode",
           "[node][wire][clock]") {
   namespace w = node::wire;
   auto e = w::encode_entry({1, 2, 3}, "cmd");
@@ -745,8 +745,8 @@ TEST_CASE("node wire formats round-trip and reject truncated input", "[node][wir
 }
 
 TEST_CASE(
-    "three members: leases and locks on cluster time through a leader change; time entries "
-    "end a lease with no other writes; every replica's primitives rows are identical",
+    "three members: leases and locks on cluster time through a leader change, time entries "
+    "end a lease with no other writes, every replica's primitives rows are identical",
     "[node][cluster][primitives]") {
   Cluster c(3, {}, /*with_primitives=*/true);
   int l = c.wait_leader();

@@ -140,7 +140,7 @@ TEST_CASE("dump: State::dump returns every row of table:ext, in key order", "[pr
   CHECK(rows->size() == 6);  // t, L, E, K, H, C
 }
 
-TEST_CASE("lease: ends exactly at grant stamp + ttl; its keys go in one revision",
+TEST_CASE("lease: ends exactly at grant stamp + ttl, its keys go in one revision",
           "[primitives][lease]") {
   PStore s;
   s.grant(100, 7, 1000);
@@ -330,7 +330,7 @@ TxnRequest fenced_put(std::string lock, int64_t token, std::string key) {
   return t;
 }
 
-TEST_CASE("fence: only the current holder's token passes; a failed fence writes nothing",
+TEST_CASE("fence: only the current holder's token passes, a failed fence writes nothing",
           "[primitives][lock][fence]") {
   PStore s;
   s.grant(0, 1, 100000);
@@ -355,7 +355,7 @@ TEST_CASE("fence: only the current holder's token passes; a failed fence writes 
   CHECK(s.keys() == Strs{"x", "z"});
 }
 
-TEST_CASE("lock-delay: only after the holder's lease expires; not after revoke, unlock, delay 0",
+TEST_CASE("lock-delay: only after the holder's lease expires, not after revoke, unlock, delay 0",
           "[primitives][lock][delay]") {
   PStore s;
   s.grant(0, 1, 1000);  // expires at T = 1000
@@ -682,7 +682,7 @@ TEST_CASE("deadline: next_deadline_ms is the earliest expiry or lock-delay end",
   }
 }
 
-TEST_CASE("reopen: a new State rebuilds its deadline; rows survive", "[primitives][reopen]") {
+TEST_CASE("reopen: a new State rebuilds its deadline, rows survive", "[primitives][reopen]") {
   PStore s;
   s.grant(0, 1, 1000);
   s.grant(0, 2, 3000);
@@ -794,7 +794,7 @@ TEST_CASE("semaphore: the same holder id asking again gets its own slot, on its 
 // (one entry per apply, as a follower applies a log). The simulator of the Raft core proves
 // every replica applies the same committed entries; this proves what those entries do.
 TEST_CASE(
-    "invariants: after every entry, one token per holder, ever increasing; slots <= max; "
+    "invariants: after every entry, one token per holder, ever increasing, slots <= max, "
     "a lease ends exactly at its last acknowledged renewal + ttl",
     "[primitives][invariants]") {
   for (uint64_t seed : {11u, 12u, 13u, 14u}) {
