@@ -323,6 +323,7 @@ void PrimService::stop() {
 }
 
 void PrimService::close() {
+  background_.clear();
   renew_task_ = nullptr;
   epoch_task_ = nullptr;
   waits_.clear();  // their calls break: the agent is going away
@@ -342,9 +343,25 @@ kj::Promise<Result<CommandResult>> PrimService::propose(Command command) {
 
 void PrimService::propose_detached(Command command) {
   if (node_ == nullptr) return;
-  tasks_->add(propose(std::move(command)).then([](Result<CommandResult> r) {
-    if (!r) spdlog::debug("background primitive call: {}", r.error().message);
-  }));
+  // Bounded: a client that drops 100,000 session leases at once must not fill the node's
+  // proposal queue (raft.max_pending_proposals) and crowd out the renewals of everyone
+  // else; the rest wait here and go as earlier ones complete.
+  background_.push_back(std::move(command));
+  pump_background();
+}
+
+void PrimService::pump_background() {
+  while (node_ != nullptr && background_in_flight_ < kMaxBackgroundInFlight &&
+         !background_.empty()) {
+    Command c = std::move(background_.front());
+    background_.pop_front();
+    ++background_in_flight_;
+    tasks_->add(propose(std::move(c)).then([this](Result<CommandResult> r) {
+      if (!r) spdlog::debug("background primitive call: {}", r.error().message);
+      --background_in_flight_;
+      pump_background();
+    }));
+  }
 }
 
 void PrimService::retain(int64_t id, int64_t ttl_ms) {

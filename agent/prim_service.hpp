@@ -20,6 +20,7 @@
 #include <kj/timer.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -193,6 +194,12 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   std::map<uint64_t, Wait> waits_;
   uint64_t next_wait_ = 1;
   std::set<Held*> holders_;
+  // propose_detached's queue (unlocks and revokes of dropped handles), at most
+  // kMaxBackgroundInFlight proposals at a time.
+  static constexpr size_t kMaxBackgroundInFlight = 256;
+  void pump_background();
+  std::deque<storage::Command> background_;
+  size_t background_in_flight_ = 0;
   int64_t seen_epoch_ = 0;
   bool stopping_ = false;
   uint64_t renew_messages_ = 0;
