@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "cluster_harness.hpp"
+#include "lock_helpers.hpp"
 #include "proc.hpp"
 
 using namespace keel;
@@ -77,29 +78,6 @@ std::optional<Led> wait_leading(Proc& p, const std::string& name, const std::str
   return Led{(*m)[1], static_cast<int64_t>(std::stoull((*m)[2], nullptr, 16))};
 }
 
-// The leases (other than those in `except`) that hold or wait for lock `name`, as the
-// replicated state on `member` says; waits (bounded) until there is one.
-std::optional<int64_t> wait_lease_on_lock(Keeld& member, const std::string& name,
-                                          const std::set<int64_t>& except,
-                                          std::chrono::milliseconds deadline = 15s) {
-  const auto until = Clock::now() + deadline;
-  while (Clock::now() < until) {
-    if (auto c = member.client()) {
-      if (auto ids = c->lease_list()) {
-        for (int64_t id : *ids) {
-          if (except.count(id)) continue;
-          auto info = c->lease_time_to_live(id, false);
-          if (!info) continue;
-          for (const auto& l : info->locks)
-            if (l == name) return id;
-        }
-      }
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  return std::nullopt;
-}
-
 // "holder_id" -> lease of `sem holders NAME -w json` (holders only; waiters separately).
 struct SemView {
   int64_t max = 0;
@@ -142,21 +120,6 @@ std::string base64_decode(const std::string& in) {
     }
   }
   return out;
-}
-
-struct Roles {
-  int leader = -1;
-  std::vector<int> followers;
-};
-
-Roles roles(KeelCluster& c) {
-  Roles r;
-  auto l = c.wait_leader();
-  if (!l) return r;
-  r.leader = *l;
-  for (int i = 0; i < c.size(); ++i)
-    if (i != *l) r.followers.push_back(i);
-  return r;
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "cluster_harness.hpp"
+#include "lock_helpers.hpp"
 #include "proc.hpp"
 
 using namespace keel;
@@ -49,28 +50,6 @@ std::optional<Held> wait_held(Proc& p, const std::string& name,
     if (std::regex_search(out, m, line)) return Held{std::stoll(m[2]), std::stoll(m[3])};
     if (!p.running()) return std::nullopt;
     std::this_thread::sleep_for(10ms);
-  }
-  return std::nullopt;
-}
-
-// Waits (bounded) until the replicated state shows a lease other than `except` that holds or
-// waits for lock `name` (a queued waiter's lock request is applied); returns that lease.
-std::optional<int64_t> wait_lease_on_lock(Keeld& member, const std::string& name, int64_t except,
-                                          std::chrono::milliseconds deadline = 15s) {
-  const auto until = Clock::now() + deadline;
-  while (Clock::now() < until) {
-    if (auto c = member.client()) {
-      if (auto ids = c->lease_list()) {
-        for (int64_t id : *ids) {
-          if (id == except) continue;
-          auto info = c->lease_time_to_live(id, false);
-          if (!info) continue;
-          for (const auto& l : info->locks)
-            if (l == name) return id;
-        }
-      }
-    }
-    std::this_thread::sleep_for(20ms);
   }
   return std::nullopt;
 }
@@ -144,21 +123,6 @@ void stop_waiter(Proc& p) {
   if (!p.wait_exit(10s)) p.kill9();
 }
 
-struct Roles {
-  int leader = -1;
-  std::vector<int> followers;
-};
-
-Roles roles(KeelCluster& c) {
-  Roles r;
-  auto l = c.wait_leader();
-  if (!l) return r;
-  r.leader = *l;
-  for (int i = 0; i < c.size(); ++i)
-    if (i != *l) r.followers.push_back(i);
-  return r;
-}
-
 }  // namespace
 
 TEST_CASE("kill -9 of a lock holder's client passes the lock to the next waiter at once",
@@ -181,7 +145,7 @@ TEST_CASE("kill -9 of a lock holder's client passes the lock to the next waiter 
                                "echo got $KEEL_LOCK_TOKEN > " + file + "; exec sleep 60"},
                               dir.path, "waiter");
   // The waiter's lock request is in the queue before the holder dies.
-  REQUIRE(wait_lease_on_lock(b, "job", held->lease));
+  REQUIRE(wait_lease_on_lock(b, "job", {held->lease}));
   REQUIRE_FALSE(std::filesystem::exists(file));
 
   const auto t0 = Clock::now();
@@ -221,7 +185,7 @@ TEST_CASE("kill -9 of the holder's agent passes the lock only after the lease TT
                               {"lock", "job", "--ttl", "30", "--", "sh", "-c",
                                "echo got $KEEL_LOCK_TOKEN > " + file + "; exec sleep 60"},
                               dir.path, "waiter");
-  REQUIRE(wait_lease_on_lock(c.member(y), "job", held->lease));
+  REQUIRE(wait_lease_on_lock(c.member(y), "job", {held->lease}));
 
   // Kill X right after a renewal of the holder's lease has been applied (its remaining TTL
   // went up), so the lease's end is ~TTL after the kill and the lower bound below is exact
@@ -647,7 +611,7 @@ TEST_CASE("kill -9 of keelctl lock -- CMD stops its command and passes the lock 
   REQUIRE(group_alive(child));
   auto waiter = Proc::keelctl(c.member(r.followers[1]).socket(), {"lock", "job", "--ttl", "30"},
                               dir.path, "waiter");
-  REQUIRE(wait_lease_on_lock(c.member(r.followers[1]), "job", 0));
+  REQUIRE(wait_lease_on_lock(c.member(r.followers[1]), "job", {}));
   const auto t0 = Clock::now();
   holder->kill9();  // keelctl dies: the kernel kills its command (PR_SET_PDEATHSIG)
   while (group_alive(child) && Clock::now() < t0 + 5s)
