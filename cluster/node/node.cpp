@@ -13,6 +13,7 @@
 #include <thread>
 #include <utility>
 
+#include "cluster/node/relay.hpp"
 #include "cluster/node/wire.hpp"
 #include "cluster/raft/driver.hpp"
 #include "cluster/raft/raft.hpp"
@@ -58,7 +59,7 @@ NodeId member_id_of(uint64_t cluster_id, const std::string& name) {
   return id == 0 ? 1 : id;
 }
 
-struct Node::Impl final : raft::ReadyHandler, transport::Handler {
+struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   struct Queued {
     storage::Command command;
     std::string encoded;
@@ -194,6 +195,35 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   bool pump_posted = false;
   int fresh_campaign_ticks = 0;  // see start(): a fresh cluster's first campaign is repeated
 
+  // ---- the relay tree (relay.hpp; "Relay" below) ----
+  std::unique_ptr<RelayHub> relay;  // feeds this agent's learner children
+  // Learners that send this voter writes and reads without being its children (by id: when
+  // last heard), so their addresses are forgotten when they go quiet.
+  std::map<NodeId, Clock::time_point> foreign_peers;
+  // A learner agent's (opt.relay_learner) link up the tree.
+  struct Upstream {
+    NodeId parent = 0;
+    std::vector<NodeId> path;  // parent first, a voter last
+    Clock::time_point heard, not_ok_since, next_report, next_round, resubscribed;
+    NodeId trying = 0;  // asked to be fed, no answer yet
+    Clock::time_point try_deadline;
+    std::deque<Member> candidates;  // voters first, then the children that full parents named
+    std::set<NodeId> tried;
+    wire::RelayEntries header;  // the parent's last view of the cluster (no entries)
+  } up;
+  std::deque<raft::Entry> ring;  // a learner's last applied entries, for its own children
+  size_t ring_bytes = 0;
+  // A learner's writes handed to a voter: the encoded entry until the voter says it was
+  // proposed (then the write completes when applied here, like a forwarded one). `sent`:
+  // in flight to a voter; otherwise it is sent (again) at the next tick: only a write that
+  // is known NOT to be proposed is ever sent again, so none is applied twice.
+  struct Unacked {
+    std::string data;
+    bool sent = false;
+  };
+  std::map<uint64_t, Unacked> relay_unacked;  // by seq
+  uint64_t stat_relay_resubscribes = 0;
+
   // ---- bootstrap -------------------------------------------------------------------------
   Status open() {
     auto ident = log.identity();
@@ -224,9 +254,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       for (const auto& m : opt.initial_members) {
         if (m.id == opt.id) self_listed = true;
         initial.push_back(m);
-        if (!opt.join_existing) conf.voters.push_back(m.id);
+        if (!opt.join_existing && !opt.relay_learner) conf.voters.push_back(m.id);
       }
-      if (!self_listed) {
+      if (!self_listed && !opt.relay_learner) {
         return err(ErrorCode::invalid_argument,
                    "--initial-cluster does not name this member (--name " + opt.name + ")");
       }
@@ -274,6 +304,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     std::random_device rd;
     nonce = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ mix64(opt.id);
 
+    if (opt.relay_learner) {
+      members.erase(opt.id);  // a learner is not a member; initial_members names the voters
+      update_members_roles();
+      publish_status();
+      return ok_status();
+    }
     raft::Config cfg;
     cfg.id = opt.id;
     cfg.storage = &log;
@@ -369,10 +405,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   }
 
   void update_members_roles() {
-    const auto& conf = raw ? raw->conf_state() : applied_conf;
     for (auto& [id, m] : members)
-      m.learner = conf.is_learner(id);
+      m.learner = conf().is_learner(id);
   }
+  // The configuration as the core sees it (a learner agent has no core: as applied).
+  const raft::ConfState& conf() const { return raw ? raw->conf_state() : applied_conf; }
 
   // ---- thread entry points -------------------------------------------------------------
   Status start() {
@@ -387,7 +424,24 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     for (const auto& [id, m] : members) {
       if (id != opt.id && !m.peer_address.empty()) transport->set_peer(id, m.peer_address);
     }
+    RelayOptions ro;
+    ro.fanout = opt.relay_fanout;
+    ro.heartbeat_ms = opt.relay_heartbeat_ms;
+    ro.timeout_ms = opt.relay_timeout_ms;
+    ro.batch_bytes = opt.relay_batch_bytes;
+    ro.window_bytes = opt.relay_window_bytes;
+    ro.snapshot_chunk_bytes = opt.snapshot_chunk_bytes;
+    ro.snapshot_window_chunks = opt.snapshot_window_chunks;
+    relay = std::make_unique<RelayHub>(opt.id, ro, *this);
     work.emplace(io.get_executor());
+    if (!raw) {
+      asio::post(io, [this] {
+        learner_tick(Clock::now());
+        schedule_tick();
+      });
+      thread = std::thread([this] { io.run(); });
+      return ok_status();
+    }
     // A fresh cluster: the lowest-id voter campaigns at once instead of waiting out an
     // election timeout, so a new cluster elects in one round trip (the others wait their
     // randomized timeout, so no split vote). A single voter always campaigns at once.
@@ -412,6 +466,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     tick_timer.expires_after(std::chrono::milliseconds(opt.tick_ms));
     tick_timer.async_wait([this](const asio::error_code& ec) {
       if (ec) return;
+      if (!raw) {
+        learner_tick(Clock::now());
+        if (stop_requested) check_stop();
+        if (work) schedule_tick();
+        return;
+      }
       raw->tick();
       if (fresh_campaign_ticks > 0) {
         --fresh_campaign_ticks;
@@ -424,6 +484,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       expire(Clock::now());
       expire_snapshots(Clock::now());
       keep_time_moving();
+      expire_foreign_peers(Clock::now());
+      relay->tick(Clock::now());
       pump();
       if (stop_requested) check_stop();
       if (work) schedule_tick();
@@ -434,7 +496,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   // command whose only effect is its stamp, so leases end on time without other writes.
   // Origin seq 0 never matches a pending proposal (next_seq starts at 1).
   void keep_time_moving() {
-    if (raw->role() != raft::Role::leader || time_entry_index > applied || failed || removed)
+    if (!raw || raw->role() != raft::Role::leader || time_entry_index > applied || failed ||
+        removed)
       return;
     const uint64_t deadline = store.next_deadline_ms();
     if (deadline == UINT64_MAX) return;
@@ -532,6 +595,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       return complete(std::move(done), bytes, removed_error());
     }
     if (failed) return complete(std::move(done), bytes, *failed);
+    if (!raw) return learner_submit(seq, std::move(data), std::move(done), bytes, now);
     if (raw->role() == raft::Role::leader) wire::stamp_entry(&data, cluster_now());
     auto r = raw->propose(data);
     switch (r.status) {
@@ -569,7 +633,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   }
 
   void retry_waiting() {
-    if (waiting.empty() || raw->leader() == raft::kNoNode) return;
+    if (waiting.empty() || !raw || raw->leader() == raft::kNoNode) return;
     std::deque<Waiting> w;
     w.swap(waiting);
     const auto now = Clock::now();
@@ -668,6 +732,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
 
   void issue_reads() {
     if (reads_unsent.empty()) return;
+    if (!raw) return learner_issue_reads();
     if (raw->leader() == raft::kNoNode) return;  // wait for one (expire() bounds it)
     std::string ctx = std::to_string(nonce) + "/" + std::to_string(next_read_ctx++);
     auto r = raw->read_index(ctx);
@@ -689,6 +754,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   void change(MemberChange kind, const std::string& name, const std::string& addr,
               std::function<void(Result<std::vector<Member>>)> done) {
     if (removed) return done(removed_error());
+    if (!raw) {
+      return done(err(ErrorCode::invalid_argument,
+                      "this agent is a learner (role = learner), not a Raft member: change "
+                      "membership through a voter"));
+    }
     const NodeId id = member_id_of(opt.cluster_id, name);
     Member m;
     m.id = id;
@@ -754,11 +824,13 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
 
   std::vector<Member> member_list() const {
     std::vector<Member> out;
-    const auto& conf = raw->conf_state();
+    const auto& c = conf();
+    // A learner agent that has applied no configuration yet knows the voters it was given.
+    const bool all = !raw && c.voters.empty();
     for (const auto& [id, m] : members) {
-      if (!conf.contains(id)) continue;
+      if (!all && !c.contains(id)) continue;
       Member x = m;
-      x.learner = conf.is_learner(id);
+      x.learner = c.is_learner(id);
       out.push_back(std::move(x));
     }
     return out;
@@ -770,6 +842,26 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     s.cluster_id = opt.cluster_id;
     s.id = opt.id;
     s.name = opt.name;
+    s.relay_children = relay ? relay->child_count() : 0;
+    if (relay) s.learners = relay->subtree();
+    if (!raw) {
+      s.role = "learner";
+      s.leader = up.header.leader;
+      s.term = up.header.term;
+      s.commit_index = std::max(up.header.commit, applied);
+      s.applied_index = applied;
+      s.last_index = applied;
+      s.revision = store.current_revision();
+      s.cluster_ms = store.applied_cluster_ms();
+      s.members = member_list();
+      s.proposals = stat_proposals;
+      s.upstream = up.parent;
+      s.upstream_path = up.path;
+      s.lag_entries = s.commit_index - applied;
+      s.lag_ms = up.header.cluster_ms > s.cluster_ms ? up.header.cluster_ms - s.cluster_ms : 0;
+      s.snapshots_installed = stat_snapshots_installed;
+      return s;
+    }
     if (removed) {
       s.role = "removed";
     } else if (raw->conf_state().is_learner(opt.id)) {
@@ -851,7 +943,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
 
   // ---- transport::Handler --------------------------------------------------------------
   void on_message(raft::Message m) override {
-    if (removed) return;
+    if (removed || !raw) return;  // a learner agent is fed by the relay, never by the core
     if (m.type == raft::MessageType::snap) return on_snapshot_message(std::move(m));
     if (m.type == raft::MessageType::prop &&
         (raw->role() != raft::Role::leader || m.log_term != raw->term())) {
@@ -882,6 +974,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     });
   }
   void on_unreachable(NodeId peer) override {
+    if (!raw) {
+      // The parent's connection is gone (it died, or stopped reading): attach elsewhere now
+      // rather than after relay.timeout_ms.
+      if (peer == up.parent) detach("the connection to it was lost");
+      return;
+    }
     raw->report_unreachable(peer);
     // A chunk of a running snapshot transfer was dropped with the connection: the transfer
     // cannot finish, so the core may start a new one now rather than after the timeout.
@@ -892,6 +990,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   }
   void on_app(NodeId from, std::string payload) override {
     auto kind = wire::app_kind(payload);
+    if (kind && *kind >= wire::AppKind::relay_subscribe) return on_relay_app(from, *kind, payload);
     if (kind == wire::AppKind::status_request) {
       uint64_t seq = 0;
       if (!wire::decode_status_request(payload, &seq)) return;
@@ -928,7 +1027,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         spdlog::warn("malformed snapshot acknowledgement from member {:x}; ignored", from);
         return;
       }
-      on_snapshot_ack(from, a);
+      if (relay->on_snapshot_ack(from, a, Clock::now())) return;
+      if (raw) on_snapshot_ack(from, a);
     } else if (kind == wire::AppKind::removed_notice) {
       uint64_t who = 0;
       if (!wire::decode_removed_notice(payload, &who) || who != opt.id || removed) return;
@@ -1104,7 +1204,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     const auto now = Clock::now();
     if (!snap_in || snap_in->from != from || snap_in->transfer != c.transfer) {
       if (c.seq != 0) return refuse("not the first chunk of a transfer this member knows");
-      if (raw->role() == raft::Role::leader) return refuse("this member is the leader");
+      if (raw && raw->role() == raft::Role::leader) return refuse("this member is the leader");
+      if (!raw && from != up.parent) return refuse("not from this learner's parent");
       snap_in.reset();  // a newer transfer replaces an unfinished one (its tables go)
       auto sink = store.snapshot_sink();
       if (!sink) return refuse(sink.error().message);
@@ -1199,7 +1300,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
 
   void expire_snapshots(Clock::time_point now) {
     const auto timeout = std::chrono::milliseconds(opt.snapshot_timeout_ms);
-    if (raw->role() != raft::Role::leader && !snaps_out.empty()) snaps_out.clear();
+    if (raw && raw->role() != raft::Role::leader && !snaps_out.empty()) snaps_out.clear();
     for (auto it = snaps_out.begin(); it != snaps_out.end();) {
       auto next = std::next(it);
       if (now - it->second.progress > timeout) {
@@ -1218,6 +1319,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
   }
 
   void report_snapshots() {
+    if (!raw) return;
     for (const auto& [to, ok] : snap_reports)
       raw->report_snapshot(to, ok);
     snap_reports.clear();
@@ -1301,6 +1403,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       if (d.origin.member != opt.id || d.origin.nonce != nonce) continue;
       auto it = pending.find(d.origin.seq);
       if (it == pending.end()) continue;
+      relay_unacked.erase(d.origin.seq);
       if (it->second.index) pending_by_index.erase(it->second.index);
       auto p = std::move(it->second);
       pending.erase(it);
@@ -1326,7 +1429,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     for (auto& [seq, fn] : conf_done)
       fn();
     if (on_applied) on_applied(store.current_revision());
-    if (applied > log.first_index() + 2 * opt.log_retain_entries) {
+    if (!raw) {
+      keep_in_ring(entries);
+    } else if (applied > log.first_index() + 2 * opt.log_retain_entries) {
       const uint64_t to = applied - opt.log_retain_entries;
       log.create_snapshot(applied, applied_conf, std::string(), to);
     }
@@ -1401,7 +1506,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
         auto timer = std::make_shared<asio::steady_timer>(io, std::chrono::seconds(2));
         const NodeId gone = cc.node;
         timer->async_wait([this, timer, gone](const asio::error_code& ec) {
-          if (!ec && transport && !raw->conf_state().contains(gone)) transport->remove_peer(gone);
+          if (!ec && transport && !conf().contains(gone)) transport->remove_peer(gone);
         });
       }
     } else if (has_ctx) {
@@ -1444,6 +1549,466 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     conf_waiters.clear();
   }
 
+  // ---- Relay (relay.hpp) ---------------------------------------------------------------
+  // Every agent feeds learner children through `relay`. A learner agent (no RawNode) also:
+  // attaches under a voter, or under a learner that a full parent names (breadth first);
+  // applies the committed entries its parent sends, in order, and keeps the last
+  // relay_ring_bytes of them for its own children; hands its writes and read-index requests
+  // to a voter (the leader when known), which proposes the entry with the learner's origin
+  // or answers with its applied index after a ReadIndex round. A write completes when the
+  // learner applies it itself, so a program reads its own writes from its own agent.
+
+  // RelayFeed
+  uint64_t relay_last() override { return applied; }
+  bool relay_entries(uint64_t from, uint64_t to, size_t max_bytes,
+                     std::vector<raft::Entry>* out) override {
+    if (raw) {
+      if (from < log.first_index()) return false;
+      log.entries(from, to + 1, max_bytes, out);
+      return true;
+    }
+    if (ring.empty() || from < ring.front().index) return false;
+    size_t bytes = 0;
+    for (size_t i = from - ring.front().index; i < ring.size() && ring[i].index <= to; ++i) {
+      if (!out->empty() && bytes + ring[i].data.size() > max_bytes) break;
+      bytes += ring[i].data.size();
+      out->push_back(ring[i]);
+    }
+    return true;
+  }
+  uint64_t relay_term(uint64_t index) override {
+    if (index == applied) return applied_term;
+    if (raw) return log.term(index).value_or(0);
+    if (!ring.empty() && index >= ring.front().index && index <= ring.back().index)
+      return ring[index - ring.front().index].term;
+    return 0;
+  }
+  Result<std::unique_ptr<storage::SnapshotSource>> relay_snapshot() override {
+    return store.snapshot_source();
+  }
+  wire::RelayEntries relay_header() override {
+    wire::RelayEntries h;
+    h.path.push_back(opt.id);
+    if (raw) {
+      h.leader = raw->leader();
+      h.term = raw->term();
+      h.commit = raw->commit_index();
+      h.cluster_ms = store.applied_cluster_ms();
+      h.upstream_ok = raw->leader() != raft::kNoNode && !removed && !failed;
+      return h;
+    }
+    h.leader = up.header.leader;
+    h.term = up.header.term;
+    h.commit = std::max(up.header.commit, applied);
+    h.cluster_ms = std::max(up.header.cluster_ms, store.applied_cluster_ms());
+    h.upstream_ok = up.parent != 0 && up.header.upstream_ok && !failed;
+    h.path.insert(h.path.end(), up.path.begin(), up.path.end());
+    return h;
+  }
+  bool relay_send(NodeId to, std::string payload) override {
+    return transport->send_app(to, std::move(payload));
+  }
+  void relay_peer(NodeId id, const std::string& peer_address, bool known) override {
+    if (members.count(id)) return;  // a Raft member's address comes from the configuration
+    if (known) {
+      transport->set_peer(id, peer_address);
+    } else if (!foreign_peers.count(id) && id != up.parent && id != up.trying) {
+      transport->remove_peer(id);
+    }
+  }
+
+  // A learner that talks to this voter without being fed by it.
+  void note_foreign(NodeId from, const std::string& peer_address) {
+    if (members.count(from) || peer_address.empty()) return;
+    if (!foreign_peers.count(from) && !relay->is_child(from))
+      transport->set_peer(from, peer_address);
+    foreign_peers[from] = Clock::now();
+  }
+  void expire_foreign_peers(Clock::time_point now) {
+    const auto quiet = std::chrono::milliseconds(10 * opt.relay_timeout_ms);
+    for (auto it = foreign_peers.begin(); it != foreign_peers.end();) {
+      if (now - it->second < quiet) {
+        ++it;
+        continue;
+      }
+      if (!relay->is_child(it->first)) transport->remove_peer(it->first);
+      it = foreign_peers.erase(it);
+    }
+  }
+
+  void on_relay_app(NodeId from, wire::AppKind kind, const std::string& payload) {
+    const auto now = Clock::now();
+    auto malformed = [&](const char* what) {
+      spdlog::warn("malformed {} from {:x} ({} bytes); ignored", what, from, payload.size());
+    };
+    switch (kind) {
+      case wire::AppKind::relay_subscribe: {
+        wire::RelaySubscribe m;
+        if (!wire::decode_relay_subscribe(payload, &m)) return malformed("relay subscribe");
+        if (from == opt.id) return;
+        relay->on_subscribe(from, m, now);
+        return;
+      }
+      case wire::AppKind::relay_ack: {
+        wire::RelayAck m;
+        if (!wire::decode_relay_ack(payload, &m)) return malformed("relay acknowledgement");
+        relay->on_ack(from, m, now);
+        return;
+      }
+      case wire::AppKind::relay_propose: {
+        wire::RelayPropose m;
+        if (!wire::decode_relay_propose(payload, &m)) return malformed("relayed write");
+        return on_relay_propose(from, std::move(m));
+      }
+      case wire::AppKind::relay_read: {
+        wire::RelayRead m;
+        if (!wire::decode_relay_read(payload, &m)) return malformed("relayed read");
+        return on_relay_read(from, m);
+      }
+      default:
+        break;
+    }
+    if (raw) return;  // the rest is for learner agents
+    switch (kind) {
+      case wire::AppKind::relay_accept: {
+        std::vector<NodeId> path;
+        if (!wire::decode_relay_accept(payload, &path)) return malformed("relay accept");
+        return on_relay_accept(from, std::move(path), now);
+      }
+      case wire::AppKind::relay_redirect: {
+        wire::RelayRedirect m;
+        if (!wire::decode_relay_redirect(payload, &m)) return malformed("relay redirect");
+        return on_relay_redirect(from, m, now);
+      }
+      case wire::AppKind::relay_entries: {
+        wire::RelayEntries m;
+        if (!wire::decode_relay_entries(payload, &m)) return malformed("relayed entries");
+        return on_relay_entries(from, std::move(m), now);
+      }
+      case wire::AppKind::relay_propose_ack: {
+        wire::RelayProposeAck m;
+        if (!wire::decode_relay_propose_ack(payload, &m)) return malformed("relayed write reply");
+        return on_relay_propose_ack(m);
+      }
+      case wire::AppKind::relay_read_ack: {
+        wire::RelayReadAck m;
+        if (!wire::decode_relay_read_ack(payload, &m)) return malformed("relayed read reply");
+        return on_relay_read_ack(m);
+      }
+      default:
+        return;
+    }
+  }
+
+  // ---- voter side: a learner's write or read ----
+  void on_relay_propose(NodeId from, wire::RelayPropose m) {
+    note_foreign(from, m.peer_address);
+    wire::RelayProposeAck ack;
+    ack.seq = m.seq;
+    auto refuse = [&](ErrorCode code, std::string message) {
+      ack.code = code;
+      ack.message = std::move(message);
+      transport->send_app(from, wire::encode_relay_propose_ack(ack));
+    };
+    wire::Origin origin;
+    std::string_view cmd;
+    if (!wire::decode_entry(m.data, &origin, &cmd) || origin.member != from || cmd.empty() ||
+        !storage::decode_command(std::string(cmd))) {
+      return refuse(ErrorCode::invalid_argument, "the relayed write is not a keel command");
+    }
+    if (!raw) return refuse(ErrorCode::unavailable, "this agent is a learner, not a voter");
+    if (removed) return refuse(ErrorCode::removed, removed_error().message);
+    if (failed) return refuse(failed->code, failed->message);
+    if (raw->role() == raft::Role::leader) wire::stamp_entry(&m.data, cluster_now());
+    auto r = raw->propose(m.data);
+    switch (r.status) {
+      case raft::ProposeStatus::ok:
+        ack.term = r.term;
+        break;
+      case raft::ProposeStatus::forwarded:
+        ack.term = raw->term();  // send() stamps the prop message with this term
+        break;
+      case raft::ProposeStatus::dropped:
+        if (raw->role() == raft::Role::leader && raw->transferee() == raft::kNoNode) {
+          return refuse(ErrorCode::overloaded,
+                        "the leader holds " + std::to_string(raw->uncommitted_bytes()) +
+                            " uncommitted bytes (raft.max_uncommitted_bytes)");
+        }
+        return refuse(ErrorCode::unavailable, "leadership is moving");
+      default:
+        return refuse(ErrorCode::unavailable, "no Raft leader known");
+    }
+    transport->send_app(from, wire::encode_relay_propose_ack(ack));
+    schedule_pump();
+  }
+
+  void on_relay_read(NodeId from, const wire::RelayRead& m) {
+    note_foreign(from, m.peer_address);
+    if (!raw) {
+      transport->send_app(
+          from, wire::encode_relay_read_ack({m.seq, ErrorCode::unavailable, 0, "not a voter"}));
+      return;
+    }
+    add_read([this, from, seq = m.seq](Status st) {
+      wire::RelayReadAck ack{seq, st.ok() ? ErrorCode::ok : st.error().code, applied,
+                             st.ok() ? std::string() : st.error().message};
+      if (transport) transport->send_app(from, wire::encode_relay_read_ack(ack));
+    });
+    schedule_pump();
+  }
+
+  // ---- learner side ----
+  // Where a learner's writes and reads go: the leader when known, else the voter at the top
+  // of its path, else any voter.
+  NodeId request_target() const {
+    if (up.parent == 0) return 0;  // detached: nothing known to be current; wait (bounded)
+    auto usable = [&](NodeId id) {
+      auto it = members.find(id);
+      return id != 0 && it != members.end() && !it->second.peer_address.empty();
+    };
+    if (usable(up.header.leader)) return up.header.leader;
+    if (!up.path.empty() && usable(up.path.back())) return up.path.back();
+    for (const auto& [id, m] : members) {
+      if (usable(id) && !m.learner) return id;
+    }
+    return 0;
+  }
+  std::string advertise() const {
+    return opt.advertise_peer.empty() ? opt.listen_peer : opt.advertise_peer;
+  }
+
+  void learner_submit(uint64_t seq, std::string data, Completion done, size_t bytes,
+                      Clock::time_point now) {
+    pending[seq] = Pending{
+        std::move(done), 0, 0, now + std::chrono::milliseconds(opt.request_timeout_ms), bytes, 0};
+    relay_unacked[seq] = Unacked{std::move(data), false};
+    send_unacked(seq, now);
+  }
+  void send_unacked(uint64_t seq, Clock::time_point now) {
+    auto u = relay_unacked.find(seq);
+    auto p = pending.find(seq);
+    if (u == relay_unacked.end()) return;
+    if (p == pending.end()) {
+      relay_unacked.erase(u);
+      return;
+    }
+    const auto created = p->second.deadline - std::chrono::milliseconds(opt.request_timeout_ms);
+    const NodeId to = request_target();
+    if (to != 0 &&
+        transport->send_app(to, wire::encode_relay_propose({seq, advertise(), u->second.data}))) {
+      u->second.sent = true;
+      return;
+    }
+    if (now - created > std::chrono::milliseconds(opt.leader_wait_ms)) {
+      auto done = std::move(p->second.done);
+      const size_t bytes = p->second.bytes;
+      pending.erase(p);
+      relay_unacked.erase(u);
+      complete(std::move(done), bytes,
+               err(ErrorCode::unavailable, "no voter reachable within " +
+                                               std::to_string(opt.leader_wait_ms) +
+                                               " ms (raft.leader_wait_ms); not applied"));
+    }
+  }
+  void on_relay_propose_ack(const wire::RelayProposeAck& a) {
+    auto u = relay_unacked.find(a.seq);
+    auto p = pending.find(a.seq);
+    if (u == relay_unacked.end() || p == pending.end()) return;
+    if (a.code == ErrorCode::ok) {
+      p->second.forward_term = std::max<uint64_t>(a.term, 1);
+      relay_unacked.erase(u);
+      return;
+    }
+    if (a.code == ErrorCode::unavailable) {  // not proposed: the next tick sends it again
+      u->second.sent = false;
+      return;
+    }
+    auto done = std::move(p->second.done);
+    const size_t bytes = p->second.bytes;
+    pending.erase(p);
+    relay_unacked.erase(u);
+    complete(std::move(done), bytes, err(a.code, a.message));
+  }
+
+  void learner_issue_reads() {
+    const NodeId to = request_target();
+    if (to == 0) return;  // wait (expire() bounds it)
+    const uint64_t seq = next_read_ctx++;
+    if (!transport->send_app(to, wire::encode_relay_read({seq, advertise()}))) return;
+    ReadRound round{std::move(reads_unsent), Clock::now()};
+    reads_unsent.clear();
+    reads_inflight.emplace(std::to_string(seq), std::move(round));
+  }
+  void on_relay_read_ack(const wire::RelayReadAck& a) {
+    auto it = reads_inflight.find(std::to_string(a.seq));
+    if (it == reads_inflight.end()) return;
+    auto round = std::move(it->second);
+    reads_inflight.erase(it);
+    for (auto& w : round.waiters) {
+      if (a.code == ErrorCode::ok) {
+        reads_released.emplace(a.index, std::move(w));
+      } else if (a.code == ErrorCode::unavailable) {
+        reads_unsent.push_back(std::move(w));  // asked again at the next tick
+      } else {
+        w.done(err(a.code, a.message));
+      }
+    }
+    release_reads();
+  }
+
+  void learner_tick(Clock::time_point now) {
+    const auto timeout = std::chrono::milliseconds(opt.relay_timeout_ms);
+    if (up.parent != 0) {
+      if (now - up.heard > timeout) {
+        detach("nothing from it for " + std::to_string(opt.relay_timeout_ms) +
+               " ms (relay.timeout_ms)");
+      } else if (!up.header.upstream_ok && now - up.not_ok_since > timeout) {
+        detach("it has had no upstream for " + std::to_string(opt.relay_timeout_ms) + " ms");
+      }
+    }
+    if (up.parent == 0) attach_step(now);
+    for (auto it = relay_unacked.begin(); it != relay_unacked.end();) {
+      const uint64_t seq = it->first;
+      const bool resend = !it->second.sent;
+      ++it;
+      if (resend) send_unacked(seq, now);
+    }
+    expire(now);
+    expire_snapshots(now);
+    relay->tick(now);
+    pump();
+  }
+  void detach(const std::string& why) {
+    spdlog::warn("relay: leaving parent {:x}: {}", up.parent, why);
+    up.parent = 0;
+    up.path.clear();
+    up.trying = 0;
+    up.candidates.clear();
+    up.tried.clear();
+    up.header.upstream_ok = false;
+    stat_relay_resubscribes++;
+  }
+  void attach_step(Clock::time_point now) {
+    if (up.trying != 0 && now < up.try_deadline) return;
+    up.trying = 0;
+    if (up.candidates.empty()) {
+      if (now < up.next_round) return;
+      up.tried.clear();
+      // Voters first, each learner starting at a different one (spreads the first level).
+      std::vector<Member> voters;
+      for (const auto& m : member_list()) {
+        if (m.id != opt.id && !m.learner && !m.peer_address.empty()) voters.push_back(m);
+      }
+      if (voters.empty()) return;
+      std::rotate(voters.begin(), voters.begin() + static_cast<long>(opt.id % voters.size()),
+                  voters.end());
+      up.candidates.assign(voters.begin(), voters.end());
+      up.next_round = now + std::chrono::milliseconds(opt.relay_heartbeat_ms);
+    }
+    while (!up.candidates.empty()) {
+      Member c = std::move(up.candidates.front());
+      up.candidates.pop_front();
+      if (c.id == opt.id || up.tried.count(c.id)) continue;
+      up.tried.insert(c.id);
+      if (!members.count(c.id)) transport->set_peer(c.id, c.peer_address);
+      transport->send_app(c.id, wire::encode_relay_subscribe({opt.name, advertise(), applied + 1}));
+      up.trying = c.id;
+      up.try_deadline =
+          now + std::chrono::milliseconds(std::min<uint32_t>(1000, opt.relay_timeout_ms));
+      return;
+    }
+  }
+  void on_relay_accept(NodeId from, std::vector<NodeId> path, Clock::time_point now) {
+    if (from != up.trying) return;
+    up.trying = 0;
+    if (std::find(path.begin(), path.end(), opt.id) != path.end()) return attach_step(now);
+    up.parent = from;
+    up.path = std::move(path);
+    up.heard = up.not_ok_since = now;
+    up.header.upstream_ok = true;
+    up.candidates.clear();
+    up.next_report = now;
+    spdlog::info("relay: fed by {:x} (path to a voter: {} hops) from index {}", from,
+                 up.path.size(), applied + 1);
+  }
+  void on_relay_redirect(NodeId from, const wire::RelayRedirect& r, Clock::time_point now) {
+    if (from != up.trying) return;
+    for (const auto& c : r.candidates) {
+      if (c.id != opt.id && !up.tried.count(c.id)) up.candidates.push_back(c);
+    }
+    up.trying = 0;
+    attach_step(now);
+  }
+  void on_relay_entries(NodeId from, wire::RelayEntries m, Clock::time_point now) {
+    if (from != up.parent) return;  // a former parent: it lets go after its timeout
+    up.heard = now;
+    if (m.upstream_ok || up.header.upstream_ok) up.not_ok_since = now;
+    if (std::find(m.path.begin(), m.path.end(), opt.id) != m.path.end()) {
+      return detach("its path to a voter runs through this learner");
+    }
+    up.path = m.path;
+    std::vector<raft::Entry> entries = std::move(m.entries);
+    up.header = std::move(m);
+    if (snap_in && snap_in->info && up.header.prev_index == snap_in->info->applied_index) {
+      install_relayed_snapshot(up.header.prev_term);
+    }
+    if (up.header.prev_index > applied) {
+      // A gap (a message was lost with a connection): ask to be fed from the applied index.
+      if (!snap_in && now - up.resubscribed > std::chrono::milliseconds(opt.relay_heartbeat_ms)) {
+        up.resubscribed = now;
+        stat_relay_resubscribes++;
+        transport->send_app(from,
+                            wire::encode_relay_subscribe({opt.name, advertise(), applied + 1}));
+      }
+      return;
+    }
+    std::erase_if(entries, [&](const raft::Entry& e) { return e.index <= applied; });
+    if (!entries.empty()) {
+      apply_entries(entries);
+      release_reads();
+    }
+    wire::RelayAck ack;
+    ack.applied = applied;
+    if (now >= up.next_report) {
+      up.next_report = now + std::chrono::milliseconds(1000);
+      ack.has_report = true;
+      ack.subtree.push_back(Learner{opt.id, opt.name, advertise(), up.parent, applied});
+      auto below = relay->subtree();
+      ack.subtree.insert(ack.subtree.end(), below.begin(), below.end());
+    }
+    transport->send_app(from, wire::encode_relay_ack(ack));
+    relay->pump(now);
+    publish_status();
+  }
+  void install_relayed_snapshot(uint64_t term) {
+    raft::Ready rd;
+    auto snap = std::make_shared<raft::Snapshot>();
+    snap->meta.index = snap_in->info->applied_index;
+    snap->meta.term = term;
+    snap->meta.conf = snap_in->info->conf;
+    rd.snapshot = snap;
+    auto st = engine.install_snapshot(*snap_in->sink, rd);
+    KEEL_ASSERT(st.ok(), "snapshot install failed after its commit (restart recovers)");
+    ring.clear();
+    ring_bytes = 0;
+    installed_snapshot(*snap);
+    if (on_applied) on_applied(store.current_revision());
+  }
+  void keep_in_ring(const std::vector<raft::Entry>& entries) {
+    for (const auto& e : entries) {
+      if (!ring.empty() && e.index != ring.back().index + 1) {
+        ring.clear();
+        ring_bytes = 0;
+      }
+      ring_bytes += e.data.size() + 24;
+      ring.push_back(e);
+    }
+    while (ring_bytes > opt.relay_ring_bytes && ring.size() > 1) {
+      ring_bytes -= ring.front().data.size() + 24;
+      ring.pop_front();
+    }
+  }
+
   // ---- the loop ------------------------------------------------------------------------
   void pump() {
     if (removed) {
@@ -1451,6 +2016,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
       return;
     }
     issue_reads();
+    relay->pump(Clock::now());
+    if (!raw) {
+      publish_status();
+      return;
+    }
     for (int round = 0; round < 16 && (raw->has_ready() || !snap_reports.empty()); ++round) {
       report_snapshots();
       raft::drive_ready(*raw, *this);
@@ -1485,6 +2055,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler {
     const auto now = Clock::now();
     const bool writes_done = pending.empty() && waiting.empty();
     if (!writes_done && now < stop_deadline) return;
+    if (!raw) return finish_stop();
     const auto& conf = raw->conf_state();
     if (!transfer_started && raw->role() == raft::Role::leader && conf.voters.size() > 1) {
       // Hand leadership to the most up-to-date voter so the cluster does not wait out an

@@ -43,6 +43,17 @@ struct Member {
   bool operator==(const Member&) const = default;
 };
 
+// A learner agent (role = learner): not a Raft member; it keeps a replica from committed
+// entries relayed down a tree (relay.hpp). As its parent reports it.
+struct Learner {
+  raft::NodeId id = 0;
+  std::string name;
+  std::string peer_address;
+  raft::NodeId parent = 0;
+  uint64_t applied = 0;
+  bool operator==(const Learner&) const = default;
+};
+
 // Member ids and cluster ids are derived from names (etcd-style), so every member computes
 // the same ids from the same --initial-cluster and token.
 uint64_t cluster_id_of(const std::string& cluster_token);
@@ -85,6 +96,22 @@ struct NodeOptions {
   size_t snapshot_chunk_bytes = 1 << 20;
   size_t snapshot_window_chunks = 4;
   uint32_t snapshot_timeout_ms = 10000;
+
+  // Learner agents and the relay tree (relay.hpp). relay_learner: this agent is one (never a
+  // Raft member; initial_members names the voters it may attach under). Every member and
+  // learner feeds at most relay_fanout learners; a parent sends a heartbeat after
+  // relay_heartbeat_ms without entries; a child silent for relay_timeout_ms is let go, and a
+  // learner whose parent is silent that long attaches elsewhere. A learner keeps its last
+  // relay_ring_bytes of applied entries to feed its own children (one further behind gets a
+  // snapshot).
+  bool relay_learner = false;
+  std::string advertise_peer;  // where parents and voters dial a learner (default listen_peer)
+  size_t relay_fanout = 8;
+  uint32_t relay_heartbeat_ms = 500;
+  uint32_t relay_timeout_ms = 3000;
+  size_t relay_batch_bytes = 1 << 20;
+  size_t relay_window_bytes = 8 << 20;
+  size_t relay_ring_bytes = 64 << 20;
 };
 
 struct NodeStatus {
@@ -111,6 +138,15 @@ struct NodeStatus {
   uint64_t time_entries = 0;         // time entries appended as leader (keep_time_moving)
   uint64_t snapshots_sent = 0;       // streams completed as sender
   uint64_t snapshots_installed = 0;  // streams installed as receiver
+  // The relay tree: a learner's parent (0 = detached) and its path up to a voter (the
+  // parent first), how far it is behind what its parent knows is committed, in entries and
+  // in cluster time; every agent's children count and the learners below it.
+  raft::NodeId upstream = 0;
+  std::vector<raft::NodeId> upstream_path;
+  uint64_t lag_entries = 0;
+  uint64_t lag_ms = 0;
+  uint64_t relay_children = 0;
+  std::vector<Learner> learners;
 };
 
 using Completion = std::function<void(Result<storage::CommandResult>)>;

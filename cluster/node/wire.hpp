@@ -49,6 +49,15 @@ enum class AppKind : uint8_t {
   removed_notice = 3,
   snapshot_chunk = 4,
   snapshot_ack = 5,
+  relay_subscribe = 6,
+  relay_accept = 7,
+  relay_redirect = 8,
+  relay_entries = 9,
+  relay_ack = 10,
+  relay_propose = 11,
+  relay_propose_ack = 12,
+  relay_read = 13,
+  relay_read_ack = 14,
 };
 // Sent by a member that applied the removal of `member` to it: a removed member no longer
 // receives the log, so it would never apply its own removal.
@@ -76,6 +85,85 @@ struct SnapshotAck {
 };
 std::string encode_snapshot_ack(const SnapshotAck& ack);
 bool decode_snapshot_ack(std::string_view payload, SnapshotAck* out);
+
+// ---- the relay tree (relay.hpp) -------------------------------------------------------
+// A learner asks a member (voter or learner) to feed it committed entries from next_index.
+struct RelaySubscribe {
+  std::string name;
+  std::string peer_address;  // where the parent dials back
+  uint64_t next_index = 0;   // the learner's applied index + 1
+};
+std::string encode_relay_subscribe(const RelaySubscribe& m);
+bool decode_relay_subscribe(std::string_view data, RelaySubscribe* m);
+// Accepted: `path` is the parent and its ancestors up to a voter (the voter last).
+std::string encode_relay_accept(const std::vector<uint64_t>& path);
+bool decode_relay_accept(std::string_view data, std::vector<uint64_t>* path);
+// Not accepted (full, or no upstream of its own): try these instead (the parent's children).
+struct RelayRedirect {
+  std::vector<Member> candidates;
+  std::string reason;
+};
+std::string encode_relay_redirect(const RelayRedirect& m);
+bool decode_relay_redirect(std::string_view data, RelayRedirect* m);
+// Committed entries (prev_index + 1 ...; contiguous, checked by the decoder) or, with none, a
+// heartbeat. leader/term/commit: what the parent knows of the cluster (a voter's own view; a
+// learner passes on its parent's). upstream_ok: the parent knows a leader (voter) or is
+// attached (learner). path: as in RelayAccept.
+struct RelayEntries {
+  uint64_t leader = 0;
+  uint64_t term = 0;
+  uint64_t commit = 0;
+  uint64_t prev_index = 0;
+  uint64_t prev_term = 0;
+  uint64_t cluster_ms = 0;  // the parent's applied cluster time
+  bool upstream_ok = false;
+  std::vector<uint64_t> path;
+  std::vector<raft::Entry> entries;
+};
+std::string encode_relay_entries(const RelayEntries& m);
+bool decode_relay_entries(std::string_view data, RelayEntries* m);
+// The child's applied index (flow control and liveness) and, now and then, its subtree.
+struct RelayAck {
+  uint64_t applied = 0;
+  bool has_report = false;
+  std::vector<Learner> subtree;  // the child itself first
+};
+std::string encode_relay_ack(const RelayAck& m);
+bool decode_relay_ack(std::string_view data, RelayAck* m);
+// A learner's write for a voter to propose: `data` is an encoded entry (encode_entry) with
+// the learner's origin, so the learner completes it when it applies it itself.
+struct RelayPropose {
+  uint64_t seq = 0;
+  std::string peer_address;
+  std::string data;
+};
+std::string encode_relay_propose(const RelayPropose& m);
+bool decode_relay_propose(std::string_view data, RelayPropose* m);
+// code ok: proposed (appended by the leader of `term`, or forwarded to it; such an entry is
+// in term `term` or never); otherwise not proposed, with the reason.
+struct RelayProposeAck {
+  uint64_t seq = 0;
+  ErrorCode code = ErrorCode::ok;
+  uint64_t term = 0;
+  std::string message;
+};
+std::string encode_relay_propose_ack(const RelayProposeAck& m);
+bool decode_relay_propose_ack(std::string_view data, RelayProposeAck* m);
+// A linearizable read point for a learner: the voter's applied index after a ReadIndex round.
+struct RelayRead {
+  uint64_t seq = 0;
+  std::string peer_address;
+};
+std::string encode_relay_read(const RelayRead& m);
+bool decode_relay_read(std::string_view data, RelayRead* m);
+struct RelayReadAck {
+  uint64_t seq = 0;
+  ErrorCode code = ErrorCode::ok;
+  uint64_t index = 0;
+  std::string message;
+};
+std::string encode_relay_read_ack(const RelayReadAck& m);
+bool decode_relay_read_ack(std::string_view data, RelayReadAck* m);
 
 // Kind of an app message; nullopt if unknown or empty.
 std::optional<AppKind> app_kind(std::string_view data);

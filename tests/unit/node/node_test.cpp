@@ -713,6 +713,54 @@ TEST_CASE("snapshot chunk and acknowledgement formats round-trip and reject bad 
   CHECK_FALSE(w::decode_snapshot_ack(ack.substr(0, ack.size() - 1), &a));
 }
 
+TEST_CASE(
+    "relay formats round-trip, and relayed entries must be contiguous with terms that "
+    "never go back",
+    "[node][wire][relay]") {
+  namespace w = node::wire;
+  w::RelayEntries m;
+  m.leader = 1;
+  m.term = 3;
+  m.commit = 9;
+  m.prev_index = 5;
+  m.prev_term = 2;
+  m.cluster_ms = 1234;
+  m.upstream_ok = true;
+  m.path = {4, 1};
+  m.entries = {{6, 2, raft::EntryType::normal, "a"}, {7, 3, raft::EntryType::conf_change, "b"}};
+  auto enc = w::encode_relay_entries(m);
+  w::RelayEntries back;
+  REQUIRE(w::decode_relay_entries(enc, &back));
+  CHECK((back.leader == 1 && back.term == 3 && back.commit == 9 && back.prev_index == 5 &&
+         back.prev_term == 2 && back.cluster_ms == 1234 && back.upstream_ok));
+  CHECK(back.path == m.path);
+  REQUIRE(back.entries.size() == 2);
+  CHECK((back.entries[1].index == 7 && back.entries[1].term == 3 &&
+         back.entries[1].type == raft::EntryType::conf_change && back.entries[1].data == "b"));
+  for (size_t n = 0; n < enc.size(); ++n)
+    CHECK_FALSE(w::decode_relay_entries(enc.substr(0, n), &back));
+  // A term below the previous one is not a committed log: refused.
+  m.entries[1].term = 1;
+  CHECK_FALSE(w::decode_relay_entries(w::encode_relay_entries(m), &back));
+  m.entries = {{6, 1, raft::EntryType::normal, "a"}};  // below prev_term
+  CHECK_FALSE(w::decode_relay_entries(w::encode_relay_entries(m), &back));
+
+  w::RelayAck ack{10, true, {{1, "l1", "a:1", 2, 10}, {3, "l3", "a:3", 1, 9}}};
+  w::RelayAck ab;
+  REQUIRE(w::decode_relay_ack(w::encode_relay_ack(ack), &ab));
+  CHECK((ab.applied == 10 && ab.has_report && ab.subtree == ack.subtree));
+  w::RelayProposeAck pa{7, ErrorCode::overloaded, 2, "full"}, pb;
+  REQUIRE(w::decode_relay_propose_ack(w::encode_relay_propose_ack(pa), &pb));
+  CHECK((pb.seq == 7 && pb.code == ErrorCode::overloaded && pb.term == 2 && pb.message == "full"));
+  auto bad = w::encode_relay_propose_ack(pa);
+  bad[9] = '\x7f';  // an error code that does not exist
+  CHECK_FALSE(w::decode_relay_propose_ack(bad, &pb));
+  w::RelaySubscribe sb;
+  CHECK_FALSE(w::decode_relay_subscribe(w::encode_relay_subscribe({"l", "a:1", 0}), &sb));
+  REQUIRE(w::decode_relay_subscribe(w::encode_relay_subscribe({"l", "a:1", 4}), &sb));
+  CHECK((sb.name == "l" && sb.peer_address == "a:1" && sb.next_index == 4));
+}
+
 TEST_CASE("node wire formats round-trip and reject truncated input", "[node][wire]") {
   node::wire::Origin o{7, 8, 9};
   auto e = node::wire::encode_entry(o, "cmd");

@@ -29,7 +29,26 @@ std::vector<std::string> seeds() {
       w::encode_status_response(4, st),
       w::encode_snapshot_chunk(5, 6, true, std::string(40, 'x')),
       w::encode_snapshot_ack({5, 6, false, "reason"}),
+      w::encode_relay_subscribe({"l1", "127.0.0.1:1", 9}),
+      w::encode_relay_accept({3, 4}),
+      w::encode_relay_redirect({{m}, "full"}),
+      w::encode_relay_ack({10, true, {{1, "l1", "a:1", 2, 10}}}),
+      w::encode_relay_propose({1, "a:1", w::encode_entry({1, 2, 3}, "cmd")}),
+      w::encode_relay_propose_ack({1, ErrorCode::unavailable, 4, "no leader"}),
+      w::encode_relay_read({2, "a:1"}),
+      w::encode_relay_read_ack({2, ErrorCode::ok, 77, ""}),
   };
+  w::RelayEntries re;
+  re.leader = 1;
+  re.term = 2;
+  re.prev_index = 5;
+  re.prev_term = 2;
+  re.path = {1};
+  re.entries = {{6, 2, raft::EntryType::normal, "abc"}, {7, 3, raft::EntryType::conf_change, ""}};
+  out.push_back(w::encode_relay_entries(re));
+  st.learners = {{1, "l1", "a:1", 2, 10}};
+  st.upstream_path = {2, 3};
+  out.push_back(w::encode_status_response(5, st));
   return out;
 }
 
@@ -51,6 +70,24 @@ void decode_all(const std::string& in) {
   (void)w::decode_snapshot_chunk(in, &c);
   w::SnapshotAck a;
   (void)w::decode_snapshot_ack(in, &a);
+  w::RelaySubscribe rs;
+  (void)w::decode_relay_subscribe(in, &rs);
+  std::vector<uint64_t> path;
+  (void)w::decode_relay_accept(in, &path);
+  w::RelayRedirect rr;
+  (void)w::decode_relay_redirect(in, &rr);
+  w::RelayEntries re;
+  (void)w::decode_relay_entries(in, &re);
+  w::RelayAck ra;
+  (void)w::decode_relay_ack(in, &ra);
+  w::RelayPropose rp;
+  (void)w::decode_relay_propose(in, &rp);
+  w::RelayProposeAck rpa;
+  (void)w::decode_relay_propose_ack(in, &rpa);
+  w::RelayRead rd;
+  (void)w::decode_relay_read(in, &rd);
+  w::RelayReadAck rda;
+  (void)w::decode_relay_read_ack(in, &rda);
   (void)w::app_kind(in);
   std::string copy = in;
   (void)w::stamp_entry(&copy, u);

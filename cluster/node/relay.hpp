@@ -1,0 +1,128 @@
+#pragma once
+// The relay tree: how committed entries reach learner agents without the leader sending to
+// every one of them (ZooKeeper's observers fed with committed proposals; PigPaxos's relays).
+//
+// A learner agent is not a Raft member: it never votes, never counts for commit, and the
+// Raft core never sends to it, so a slow or dead learner cannot slow a commit. Every member
+// (voter or learner) runs a RelayHub that feeds at most `fanout` children with entries it
+// has APPLIED (so only committed entries travel, and a learner's applied log is always a
+// prefix of the committed log). A learner attaches by asking the voters first and, when a
+// parent is full, the children it names (breadth first), so the leader feeds the other
+// voters and at most `fanout` learners however many learners there are.
+//
+// Per child: entries go out in order from the child's next index, at most window_bytes
+// unacknowledged; the child acknowledges its applied index (which is also its heartbeat) and
+// now and then reports its subtree. A child whose next index the parent no longer holds gets
+// the parent's state streamed (the snapshot chunks of node.cpp's format), then entries from
+// the snapshot's index. A child silent for timeout_ms is let go.
+//
+// Threading: the node thread only, like the rest of the node.
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cluster/node/wire.hpp"
+#include "cluster/raft/types.hpp"
+#include "cluster/storage/mvcc_store.hpp"
+
+namespace keel::node {
+
+using RelayClock = std::chrono::steady_clock;
+
+struct RelayOptions {
+  size_t fanout = 8;
+  uint32_t heartbeat_ms = 500;
+  uint32_t timeout_ms = 3000;
+  size_t batch_bytes = 1 << 20;   // entry bytes per message (at least one entry)
+  size_t window_bytes = 8 << 20;  // sent and not acknowledged, per child
+  size_t snapshot_chunk_bytes = 1 << 20;
+  size_t snapshot_window_chunks = 4;
+};
+
+// What the hub needs from the member it runs in.
+class RelayFeed {
+ public:
+  virtual ~RelayFeed() = default;
+  // The highest index that may be relayed: the member's applied index.
+  virtual uint64_t relay_last() = 0;
+  // Appends entries from `from` up to `to` (<= relay_last()), about max_bytes of them (at
+  // least one). False when `from` is no longer held (the child needs a snapshot).
+  virtual bool relay_entries(uint64_t from, uint64_t to, size_t max_bytes,
+                             std::vector<raft::Entry>* out) = 0;
+  virtual uint64_t relay_term(uint64_t index) = 0;  // 0 when not known
+  virtual Result<std::unique_ptr<storage::SnapshotSource>> relay_snapshot() = 0;
+  // The cluster fields of every message (leader, term, commit, cluster_ms, upstream_ok, path
+  // with this member first).
+  virtual wire::RelayEntries relay_header() = 0;
+  virtual bool relay_send(raft::NodeId to, std::string payload) = 0;
+  // A child's address is known (dial it) or it is gone (forget it, unless it is needed).
+  virtual void relay_peer(raft::NodeId id, const std::string& peer_address, bool known) = 0;
+};
+
+class RelayHub {
+ public:
+  RelayHub(raft::NodeId self, RelayOptions options, RelayFeed& feed);
+
+  // Accepts a learner (and starts feeding it) or names other candidates. A child that asks
+  // again (after a gap, or to start over) is fed from its new next index.
+  void on_subscribe(raft::NodeId from, const wire::RelaySubscribe& m, RelayClock::time_point now);
+  void on_ack(raft::NodeId from, const wire::RelayAck& m, RelayClock::time_point now);
+  // False when `from` is not a child with a transfer (the member's own snapshot code may
+  // own the acknowledgement).
+  bool on_snapshot_ack(raft::NodeId from, const wire::SnapshotAck& a, RelayClock::time_point now);
+  bool is_child(raft::NodeId id) const { return children_.count(id) != 0; }
+  // Sends each child what it lacks (within its window), and heartbeats that are due.
+  void pump(RelayClock::time_point now);
+  // Lets go of children silent for timeout_ms; then pump().
+  void tick(RelayClock::time_point now);
+  // Lets go of every child (they attach elsewhere), e.g. when this member stops.
+  void drop_all();
+
+  size_t child_count() const { return children_.size(); }
+  // Every learner below this member: each child's last report of its subtree (or the child
+  // alone until it reported).
+  std::vector<Learner> subtree() const;
+
+  struct Stats {
+    uint64_t accepted = 0, redirected = 0, dropped = 0, entry_msgs = 0, entry_bytes = 0,
+             snapshots = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct Sent {
+    uint64_t last;  // index of the message's last entry
+    size_t bytes;
+  };
+  struct Child {
+    std::string name;
+    std::string peer_address;
+    uint64_t next = 1;   // next index to send
+    uint64_t acked = 0;  // the child's applied index, as acknowledged
+    std::deque<Sent> inflight;
+    size_t inflight_bytes = 0;
+    RelayClock::time_point heard, sent;
+    std::vector<Learner> report;
+    // A running snapshot transfer.
+    std::unique_ptr<storage::SnapshotSource> snap;
+    uint64_t transfer = 0, chunks_sent = 0, chunks_acked = 0;
+    bool exhausted = false;
+  };
+  void feed(raft::NodeId id, Child& c, RelayClock::time_point now);
+  void start_snapshot(raft::NodeId id, Child& c);
+  void pump_snapshot(raft::NodeId id, Child& c);
+  void drop(raft::NodeId id, const std::string& why);
+
+  const raft::NodeId self_;
+  const RelayOptions opt_;
+  RelayFeed& feed_;
+  std::map<raft::NodeId, Child> children_;
+  uint64_t next_transfer_;
+  Stats stats_;
+};
+
+}  // namespace keel::node
