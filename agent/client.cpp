@@ -229,6 +229,12 @@ StatusInfo status_from_rpc(rpc::Status::Reader s) {
   out.renew_messages = s.getRenewMessages();
   out.leases_renewed = s.getLeasesRenewed();
   out.time_entries = s.getTimeEntries();
+  out.upstream = s.getUpstream();
+  for (auto id : s.getUpstreamPath())
+    out.upstream_path.push_back(id);
+  out.lag_entries = s.getLagEntries();
+  out.lag_ms = s.getLagMs();
+  out.relay_children = s.getRelayChildren();
   if (s.hasError() && s.getError().getCode() != rpc::ErrorCode::OK)
     out.error = from_rpc(s.getError());
   return out;
@@ -244,6 +250,8 @@ Result<std::vector<MemberInfo>> members_from(Resp& resp) {
     x.name = m.getName();
     x.peer_address = m.getPeerAddress();
     x.learner = m.getLearner();
+    x.relay_parent = m.getRelayParent();
+    x.applied_index = m.getAppliedIndex();
     out.push_back(std::move(x));
   }
   return out;

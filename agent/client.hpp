@@ -41,14 +41,22 @@ struct StatusInfo {
   uint64_t renew_messages = 0;   // batched renewal entries it proposed since start
   uint64_t leases_renewed = 0;   // renewals they carried
   uint64_t time_entries = 0;     // time entries it appended as leader
-  std::optional<Error> error;    // cluster_status(): the member did not answer
+  // The relay tree (learner agents): parent (0 = none), path to a voter, lag, children fed.
+  uint64_t upstream = 0;
+  std::vector<uint64_t> upstream_path;
+  uint64_t lag_entries = 0;
+  uint64_t lag_ms = 0;
+  uint64_t relay_children = 0;
+  std::optional<Error> error;  // cluster_status(): the member did not answer
 };
 
 struct MemberInfo {
   uint64_t id = 0;
   std::string name;
   std::string peer_address;
-  bool learner = false;
+  bool learner = false;        // a Raft learner, or a learner agent (relay_parent set)
+  uint64_t relay_parent = 0;   // learner agents: the agent that feeds it
+  uint64_t applied_index = 0;  // learner agents: as last reported up the tree
 };
 
 struct WatchOptions {

@@ -92,21 +92,46 @@ Result<node::NodeOptions> node_options(const Config& c) {
   for (const auto& m : o.initial_members) {
     if (m.id == o.id) self = &m;
   }
-  if (!self) {
+  if (c.role != "voter" && c.role != "learner") {
+    return make_error(ErrorCode::invalid_argument,
+                      "cluster.role \"" + c.role + "\" is not voter or learner");
+  }
+  if (c.role == "learner") {
+    // The voters are named by initial_cluster; this agent only needs an address to be fed on.
+    if (c.initial_cluster.empty()) {
+      return make_error(ErrorCode::invalid_argument,
+                        "cluster.role = learner needs cluster.initial_cluster (the voters)");
+    }
+    if (self) {
+      return make_error(ErrorCode::invalid_argument,
+                        "cluster.role = learner, but cluster.initial_cluster names this agent (" +
+                            c.name + "): it lists the voters only");
+    }
+    o.relay_learner = true;
+    o.advertise_peer = c.advertise_peer.empty() ? c.listen_peer : c.advertise_peer;
+    o.listen_peer = c.listen_peer.empty() ? c.advertise_peer : c.listen_peer;
+    if (o.listen_peer.empty()) {
+      return make_error(ErrorCode::invalid_argument,
+                        "cluster.role = learner needs cluster.advertise_peer or "
+                        "cluster.listen_peer (its parent in the relay tree dials it)");
+    }
+    if (auto st = check_address("cluster.listen_peer", o.listen_peer, true); !st)
+      return std::move(st).error();
+  } else if (!self) {
     return make_error(
         ErrorCode::invalid_argument,
         "cluster.initial_cluster does not name this member (cluster.name = " + c.name + ")");
   }
-  if (!c.advertise_peer.empty() && c.advertise_peer != self->peer_address) {
+  if (self && !c.advertise_peer.empty() && c.advertise_peer != self->peer_address) {
     return make_error(ErrorCode::invalid_argument,
                       "cluster.advertise_peer " + c.advertise_peer +
                           " differs from this member's initial_cluster entry " +
                           self->peer_address);
   }
-  o.listen_peer = c.listen_peer;
+  if (self) o.listen_peer = c.listen_peer;
   // A lone member listens only when asked (a single-node agent needs no TCP port); with
   // peers it listens on its own address unless told otherwise.
-  if (o.listen_peer.empty() && (o.initial_members.size() > 1 || o.join_existing))
+  if (self && o.listen_peer.empty() && (o.initial_members.size() > 1 || o.join_existing))
     o.listen_peer = self->peer_address;
   if (!o.listen_peer.empty()) {
     if (auto st = check_address("cluster.listen_peer", o.listen_peer, true); !st)
@@ -136,6 +161,14 @@ Result<node::NodeOptions> node_options(const Config& c) {
   o.snapshot_chunk_bytes = c.snapshot_chunk_bytes;
   o.snapshot_window_chunks = c.snapshot_window_chunks;
   o.snapshot_timeout_ms = c.snapshot_timeout_ms;
+  o.relay_fanout = c.relay_fanout;
+  o.relay_heartbeat_ms = c.relay_heartbeat_ms;
+  o.relay_timeout_ms = c.relay_timeout_ms;
+  o.relay_ring_bytes = c.relay_ring_bytes;
+  if (o.relay_heartbeat_ms * 2 > o.relay_timeout_ms) {
+    return make_error(ErrorCode::invalid_argument,
+                      "relay.heartbeat_ms must be at most half of relay.timeout_ms");
+  }
   return o;
 }
 
@@ -231,6 +264,11 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
       {"cluster.initial_cluster", string_setter("cluster.initial_cluster", c.initial_cluster)},
       {"cluster.initial_cluster_state",
        string_setter("cluster.initial_cluster_state", c.initial_cluster_state)},
+      {"cluster.role", string_setter("cluster.role", c.role)},
+      {"relay.fanout", size_setter("relay.fanout", c.relay_fanout, 1)},
+      {"relay.heartbeat_ms", size_setter("relay.heartbeat_ms", c.relay_heartbeat_ms, 10)},
+      {"relay.timeout_ms", size_setter("relay.timeout_ms", c.relay_timeout_ms, 100)},
+      {"relay.ring_bytes", size_setter("relay.ring_bytes", c.relay_ring_bytes, 0)},
       {"cluster.initial_cluster_token",
        string_setter("cluster.initial_cluster_token", c.initial_cluster_token)},
       {"raft.tick_ms", size_setter("raft.tick_ms", c.tick_ms, 1)},
@@ -264,7 +302,7 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
   };
   const std::map<std::string, bool> tables = {{"limits", true},  {"storage", true}, {"watch", true},
                                               {"cluster", true}, {"raft", true},    {"lease", true},
-                                              {"lock", true}};
+                                              {"relay", true},   {"lock", true}};
 
   for (const auto& [k, node] : root) {
     std::string key(k.str());

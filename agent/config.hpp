@@ -35,6 +35,16 @@ struct Config {
   std::string initial_cluster;  // "name=host:port,..."; empty = "<name>=<advertise_peer>"
   std::string initial_cluster_state = "new";  // new | existing
   std::string initial_cluster_token = "keel-cluster";
+  // voter | learner. A learner agent is not a Raft member: initial_cluster names the voters,
+  // it attaches under them by itself (the relay tree) and keeps a local replica; it needs
+  // its own advertise_peer (or listen_peer) for its parent to dial.
+  std::string role = "voter";
+
+  // [relay] (README "Learners"): see node::NodeOptions.
+  size_t relay_fanout = 8;
+  uint32_t relay_heartbeat_ms = 500;
+  uint32_t relay_timeout_ms = 3000;
+  size_t relay_ring_bytes = 64 << 20;
 
   // [raft]
   uint32_t tick_ms = 50;

@@ -112,13 +112,21 @@ std::string status_json(const client::StatusInfo& st) {
          ",\"leases_renewing\":" + num(st.leases_renewing) +
          ",\"renew_messages\":" + num(st.renew_messages) +
          ",\"leases_renewed\":" + num(st.leases_renewed) +
-         ",\"time_entries\":" + num(st.time_entries) + ",\"revision\":" + num(st.revision) +
+         ",\"time_entries\":" + num(st.time_entries) + ",\"upstream\":" + num(st.upstream) +
+         ",\"lag_entries\":" + num(st.lag_entries) + ",\"lag_ms\":" + num(st.lag_ms) +
+         ",\"relay_children\":" + num(st.relay_children) + ",\"revision\":" + num(st.revision) +
          ",\"compact_revision\":" + num(st.compact_revision) +
          ",\"version\":" + json_string(st.version) + ",\"data_dir\":" + json_string(st.data_dir) +
          ",\"log_syncs\":" + num(st.log_syncs) + ",\"log_entries\":" + num(st.log_entries) +
          ",\"watchers\":" + num(st.watchers) + ",\"connections\":" + num(st.connections) +
          ",\"peer_uid\":" + num(st.peer_uid) + ",\"peer_pid\":" + num(st.peer_pid) + "}";
   return out;
+}
+
+std::string fmt_id(uint64_t id) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(id));
+  return buf;
 }
 
 void print_status(const client::StatusInfo& st, bool with_caller) {
@@ -149,6 +157,17 @@ void print_status(const client::StatusInfo& st, bool with_caller) {
       static_cast<unsigned long long>(st.renew_messages),
       static_cast<unsigned long long>(st.leases_renewed),
       static_cast<unsigned long long>(st.time_entries));
+  if (st.role == "learner" || st.relay_children != 0) {
+    std::string path;
+    for (auto id : st.upstream_path)
+      path += (path.empty() ? "" : " ") + fmt_id(id);
+    std::printf(
+        "upstream: %s\nupstream_path: %s\nlag_entries: %llu\nlag_ms: %llu\n"
+        "relay_children: %llu\n",
+        st.upstream ? fmt_id(st.upstream).c_str() : "none", path.c_str(),
+        static_cast<unsigned long long>(st.lag_entries), static_cast<unsigned long long>(st.lag_ms),
+        static_cast<unsigned long long>(st.relay_children));
+  }
   if (with_caller) {
     std::printf("you: uid %lld pid %lld\n", static_cast<long long>(st.peer_uid),
                 static_cast<long long>(st.peer_pid));
@@ -700,11 +719,20 @@ int main(int argc, char** argv) {
           out += std::string(i ? "," : "") + "{\"id\":\"" + std::to_string(m.id) +
                  "\",\"name\":" + json_string(m.name) +
                  ",\"peer_address\":" + json_string(m.peer_address) +
-                 ",\"learner\":" + (m.learner ? "true" : "false") + "}";
+                 ",\"learner\":" + (m.learner ? "true" : "false") + ",\"relay_parent\":\"" +
+                 std::to_string(m.relay_parent) + "\",\"applied_index\":\"" +
+                 std::to_string(m.applied_index) + "\"}";
         }
         std::printf("%s]}\n", out.c_str());
       } else {
         for (const auto& m : *r) {
+          if (m.relay_parent != 0) {  // a learner agent, fed by the relay tree
+            std::printf("%016llx, %s, %s, learner, fed by %016llx, applied %llu\n",
+                        static_cast<unsigned long long>(m.id), m.name.c_str(),
+                        m.peer_address.c_str(), static_cast<unsigned long long>(m.relay_parent),
+                        static_cast<unsigned long long>(m.applied_index));
+            continue;
+          }
           std::printf("%016llx, %s, %s, %s\n", static_cast<unsigned long long>(m.id),
                       m.name.c_str(), m.peer_address.c_str(), m.learner ? "learner" : "voter");
         }

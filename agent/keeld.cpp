@@ -64,7 +64,10 @@ int main(int argc, char** argv) {
   app.add_option("--socket", socket_path, "Unix socket path (overrides socket_path)");
   app.add_option("--socket-mode", socket_mode, "socket file mode, octal (overrides socket_mode)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off");
-  std::string name, listen_peer, advertise_peer, initial_cluster, initial_state, token;
+  std::string name, listen_peer, advertise_peer, initial_cluster, initial_state, token, role;
+  app.add_option("--role", role,
+                 "voter | learner (overrides cluster.role; a learner is fed by the relay tree "
+                 "and --initial-cluster names the voters)");
   app.add_option("--name", name, "this member's name (overrides cluster.name)");
   app.add_option("--listen-peer", listen_peer,
                  "host:port to accept peer connections on (overrides cluster.listen_peer)");
@@ -100,6 +103,7 @@ int main(int argc, char** argv) {
   if (!initial_cluster.empty()) config.initial_cluster = initial_cluster;
   if (!initial_state.empty()) config.initial_cluster_state = initial_state;
   if (!token.empty()) config.initial_cluster_token = token;
+  if (!role.empty()) config.role = role;
   auto level = spdlog::level::from_str(config.log_level);
   if (level == spdlog::level::off && config.log_level != "off") {
     return fail("log_level \"" + config.log_level +

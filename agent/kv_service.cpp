@@ -243,11 +243,31 @@ class KeelImpl final : public rpc::Keel::Server {
     return track(kj::mv(p));
   }
 
+  // The Raft members as this agent knows them, then every learner agent any member feeds
+  // (each member reports its relay subtree; a member that does not answer within 2 s is left
+  // out, with its learners).
   kj::Promise<void> memberList(MemberListContext ctx) override {
     if (s_->node_ == nullptr) return fail(ctx.getResults(), shutting_down());
-    auto st = s_->node_->status();
-    fill_members(ctx.getResults(), st.members);
-    return kj::READY_NOW;
+    using Statuses = std::shared_ptr<std::vector<node::MemberStatus>>;
+    auto p = from_node<Statuses>([](node::Node& n, auto done) {
+               n.cluster_status(2000, [done = std::move(done)](auto all) mutable {
+                 done(std::make_shared<std::vector<node::MemberStatus>>(std::move(all)));
+               });
+             }).then([ctx](Statuses shared) mutable {
+      auto& all = *shared;
+      std::vector<node::Member> members;
+      std::map<uint64_t, node::Learner> learners;
+      if (!all.empty() && all[0].status) members = all[0].status->members;
+      for (auto& m : all) {
+        if (!m.status) continue;
+        for (auto& l : m.status->learners) {
+          auto [it, fresh] = learners.emplace(l.id, l);
+          if (!fresh && l.applied > it->second.applied) it->second = l;
+        }
+      }
+      fill_members(ctx.getResults(), members, learners);
+    });
+    return track(kj::mv(p));
   }
   kj::Promise<void> memberAdd(MemberAddContext ctx) override {
     auto params = ctx.getParams();
@@ -279,6 +299,13 @@ class KeelImpl final : public rpc::Keel::Server {
     s.setDroppedPeerMsgs(st.dropped_peer_msgs);
     s.setDroppedByReason(st.dropped_by_reason);
     s.setTimeEntries(st.time_entries);
+    s.setUpstream(st.upstream);
+    auto path = s.initUpstreamPath(st.upstream_path.size());
+    for (size_t i = 0; i < st.upstream_path.size(); ++i)
+      path.set(i, st.upstream_path[i]);
+    s.setLagEntries(st.lag_entries);
+    s.setLagMs(st.lag_ms);
+    s.setRelayChildren(st.relay_children);
   }
 
   template <typename Builder>
@@ -315,13 +342,24 @@ class KeelImpl final : public rpc::Keel::Server {
   }
 
   template <typename Results>
-  static void fill_members(Results results, const std::vector<node::Member>& members) {
-    auto list = results.initMembers(members.size());
+  static void fill_members(Results results, const std::vector<node::Member>& members,
+                           const std::map<uint64_t, node::Learner>& learners = {}) {
+    auto list = results.initMembers(members.size() + learners.size());
     for (size_t i = 0; i < members.size(); ++i) {
       list[i].setId(members[i].id);
       list[i].setName(members[i].name);
       list[i].setPeerAddress(members[i].peer_address);
       list[i].setLearner(members[i].learner);
+    }
+    size_t i = members.size();
+    for (const auto& [id, l] : learners) {
+      auto out = list[i++];
+      out.setId(id);
+      out.setName(l.name);
+      out.setPeerAddress(l.peer_address);
+      out.setLearner(true);
+      out.setRelayParent(l.parent);
+      out.setAppliedIndex(l.applied);
     }
   }
 

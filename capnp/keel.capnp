@@ -242,13 +242,23 @@ struct Status {
   renewMessages @25 :UInt64 $Json.name("renew_messages");       # renewal entries it proposed
   leasesRenewed @26 :UInt64 $Json.name("leases_renewed");       # lease renewals they carried
   timeEntries @27 :UInt64 $Json.name("time_entries");           # time entries it appended as leader
+  # The relay tree (README "Learners"): a learner agent's parent (0 = none: detached) and its
+  # path to a voter (parent first), its lag behind what its parent knows is committed, and
+  # how many learners this agent feeds.
+  upstream @28 :UInt64;
+  upstreamPath @29 :List(UInt64) $Json.name("upstream_path");
+  lagEntries @30 :UInt64 $Json.name("lag_entries");
+  lagMs @31 :UInt64 $Json.name("lag_ms");
+  relayChildren @32 :UInt64 $Json.name("relay_children");
 }
 
 struct Member {
   id @0 :UInt64;
   name @1 :Text;
   peerAddress @2 :Text $Json.name("peer_address");
-  learner @3 :Bool;
+  learner @3 :Bool;                                   # a Raft learner, or a learner agent
+  relayParent @4 :UInt64 $Json.name("relay_parent");  # learner agents: who feeds it
+  appliedIndex @5 :UInt64 $Json.name("applied_index"); # learner agents: as last reported
 }
 
 # ---- leases and locks (times in cluster time: README "Leases and locks") ----

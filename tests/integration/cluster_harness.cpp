@@ -35,6 +35,7 @@ KeelCluster::KeelCluster(const std::string& root, int members, std::string confi
       peers_.push_back(net.hosts.at(i) + ":" + std::to_string(net.port));
     }
     joiner_.push_back(false);
+    learner_.push_back(false);
     std::filesystem::create_directories(root_ + "/" + names_.back());
     members_.push_back(std::make_unique<Keeld>(root_ + "/" + names_.back(), config_));
     if (!net.netns.empty()) members_.back()->set_netns(net.netns.at(i));
@@ -46,18 +47,30 @@ int KeelCluster::add_joiner(const std::string& name) {
   names_.push_back(name);
   peers_.push_back("127.0.0.1:" + std::to_string(free_port()));
   joiner_.push_back(true);
+  learner_.push_back(false);
   std::filesystem::create_directories(root_ + "/" + name);
   members_.push_back(std::make_unique<Keeld>(root_ + "/" + name, config_));
   running.push_back(false);
   return size() - 1;
 }
 
+int KeelCluster::add_learner(const std::string& name) {
+  const int i = add_joiner(name);
+  learner_[i] = true;
+  return i;
+}
+
 std::vector<std::string> KeelCluster::args(int i) const {
   std::string initial;
   for (int j = 0; j < size(); ++j) {
+    if (learner_[j]) continue;           // learners are not Raft members
     if (joiner_[j] && j != i) continue;  // a joiner knows the founders and itself
     if (!initial.empty()) initial += ",";
     initial += names_[j] + "=" + peers_[j];
+  }
+  if (learner_[i]) {
+    return {"--name", names_[i], "--initial-cluster", initial, "--listen-peer", peers_[i],
+            "--role", "learner"};
   }
   return {"--name",        names_[i], "--initial-cluster",       initial,
           "--listen-peer", peers_[i], "--initial-cluster-state", joiner_[i] ? "existing" : "new"};

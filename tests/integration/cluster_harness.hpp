@@ -42,6 +42,9 @@ class KeelCluster {
   bool start_all();
   // Adds a member that will join with --initial-cluster-state existing (not started).
   int add_joiner(const std::string& name);
+  // Adds a learner agent (--role learner; --initial-cluster names the voters; not started).
+  int add_learner(const std::string& name);
+  bool is_learner(int i) const { return learner_[i]; }
 
   // Index of the member that every running member names as leader, within the deadline;
   // nullopt if they do not agree in time.
@@ -58,7 +61,7 @@ class KeelCluster {
   std::vector<std::string> args(int i) const;
   std::string root_, config_;
   std::vector<std::string> names_, peers_;
-  std::vector<bool> joiner_;
+  std::vector<bool> joiner_, learner_;
   std::vector<std::unique_ptr<Keeld>> members_;
 };
 

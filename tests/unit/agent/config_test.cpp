@@ -108,3 +108,36 @@ TEST_CASE("a missing file is an error only when it was asked for", "[config]") {
   REQUIRE_FALSE(st.ok());
   CHECK_THAT(st.error().message, Catch::Contains("/nonexistent/keel.toml"));
 }
+
+TEST_CASE(
+    "role = learner: initial_cluster names the voters, a peer address is required, and a "
+    "learner named among the voters or an unknown role is refused by name",
+    "[config][learner]") {
+  Config c;
+  c.name = "host7";
+  c.role = "learner";
+  c.initial_cluster = "a=127.0.0.1:2380,b=127.0.0.1:2381,c=127.0.0.1:2382";
+  auto no_addr = agent::node_options(c);
+  REQUIRE_FALSE(no_addr);
+  CHECK_THAT(no_addr.error().message, Catch::Contains("advertise_peer"));
+  c.advertise_peer = "127.0.0.1:2399";
+  auto o = agent::node_options(c);
+  REQUIRE(o);
+  CHECK(o->relay_learner);
+  CHECK(o->listen_peer == "127.0.0.1:2399");
+  CHECK(o->advertise_peer == "127.0.0.1:2399");
+  CHECK(o->initial_members.size() == 3);
+  c.name = "b";
+  auto named = agent::node_options(c);
+  REQUIRE_FALSE(named);
+  CHECK_THAT(named.error().message, Catch::Contains("voters only"));
+  c.name = "host7";
+  c.initial_cluster.clear();
+  auto alone = agent::node_options(c);
+  REQUIRE_FALSE(alone);
+  CHECK_THAT(alone.error().message, Catch::Contains("initial_cluster"));
+  c.role = "observer";
+  auto bad = agent::node_options(c);
+  REQUIRE_FALSE(bad);
+  CHECK_THAT(bad.error().message, Catch::Contains("cluster.role"));
+}

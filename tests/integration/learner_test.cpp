@@ -1,0 +1,302 @@
+// Learner agents (--role learner) on real keeld processes on 127.0.0.1: 3 voters and learners
+// fed through the relay tree. Each test names the property it checks; assertions run on the
+// main thread.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "cluster_harness.hpp"
+
+using namespace keel;
+using namespace keel::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+// relay.fanout 1: each voter feeds one learner, so a fourth learner must hang under a learner.
+std::string learner_config(const std::string& extra = "") {
+  return std::string(KeelCluster::kFastRaft) +
+         "[relay]\nfanout = 1\nheartbeat_ms = 100\ntimeout_ms = 1000\n" + extra;
+}
+
+std::optional<std::string> get_value(client::Client& c, const std::string& key, bool serializable) {
+  storage::RangeRequest r;
+  r.key = key;
+  r.serializable = serializable;
+  auto got = c.range(r);
+  if (!got || got->kvs.empty()) return std::nullopt;
+  return got->kvs[0].value;
+}
+
+// Polls (bounded) until member i's replica holds key = value.
+bool wait_value(KeelCluster& c, int i, const std::string& key, const std::string& value,
+                std::chrono::milliseconds deadline = 10s) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < until) {
+    if (auto cl = c.member(i).client()) {
+      if (get_value(*cl, key, true) == value) return true;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+// Polls (bounded) until every learner reports a parent.
+bool wait_attached(KeelCluster& c, const std::vector<int>& learners,
+                   std::chrono::milliseconds deadline = 15s) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < until) {
+    bool all = true;
+    for (int i : learners) {
+      auto s = c.status(i);
+      if (!s || s->upstream == 0) all = false;
+    }
+    if (all) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+struct Cluster {
+  KeelCluster c;
+  std::vector<int> learners;
+  Cluster(const std::string& root, int n_learners, const std::string& config) : c(root, 3, config) {
+    for (int i = 0; i < n_learners; ++i)
+      learners.push_back(c.add_learner("l" + std::to_string(i)));
+  }
+  bool start() {
+    if (!c.start_all() || !c.wait_leader()) return false;
+    for (int i : learners)
+      if (!c.start(i)) return false;
+    return wait_attached(c, learners);
+  }
+};
+
+}  // namespace
+
+TEST_CASE(
+    "[learner] with relay.fanout 1, 5 learners form a tree: no agent feeds more than one, "
+    "every path ends at a voter, and member list shows each learner with its parent",
+    "[integration][learner]") {
+  TempDir dir;
+  Cluster k(dir.path, 5, learner_config());
+  REQUIRE(k.start());
+  std::set<uint64_t> voters, learner_ids;
+  for (int i = 0; i < 3; ++i)
+    voters.insert(k.c.status(i)->member_id);
+  int deeper = 0;
+  for (int i = 0; i < k.c.size(); ++i) {
+    auto s = k.c.status(i);
+    REQUIRE(s);
+    CHECK(s->relay_children <= 1);
+    if (!k.c.is_learner(i)) {
+      CHECK(s->role != "learner");
+      continue;
+    }
+    learner_ids.insert(s->member_id);
+    CHECK(s->role == "learner");
+    REQUIRE(!s->upstream_path.empty());
+    CHECK(s->upstream_path.front() == s->upstream);
+    CHECK(voters.count(s->upstream_path.back()) == 1);
+    if (s->upstream_path.size() > 1) deeper++;
+  }
+  CHECK(deeper == 2);  // 3 voters feed one learner each; the other two hang below learners
+
+  // Reports travel up the tree about once a second: wait until all five are listed.
+  std::vector<client::MemberInfo> members;
+  for (int tries = 0; tries < 100; ++tries) {
+    auto cl = k.c.member(0).client();
+    auto r = cl->member_list();
+    REQUIRE(r);
+    members = *r;
+    if (members.size() == 8) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(members.size() == 8);
+  int listed = 0;
+  for (const auto& m : members) {
+    if (m.relay_parent == 0) {
+      CHECK(voters.count(m.id) == 1);
+      continue;
+    }
+    CHECK(learner_ids.count(m.id) == 1);
+    CHECK((voters.count(m.relay_parent) + learner_ids.count(m.relay_parent)) == 1);
+    listed++;
+  }
+  CHECK(listed == 5);
+}
+
+TEST_CASE(
+    "[learner] a write through a learner two hops below a voter is read back at once on "
+    "that learner, and a linearizable read on any learner sees a write acknowledged "
+    "elsewhere",
+    "[integration][learner]") {
+  TempDir dir;
+  Cluster k(dir.path, 5, learner_config());
+  REQUIRE(k.start());
+  int deep = -1;
+  for (int i : k.learners) {
+    if (k.c.status(i)->upstream_path.size() > 1) deep = i;
+  }
+  REQUIRE(deep >= 0);
+  auto lc = k.c.member(deep).client();
+  REQUIRE(lc);
+  for (int n = 0; n < 20; ++n) {
+    const std::string key = "rw" + std::to_string(n);
+    REQUIRE(lc->put(put(key, std::to_string(n))));
+    // Read-your-writes from the replica itself: no wait, no loop.
+    CHECK(get_value(*lc, key, true) == std::to_string(n));
+  }
+  auto vc = k.c.member(1).client();
+  for (int n = 0; n < 20; ++n) {
+    const std::string key = "lin" + std::to_string(n);
+    REQUIRE(vc->put(put(key, std::to_string(n))));
+    for (int i : k.learners) {
+      auto c = k.c.member(i).client();
+      CHECK(get_value(*c, key, false) == std::to_string(n));  // linearizable: ReadIndex
+    }
+  }
+  for (int i = 0; i < k.c.size(); ++i)
+    CHECK(wait_value(k.c, i, "rw19", "19"));
+}
+
+TEST_CASE("[learner] kill -9 of a relay learner: its child attaches elsewhere and catches up",
+          "[integration][learner]") {
+  TempDir dir;
+  Cluster k(dir.path, 5, learner_config());
+  REQUIRE(k.start());
+  int relay = -1, child = -1;
+  for (int i : k.learners) {
+    auto s = k.c.status(i);
+    if (s->upstream_path.size() < 2) continue;
+    child = i;
+    for (int j : k.learners) {
+      if (k.c.status(j)->member_id == s->upstream) relay = j;
+    }
+  }
+  REQUIRE(relay >= 0);
+  REQUIRE(child >= 0);
+  const uint64_t old_parent = k.c.status(child)->upstream;
+  k.c.member(relay).kill9();
+  k.c.running[relay] = false;
+  auto vc = k.c.member(0).client();
+  for (int n = 0; n < 50; ++n)
+    REQUIRE(vc->put(put("after" + std::to_string(n), std::to_string(n))));
+  CHECK(wait_value(k.c, child, "after49", "49"));
+  auto s = k.c.status(child);
+  REQUIRE(s);
+  CHECK(s->upstream != 0);
+  CHECK(s->upstream != old_parent);
+  auto cc = k.c.member(child).client();
+  for (int n = 0; n < 50; ++n)
+    CHECK(get_value(*cc, "after" + std::to_string(n), true) == std::to_string(n));
+}
+
+TEST_CASE("[learner] a learner started after the log was compacted catches up from a snapshot",
+          "[integration][learner]") {
+  // A short retained log: the voters drop their log prefix after a hundred entries.
+  TempDir dir;
+  KeelCluster small(dir.path, 3,
+                    "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
+                    "request_timeout_ms = 5000\nlog_retain_entries = 50\n[storage]\n"
+                    "cache_size_mb = 32\n[relay]\nfanout = 2\nheartbeat_ms = 100\n"
+                    "timeout_ms = 1000\n");
+  const int l = small.add_learner("late");
+  REQUIRE(small.start_all());
+  REQUIRE(small.wait_leader());
+  auto vc = small.member(0).client();
+  for (int n = 0; n < 300; ++n)
+    REQUIRE(vc->put(put("snap" + std::to_string(n), std::to_string(n))));
+  REQUIRE(small.start(l));
+  CHECK(wait_value(small, l, "snap299", "299"));
+  auto lc = small.member(l).client();
+  for (int n = 0; n < 300; n += 37)
+    CHECK(get_value(*lc, "snap" + std::to_string(n), true) == std::to_string(n));
+  CHECK(small.member(l).log().find("installed the snapshot") != std::string::npos);
+  REQUIRE(lc->put(put("after-snapshot", "yes")));  // and it keeps applying after it
+  CHECK(get_value(*lc, "after-snapshot", true) == "yes");
+}
+
+TEST_CASE(
+    "[learner] a learner cut off from every voter serves serializable reads and watches "
+    "from its replica and refuses linearizable reads and writes with unavailable",
+    "[integration][learner]") {
+  TempDir dir;
+  Cluster k(dir.path, 1, learner_config());
+  REQUIRE(k.start());
+  const int l = k.learners[0];
+  auto vc = k.c.member(0).client();
+  REQUIRE(vc->put(put("before", "1")));
+  REQUIRE(wait_value(k.c, l, "before", "1"));
+  for (int i = 0; i < 3; ++i)
+    ::kill(k.c.member(i).pid(), SIGSTOP);
+  // The learner notices its parent is silent (relay.timeout_ms) and detaches.
+  bool detached = false;
+  for (int tries = 0; tries < 100 && !detached; ++tries) {
+    auto s = k.c.status(l);
+    detached = s && s->upstream == 0;
+    if (!detached) std::this_thread::sleep_for(50ms);
+  }
+  auto lc = k.c.member(l).client();
+  std::optional<std::string> serializable = get_value(*lc, "before", true);
+  storage::RangeRequest lin;
+  lin.key = "before";
+  auto linearizable = lc->range(lin);
+  auto write = lc->put(put("during", "x"));
+  // A watch from revision 1 replays the replica's history.
+  std::vector<std::string> seen;
+  client::WatchOptions wo;
+  wo.key = "before";
+  wo.start_revision = 1;
+  auto watched = lc->watch(
+      wo,
+      [&](int64_t, const std::vector<storage::Event>& events) {
+        for (const auto& e : events)
+          seen.push_back(e.kv.key);
+        return false;
+      },
+      nullptr);
+  for (int i = 0; i < 3; ++i)
+    ::kill(k.c.member(i).pid(), SIGCONT);
+  CHECK(detached);
+  CHECK(serializable == "1");
+  REQUIRE_FALSE(linearizable);
+  CHECK(linearizable.error().code == ErrorCode::unavailable);
+  REQUIRE_FALSE(write);
+  CHECK(write.error().code == ErrorCode::unavailable);
+  CHECK(watched);
+  CHECK(seen == std::vector<std::string>{"before"});
+  // Back with its voters, it attaches again and serves linearizable reads.
+  REQUIRE(wait_attached(k.c, {l}));
+  REQUIRE(vc->put(put("after", "2")));
+  CHECK(get_value(*lc, "after", false) == "2");
+}
+
+TEST_CASE(
+    "[learner] a lock held through a learner is refused to a voter's client until its "
+    "command ends, then granted with a greater fencing token",
+    "[integration][learner]") {
+  TempDir dir;
+  Cluster k(dir.path, 2, learner_config());
+  REQUIRE(k.start());
+  const std::string voter = k.c.member(0).socket();
+  const std::string learner = k.c.member(k.learners[1]).socket();
+  // CMD runs while the learner's agent holds the lock: a --try through a voter must fail.
+  auto held = run_command({KEELCTL_PATH, "--socket", learner, "lock", "reboot", "--", "sh", "-c",
+                           "echo token=$KEEL_LOCK_TOKEN; " + std::string(KEELCTL_PATH) +
+                               " --socket " + voter + " lock --try reboot -- true; echo try=$?"});
+  auto after = run_command({KEELCTL_PATH, "--socket", voter, "lock", "reboot", "--", "sh", "-c",
+                            "echo token=$KEEL_LOCK_TOKEN"});
+  CHECK(held.status == 0);
+  CHECK(held.out.find("try=1") != std::string::npos);
+  CHECK(after.status == 0);
+  auto token = [](const std::string& out) {
+    auto p = out.find("token=");
+    return p == std::string::npos ? -1 : std::atoll(out.c_str() + p + 6);
+  };
+  CHECK(token(held.out) > 0);
+  CHECK(token(after.out) > token(held.out));
+}
