@@ -162,8 +162,15 @@ void RelayHub::feed(raft::NodeId id, Child& c, RelayClock::time_point now) {
 }
 
 void RelayHub::pump(RelayClock::time_point now) {
-  for (auto& [id, c] : children_)
-    feed(id, c, now);
+  // feed() may drop the child it feeds (a refused send): walk ids, not the map.
+  std::vector<raft::NodeId> ids;
+  ids.reserve(children_.size());
+  for (const auto& [id, c] : children_)
+    ids.push_back(id);
+  for (raft::NodeId id : ids) {
+    auto it = children_.find(id);
+    if (it != children_.end()) feed(id, it->second, now);
+  }
 }
 
 void RelayHub::tick(RelayClock::time_point now) {

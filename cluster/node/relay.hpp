@@ -112,6 +112,7 @@ class RelayHub {
     uint64_t transfer = 0, chunks_sent = 0, chunks_acked = 0;
     bool exhausted = false;
   };
+  // feed, start_snapshot and pump_snapshot may drop the child: `c` is not used after them.
   void feed(raft::NodeId id, Child& c, RelayClock::time_point now);
   void start_snapshot(raft::NodeId id, Child& c);
   void pump_snapshot(raft::NodeId id, Child& c);
