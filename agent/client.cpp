@@ -30,9 +30,15 @@ struct Client::Impl {
   kj::Own<kj::AsyncIoStream> stream;
   kj::Own<capnp::TwoPartyClient> rpc;
   rpc::Keel::Client keel = nullptr;
+  ReplyHeader header;  // of the last KV reply
 };
 
 namespace {
+
+ReplyHeader header_from(rpc::ResponseHeader::Reader h) {
+  return ReplyHeader{h.getRevision(),     h.getMemberId(),      h.getRaftTerm(),
+                     h.getAppliedIndex(), h.getClusterTimeMs(), h.getPossiblyStale()};
+}
 
 Error lost(const kj::Exception& e) {
   return make_error(ErrorCode::internal,
@@ -122,6 +128,7 @@ Result<storage::RangeResponse> Client::range(const storage::RangeRequest& reques
     r.setSkipCount(skip_count);
     auto resp = req.send().wait(impl_->io.waitScope);
     if (resp.hasError()) return from_rpc(resp.getError());
+    impl_->header = header_from(resp.getResponse().getHeader());
     return from_rpc(resp.getResponse());
   });
 }
@@ -167,10 +174,15 @@ Result<Response> unary(Client::Impl& impl, const Request& request, Send&& make) 
     to_rpc(request, req.initRequest());
     auto resp = req.send().wait(impl.io.waitScope);
     if (resp.hasError()) return from_rpc(resp.getError());
+    impl.header = header_from(resp.getResponse().getHeader());
     return from_rpc(resp.getResponse());
   });
 }
 }  // namespace
+
+const ReplyHeader& Client::last_header() const {
+  return impl_->header;
+}
 
 Result<storage::PutResponse> Client::put(const storage::PutRequest& request) {
   return unary<storage::PutResponse>(*impl_, request,
@@ -639,6 +651,7 @@ Result<storage::PutResponse> Client::put(const storage::PutRequest& request,
     agent::to_rpc(fence, req.getRequest().initFence());
     auto resp = req.send().wait(impl_->io.waitScope);
     if (resp.hasError()) return from_rpc(resp.getError());
+    impl_->header = header_from(resp.getResponse().getHeader());
     return from_rpc(resp.getResponse());
   });
 }
@@ -651,6 +664,7 @@ Result<storage::DeleteRangeResponse> Client::delete_range(
     agent::to_rpc(fence, req.getRequest().initFence());
     auto resp = req.send().wait(impl_->io.waitScope);
     if (resp.hasError()) return from_rpc(resp.getError());
+    impl_->header = header_from(resp.getResponse().getHeader());
     return from_rpc(resp.getResponse());
   });
 }

@@ -214,11 +214,25 @@ struct FenceCheck {
   int64_t current_token = 0;  // 0 = the lock is not held
 };
 
+// The header of the last Range, Put, DeleteRange or Txn reply: which replica served it and
+// how current it was (possibly_stale: a serializable read from an agent with no current
+// upstream, e.g. a learner cut off from the voters).
+struct ReplyHeader {
+  int64_t revision = 0;
+  uint64_t member_id = 0;
+  uint64_t raft_term = 0;
+  uint64_t applied_index = 0;
+  uint64_t cluster_time_ms = 0;
+  bool possibly_stale = false;
+};
+
 class Client {
  public:
   // Errors: internal with "cannot connect to keeld at PATH: ..." when nothing serves there.
   static Result<std::unique_ptr<Client>> connect(const std::string& socket_path);
   ~Client();
+
+  const ReplyHeader& last_header() const;
 
   // One page, as the agent returns it (see RangeResponse::continue_key).
   Result<storage::RangeResponse> range(const storage::RangeRequest& request,

@@ -246,11 +246,18 @@ void print_response_op(const ResponseOp& op) {
   }
 }
 
+// The reply as JSON, its header as the agent sent it (client::Client::last_header).
 template <typename Response, typename Builder>
-void print_json(const Response& r) {
+void print_json(const Response& r, const client::ReplyHeader& h) {
   capnp::MallocMessageBuilder m;
   auto b = m.initRoot<Builder>();
   agent::to_rpc(r, b);
+  auto out = b.getHeader();
+  out.setMemberId(h.member_id);
+  out.setRaftTerm(h.raft_term);
+  out.setAppliedIndex(h.applied_index);
+  out.setClusterTimeMs(h.cluster_time_ms);
+  out.setPossiblyStale(h.possibly_stale);
   std::puts(to_json(b).c_str());
 }
 
@@ -516,7 +523,7 @@ int main(int argc, char** argv) {
       auto r = put_fence.empty() ? c->put(put_req) : c->put(put_req, parse_fence(put_fence));
       if (!r) return report(r.error());
       if (g.json()) {
-        print_json<PutResponse, rpc::PutResponse>(*r);
+        print_json<PutResponse, rpc::PutResponse>(*r, c->last_header());
       } else {
         std::puts("OK");
         if (r->prev_kv) print_kv(*r->prev_kv, false, false);
@@ -539,7 +546,7 @@ int main(int argc, char** argv) {
         auto r = c->range(get_req);
         if (!r) return report(r.error());
         if (g.json())
-          print_json<RangeResponse, rpc::RangeResponse>(*r);
+          print_json<RangeResponse, rpc::RangeResponse>(*r, c->last_header());
         else
           print_range(*r, print_value_only, get_req.keys_only, get_req.count_only);
         return 0;
@@ -561,9 +568,16 @@ int main(int argc, char** argv) {
         return report(r.error());
       }
       if (g.json()) {
-        std::printf("],\"header\":{\"revision\":\"%lld\"},\"more\":%s,\"count\":\"%lld\"}\n",
-                    static_cast<long long>(r->revision), r->more ? "true" : "false",
-                    static_cast<long long>(r->count));
+        const auto& h = c->last_header();
+        std::printf(
+            "],\"header\":{\"revision\":\"%lld\",\"member_id\":\"%llu\",\"raft_term\":\"%llu\","
+            "\"applied_index\":\"%llu\",\"cluster_time_ms\":\"%llu\",\"possibly_stale\":%s},"
+            "\"more\":%s,\"count\":\"%lld\"}\n",
+            static_cast<long long>(r->revision), static_cast<unsigned long long>(h.member_id),
+            static_cast<unsigned long long>(h.raft_term),
+            static_cast<unsigned long long>(h.applied_index),
+            static_cast<unsigned long long>(h.cluster_time_ms), h.possibly_stale ? "true" : "false",
+            r->more ? "true" : "false", static_cast<long long>(r->count));
       } else if (get_req.count_only) {
         std::printf("%lld\n", static_cast<long long>(r->count));
       }
@@ -577,7 +591,7 @@ int main(int argc, char** argv) {
       auto r = del_fence.empty() ? c->delete_range(d) : c->delete_range(d, parse_fence(del_fence));
       if (!r) return report(r.error());
       if (g.json())
-        print_json<DeleteRangeResponse, rpc::DeleteRangeResponse>(*r);
+        print_json<DeleteRangeResponse, rpc::DeleteRangeResponse>(*r, c->last_header());
       else
         print_response_op(*r);
       return 0;
@@ -589,7 +603,7 @@ int main(int argc, char** argv) {
       auto r = c->txn(*t);
       if (!r) return report(r.error());
       if (g.json()) {
-        print_json<TxnResponse, rpc::TxnResponse>(*r);
+        print_json<TxnResponse, rpc::TxnResponse>(*r, c->last_header());
       } else {
         std::puts(r->succeeded ? "SUCCESS" : "FAILURE");
         for (const auto& op : r->responses) {

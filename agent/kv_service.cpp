@@ -399,8 +399,21 @@ class KeelImpl final : public rpc::Keel::Server {
     auto results = ctx.getResults();
     auto resp = read_range(s, req, skip_count);
     if (!resp) return fail(results, resp.error());
-    to_rpc(*resp, results.initResponse());
+    auto out = results.initResponse();
+    to_rpc(*resp, out);
+    fill_header(s, out.getHeader());
     return kj::READY_NOW;
+  }
+
+  // Who served a reply and how current its replica is (ReplicaPosition).
+  static void fill_header(KvService& s, rpc::ResponseHeader::Builder h) {
+    if (s.node_ == nullptr) return;
+    const node::ReplicaPosition p = s.node_->position();
+    h.setMemberId(p.id);
+    h.setRaftTerm(p.term);
+    h.setAppliedIndex(p.applied_index);
+    h.setClusterTimeMs(p.cluster_ms);
+    h.setPossiblyStale(p.possibly_stale);
   }
 
   template <typename T, typename Call>
@@ -485,20 +498,23 @@ class KeelImpl final : public rpc::Keel::Server {
       return fail(ctx.getResults(), st.error());
     }
     const bool wrapped = fence.has_value();
-    auto p = propose(std::move(*command)).then([ctx, wrapped](Result<CommandResult> r) mutable {
-      auto results = ctx.getResults();
-      if (!r) {
-        to_rpc(r.error(), results.initError());
-      } else if constexpr (std::is_same_v<Response, storage::TxnResponse>) {
-        to_rpc(std::get<Response>(r.value()), results.initResponse());
-      } else if (wrapped) {
-        auto& txn = std::get<storage::TxnResponse>(r.value());
-        KEEL_ASSERT(txn.responses.size() == 1, "a fenced write is a one-op txn");
-        to_rpc(std::get<Response>(txn.responses[0]), results.initResponse());
-      } else {
-        to_rpc(std::get<Response>(r.value()), results.initResponse());
-      }
-    });
+    auto p =
+        propose(std::move(*command)).then([s = s_, ctx, wrapped](Result<CommandResult> r) mutable {
+          auto results = ctx.getResults();
+          if (!r) {
+            to_rpc(r.error(), results.initError());
+            return;
+          } else if constexpr (std::is_same_v<Response, storage::TxnResponse>) {
+            to_rpc(std::get<Response>(r.value()), results.initResponse());
+          } else if (wrapped) {
+            auto& txn = std::get<storage::TxnResponse>(r.value());
+            KEEL_ASSERT(txn.responses.size() == 1, "a fenced write is a one-op txn");
+            to_rpc(std::get<Response>(txn.responses[0]), results.initResponse());
+          } else {
+            to_rpc(std::get<Response>(r.value()), results.initResponse());
+          }
+          fill_header(*s, results.getResponse().getHeader());
+        });
     return track(kj::mv(p));
   }
 

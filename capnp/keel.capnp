@@ -21,6 +21,12 @@ struct ResponseHeader {
   revision @0 :Int64;     # store revision the reply reflects
   memberId @1 :UInt64 $Json.name("member_id");
   raftTerm @2 :UInt64 $Json.name("raft_term");
+  # Range and write replies: the replica that served it, as of the reply. possiblyStale: a
+  # serializable read from an agent that knows no current upstream (a learner cut off from
+  # the voters, or a member without a leader); appliedIndex and clusterTimeMs say how old.
+  appliedIndex @3 :UInt64 $Json.name("applied_index");
+  clusterTimeMs @4 :UInt64 $Json.name("cluster_time_ms");
+  possiblyStale @5 :Bool $Json.name("possibly_stale");
 }
 
 enum ErrorCode {

@@ -132,6 +132,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   bool drain_posted = false;
   bool stopping = false;
   NodeStatus shared_status;
+  ReplicaPosition shared_position;
 
   // ---- node thread only ----
   uint64_t nonce = 0;
@@ -895,8 +896,20 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
 
   void publish_status() {
     auto s = local_status();
+    {
+      std::lock_guard lock(mu);
+      shared_status = std::move(s);
+    }
+    publish_position();
+  }
+  // Before completions run, so a reply's header covers its own write.
+  void publish_position() {
+    ReplicaPosition p{opt.id, raw ? raw->term() : up.header.term, applied,
+                      store.applied_cluster_ms(), false};
+    p.possibly_stale = raw ? (removed || raw->leader() == raft::kNoNode)
+                           : (up.parent == 0 || !up.header.upstream_ok);
     std::lock_guard lock(mu);
-    shared_status = std::move(s);
+    shared_position = p;
   }
 
   void query_cluster(uint32_t timeout_ms, std::function<void(std::vector<MemberStatus>)> done) {
@@ -1377,6 +1390,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     auto all_results = store.apply_entries(batch, last, record_conf ? &applied_conf : nullptr,
                                            record_conf ? &members_blob : nullptr);
     conf_unrecorded = false;
+    applied = last;
+    publish_position();
     // One result per entry with a command; time entries get an empty slot here.
     std::vector<std::optional<Result<storage::CommandResult>>> results(decoded.size());
     {
@@ -1388,7 +1403,6 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
       }
       KEEL_ASSERT(r == all_results.size(), "apply returned a result per command");
     }
-    applied = last;
     for (size_t i = 0; i < decoded.size(); ++i) {
       const auto& d = decoded[i];
       if (!results[i]) continue;
@@ -1499,7 +1513,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
       if (cc.node == opt.id) {
         removed = true;
         fail_all(removed_error());
-      } else if (transport) {
+      } else if (transport && raw) {
         // Tell it (it no longer receives the log), then forget its address a little later so
         // the notice can still go out.
         transport->send_app(cc.node, wire::encode_removed_notice(cc.node));
@@ -2153,6 +2167,11 @@ void Node::cluster_status(uint32_t timeout_ms,
 NodeStatus Node::status() const {
   std::lock_guard lock(impl_->mu);
   return impl_->shared_status;
+}
+
+ReplicaPosition Node::position() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->shared_position;
 }
 
 void Node::stop() {

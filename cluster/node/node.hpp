@@ -149,6 +149,17 @@ struct NodeStatus {
   std::vector<Learner> learners;
 };
 
+// Where this replica stands, for reply headers: cheap to read on any thread.
+struct ReplicaPosition {
+  raft::NodeId id = 0;
+  uint64_t term = 0;
+  uint64_t applied_index = 0;
+  uint64_t cluster_ms = 0;
+  // No current upstream: a learner that is detached (or whose parent has none), a member
+  // that knows no leader or was removed. Serializable reads may then be old.
+  bool possibly_stale = false;
+};
+
 using Completion = std::function<void(Result<storage::CommandResult>)>;
 
 // One member's answer to a cluster status query: who was asked, and what it said.
@@ -183,7 +194,8 @@ class Node {
   // member that does not answer within timeout_ms gets an `unavailable` status.
   void cluster_status(uint32_t timeout_ms, std::function<void(std::vector<MemberStatus>)> done);
 
-  NodeStatus status() const;  // any thread
+  NodeStatus status() const;         // any thread
+  ReplicaPosition position() const;  // any thread
 
   // Stops accepting proposals, waits (bounded) for the ones in flight, hands leadership to
   // the most up-to-date voter if this member leads, then stops the thread. Idempotent.

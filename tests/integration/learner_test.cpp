@@ -242,6 +242,7 @@ TEST_CASE(
   }
   auto lc = k.c.member(l).client();
   std::optional<std::string> serializable = get_value(*lc, "before", true);
+  const client::ReplyHeader stale_header = lc->last_header();
   storage::RangeRequest lin;
   lin.key = "before";
   auto linearizable = lc->range(lin);
@@ -263,6 +264,9 @@ TEST_CASE(
     ::kill(k.c.member(i).pid(), SIGCONT);
   CHECK(detached);
   CHECK(serializable == "1");
+  CHECK(stale_header.possibly_stale);  // and it says so, with how old its replica is
+  CHECK(stale_header.applied_index > 0);
+  CHECK(stale_header.member_id == k.c.status(l)->member_id);
   REQUIRE_FALSE(linearizable);
   CHECK(linearizable.error().code == ErrorCode::unavailable);
   REQUIRE_FALSE(write);
@@ -273,6 +277,7 @@ TEST_CASE(
   REQUIRE(wait_attached(k.c, {l}));
   REQUIRE(vc->put(put("after", "2")));
   CHECK(get_value(*lc, "after", false) == "2");
+  CHECK_FALSE(lc->last_header().possibly_stale);
 }
 
 TEST_CASE(
