@@ -59,7 +59,7 @@ NodeId member_id_of(uint64_t cluster_id, const std::string& name) {
   return id == 0 ? 1 : id;
 }
 
-struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
+struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, RelayUplink {
   struct Queued {
     storage::Command command;
     std::string encoded;
@@ -202,16 +202,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   // last heard), so their addresses are forgotten when they go quiet.
   std::map<NodeId, Clock::time_point> foreign_peers;
   // A learner agent's (opt.relay_learner) link up the tree.
-  struct Upstream {
-    NodeId parent = 0;
-    std::vector<NodeId> path;  // parent first, a voter last
-    Clock::time_point heard, not_ok_since, next_report, next_round, resubscribed;
-    NodeId trying = 0;  // asked to be fed, no answer yet
-    Clock::time_point try_deadline;
-    std::deque<Member> candidates;  // voters first, then the children that full parents named
-    std::set<NodeId> tried;
-    wire::RelayEntries header;  // the parent's last view of the cluster (no entries)
-  } up;
+  std::unique_ptr<RelayChild> child;
   std::deque<raft::Entry> ring;  // a learner's last applied entries, for its own children
   size_t ring_bytes = 0;
   // A learner's writes handed to a voter: the encoded entry until the voter says it was
@@ -223,7 +214,6 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     bool sent = false;
   };
   std::map<uint64_t, Unacked> relay_unacked;  // by seq
-  uint64_t stat_relay_resubscribes = 0;
 
   // ---- bootstrap -------------------------------------------------------------------------
   Status open() {
@@ -306,6 +296,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     nonce = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ mix64(opt.id);
 
     if (opt.relay_learner) {
+      child = std::make_unique<RelayChild>(opt.id, opt.name, advertise(), relay_options(), *this);
       members.erase(opt.id);  // a learner is not a member; initial_members names the voters
       update_members_roles();
       publish_status();
@@ -425,15 +416,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     for (const auto& [id, m] : members) {
       if (id != opt.id && !m.peer_address.empty()) transport->set_peer(id, m.peer_address);
     }
-    RelayOptions ro;
-    ro.fanout = opt.relay_fanout;
-    ro.heartbeat_ms = opt.relay_heartbeat_ms;
-    ro.timeout_ms = opt.relay_timeout_ms;
-    ro.batch_bytes = opt.relay_batch_bytes;
-    ro.window_bytes = opt.relay_window_bytes;
-    ro.snapshot_chunk_bytes = opt.snapshot_chunk_bytes;
-    ro.snapshot_window_chunks = opt.snapshot_window_chunks;
-    relay = std::make_unique<RelayHub>(opt.id, ro, *this);
+    relay = std::make_unique<RelayHub>(opt.id, relay_options(), *this);
     work.emplace(io.get_executor());
     if (!raw) {
       asio::post(io, [this] {
@@ -847,19 +830,20 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     if (relay) s.learners = relay->subtree();
     if (!raw) {
       s.role = "learner";
-      s.leader = up.header.leader;
-      s.term = up.header.term;
-      s.commit_index = std::max(up.header.commit, applied);
+      const wire::RelayEntries& h = child->header();
+      s.leader = h.leader;
+      s.term = h.term;
+      s.commit_index = std::max(h.commit, applied);
       s.applied_index = applied;
       s.last_index = applied;
       s.revision = store.current_revision();
       s.cluster_ms = store.applied_cluster_ms();
       s.members = member_list();
       s.proposals = stat_proposals;
-      s.upstream = up.parent;
-      s.upstream_path = up.path;
+      s.upstream = child->parent();
+      s.upstream_path = child->path();
       s.lag_entries = s.commit_index - applied;
-      s.lag_ms = up.header.cluster_ms > s.cluster_ms ? up.header.cluster_ms - s.cluster_ms : 0;
+      s.lag_ms = h.cluster_ms > s.cluster_ms ? h.cluster_ms - s.cluster_ms : 0;
       s.snapshots_installed = stat_snapshots_installed;
       return s;
     }
@@ -904,10 +888,10 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   }
   // Before completions run, so a reply's header covers its own write.
   void publish_position() {
-    ReplicaPosition p{opt.id, raw ? raw->term() : up.header.term, applied,
+    ReplicaPosition p{opt.id, raw ? raw->term() : (child ? child->header().term : 0), applied,
                       store.applied_cluster_ms(), false};
-    p.possibly_stale = raw ? (removed || raw->leader() == raft::kNoNode)
-                           : (up.parent == 0 || !up.header.upstream_ok);
+    p.possibly_stale =
+        raw ? (removed || raw->leader() == raft::kNoNode) : !(child && child->upstream_ok());
     std::lock_guard lock(mu);
     shared_position = p;
   }
@@ -990,7 +974,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     if (!raw) {
       // The parent's connection is gone (it died, or stopped reading): attach elsewhere now
       // rather than after relay.timeout_ms.
-      if (peer == up.parent) detach("the connection to it was lost");
+      if (child) child->on_unreachable(peer);
       return;
     }
     raw->report_unreachable(peer);
@@ -1218,7 +1202,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     if (!snap_in || snap_in->from != from || snap_in->transfer != c.transfer) {
       if (c.seq != 0) return refuse("not the first chunk of a transfer this member knows");
       if (raw && raw->role() == raft::Role::leader) return refuse("this member is the leader");
-      if (!raw && from != up.parent) return refuse("not from this learner's parent");
+      if (!raw && from != child->parent()) return refuse("not from this learner's parent");
       snap_in.reset();  // a newer transfer replaces an unfinished one (its tables go)
       auto sink = store.snapshot_sink();
       if (!sink) return refuse(sink.error().message);
@@ -1572,6 +1556,18 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   // or answers with its applied index after a ReadIndex round. A write completes when the
   // learner applies it itself, so a program reads its own writes from its own agent.
 
+  RelayOptions relay_options() const {
+    RelayOptions ro;
+    ro.fanout = opt.relay_fanout;
+    ro.heartbeat_ms = opt.relay_heartbeat_ms;
+    ro.timeout_ms = opt.relay_timeout_ms;
+    ro.batch_bytes = opt.relay_batch_bytes;
+    ro.window_bytes = opt.relay_window_bytes;
+    ro.snapshot_chunk_bytes = opt.snapshot_chunk_bytes;
+    ro.snapshot_window_chunks = opt.snapshot_window_chunks;
+    return ro;
+  }
+
   // RelayFeed
   uint64_t relay_last() override { return applied; }
   bool relay_entries(uint64_t from, uint64_t to, size_t max_bytes,
@@ -1611,12 +1607,13 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
       h.upstream_ok = raw->leader() != raft::kNoNode && !removed && !failed;
       return h;
     }
-    h.leader = up.header.leader;
-    h.term = up.header.term;
-    h.commit = std::max(up.header.commit, applied);
-    h.cluster_ms = std::max(up.header.cluster_ms, store.applied_cluster_ms());
-    h.upstream_ok = up.parent != 0 && up.header.upstream_ok && !failed;
-    h.path.insert(h.path.end(), up.path.begin(), up.path.end());
+    const wire::RelayEntries& u = child->header();
+    h.leader = u.leader;
+    h.term = u.term;
+    h.commit = std::max(u.commit, applied);
+    h.cluster_ms = std::max(u.cluster_ms, store.applied_cluster_ms());
+    h.upstream_ok = child->upstream_ok() && !failed;
+    h.path.insert(h.path.end(), child->path().begin(), child->path().end());
     return h;
   }
   bool relay_send(NodeId to, std::string payload) override {
@@ -1626,7 +1623,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     if (members.count(id)) return;  // a Raft member's address comes from the configuration
     if (known) {
       transport->set_peer(id, peer_address);
-    } else if (!foreign_peers.count(id) && id != up.parent && id != up.trying) {
+    } else if (!foreign_peers.count(id) &&
+               !(child && (id == child->parent() || id == child->trying()))) {
       transport->remove_peer(id);
     }
   }
@@ -1687,12 +1685,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
       case wire::AppKind::relay_accept: {
         std::vector<NodeId> path;
         if (!wire::decode_relay_accept(payload, &path)) return malformed("relay accept");
-        return on_relay_accept(from, std::move(path), now);
+        return child->on_accept(from, std::move(path), now);
       }
       case wire::AppKind::relay_redirect: {
         wire::RelayRedirect m;
         if (!wire::decode_relay_redirect(payload, &m)) return malformed("relay redirect");
-        return on_relay_redirect(from, m, now);
+        return child->on_redirect(from, m, now);
       }
       case wire::AppKind::relay_entries: {
         wire::RelayEntries m;
@@ -1775,13 +1773,13 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   // Where a learner's writes and reads go: the leader when known, else the voter at the top
   // of its path, else any voter.
   NodeId request_target() const {
-    if (up.parent == 0) return 0;  // detached: nothing known to be current; wait (bounded)
+    if (child->parent() == 0) return 0;  // detached: nothing is known current; wait (bounded)
     auto usable = [&](NodeId id) {
       auto it = members.find(id);
       return id != 0 && it != members.end() && !it->second.peer_address.empty();
     };
-    if (usable(up.header.leader)) return up.header.leader;
-    if (!up.path.empty() && usable(up.path.back())) return up.path.back();
+    if (usable(child->header().leader)) return child->header().leader;
+    if (!child->path().empty() && usable(child->path().back())) return child->path().back();
     for (const auto& [id, m] : members) {
       if (usable(id) && !m.learner) return id;
     }
@@ -1871,16 +1869,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
   }
 
   void learner_tick(Clock::time_point now) {
-    const auto timeout = std::chrono::milliseconds(opt.relay_timeout_ms);
-    if (up.parent != 0) {
-      if (now - up.heard > timeout) {
-        detach("nothing from it for " + std::to_string(opt.relay_timeout_ms) +
-               " ms (relay.timeout_ms)");
-      } else if (!up.header.upstream_ok && now - up.not_ok_since > timeout) {
-        detach("it has had no upstream for " + std::to_string(opt.relay_timeout_ms) + " ms");
-      }
-    }
-    if (up.parent == 0) attach_step(now);
+    child->tick(now);
     for (auto it = relay_unacked.begin(); it != relay_unacked.end();) {
       const uint64_t seq = it->first;
       const bool resend = !it->second.sent;
@@ -1892,108 +1881,39 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed {
     relay->tick(now);
     pump();
   }
-  void detach(const std::string& why) {
-    spdlog::warn("relay: leaving parent {:x}: {}", up.parent, why);
-    up.parent = 0;
-    up.path.clear();
-    up.trying = 0;
-    up.candidates.clear();
-    up.tried.clear();
-    up.header.upstream_ok = false;
-    stat_relay_resubscribes++;
-  }
-  void attach_step(Clock::time_point now) {
-    if (up.trying != 0 && now < up.try_deadline) return;
-    up.trying = 0;
-    if (up.candidates.empty()) {
-      if (now < up.next_round) return;
-      up.tried.clear();
-      // Voters first, each learner starting at a different one (spreads the first level).
-      std::vector<Member> voters;
-      for (const auto& m : member_list()) {
-        if (m.id != opt.id && !m.learner && !m.peer_address.empty()) voters.push_back(m);
-      }
-      if (voters.empty()) return;
-      std::rotate(voters.begin(), voters.begin() + static_cast<long>(opt.id % voters.size()),
-                  voters.end());
-      up.candidates.assign(voters.begin(), voters.end());
-      up.next_round = now + std::chrono::milliseconds(opt.relay_heartbeat_ms);
-    }
-    while (!up.candidates.empty()) {
-      Member c = std::move(up.candidates.front());
-      up.candidates.pop_front();
-      if (c.id == opt.id || up.tried.count(c.id)) continue;
-      up.tried.insert(c.id);
-      if (!members.count(c.id)) transport->set_peer(c.id, c.peer_address);
-      transport->send_app(c.id, wire::encode_relay_subscribe({opt.name, advertise(), applied + 1}));
-      up.trying = c.id;
-      up.try_deadline =
-          now + std::chrono::milliseconds(std::min<uint32_t>(1000, opt.relay_timeout_ms));
-      return;
-    }
-  }
-  void on_relay_accept(NodeId from, std::vector<NodeId> path, Clock::time_point now) {
-    if (from != up.trying) return;
-    up.trying = 0;
-    if (std::find(path.begin(), path.end(), opt.id) != path.end()) return attach_step(now);
-    up.parent = from;
-    up.path = std::move(path);
-    up.heard = up.not_ok_since = now;
-    up.header.upstream_ok = true;
-    up.candidates.clear();
-    up.next_report = now;
-    spdlog::info("relay: fed by {:x} (path to a voter: {} hops) from index {}", from,
-                 up.path.size(), applied + 1);
-  }
-  void on_relay_redirect(NodeId from, const wire::RelayRedirect& r, Clock::time_point now) {
-    if (from != up.trying) return;
-    for (const auto& c : r.candidates) {
-      if (c.id != opt.id && !up.tried.count(c.id)) up.candidates.push_back(c);
-    }
-    up.trying = 0;
-    attach_step(now);
-  }
   void on_relay_entries(NodeId from, wire::RelayEntries m, Clock::time_point now) {
-    if (from != up.parent) return;  // a former parent: it lets go after its timeout
-    up.heard = now;
-    if (m.upstream_ok || up.header.upstream_ok) up.not_ok_since = now;
-    if (std::find(m.path.begin(), m.path.end(), opt.id) != m.path.end()) {
-      return detach("its path to a voter runs through this learner");
-    }
-    up.path = m.path;
-    std::vector<raft::Entry> entries = std::move(m.entries);
-    up.header = std::move(m);
-    if (snap_in && snap_in->info && up.header.prev_index == snap_in->info->applied_index) {
-      install_relayed_snapshot(up.header.prev_term);
-    }
-    if (up.header.prev_index > applied) {
-      // A gap (a message was lost with a connection): ask to be fed from the applied index.
-      if (!snap_in && now - up.resubscribed > std::chrono::milliseconds(opt.relay_heartbeat_ms)) {
-        up.resubscribed = now;
-        stat_relay_resubscribes++;
-        transport->send_app(from,
-                            wire::encode_relay_subscribe({opt.name, advertise(), applied + 1}));
-      }
-      return;
-    }
-    std::erase_if(entries, [&](const raft::Entry& e) { return e.index <= applied; });
-    if (!entries.empty()) {
-      apply_entries(entries);
-      release_reads();
-    }
-    wire::RelayAck ack;
-    ack.applied = applied;
-    if (now >= up.next_report) {
-      up.next_report = now + std::chrono::milliseconds(1000);
-      ack.has_report = true;
-      ack.subtree.push_back(Learner{opt.id, opt.name, advertise(), up.parent, applied});
-      auto below = relay->subtree();
-      ack.subtree.insert(ack.subtree.end(), below.begin(), below.end());
-    }
-    transport->send_app(from, wire::encode_relay_ack(ack));
+    child->on_entries(from, std::move(m), now);
     relay->pump(now);
     publish_status();
   }
+
+  // RelayUplink
+  uint64_t uplink_applied() override { return applied; }
+  std::vector<Member> uplink_voters() override {
+    std::vector<Member> voters;
+    for (const auto& m : member_list()) {
+      if (m.id != opt.id && !m.learner && !m.peer_address.empty()) voters.push_back(m);
+    }
+    return voters;
+  }
+  bool uplink_send(NodeId to, std::string payload) override {
+    return transport->send_app(to, std::move(payload));
+  }
+  void uplink_dial(NodeId id, const std::string& peer_address) override {
+    if (!members.count(id)) transport->set_peer(id, peer_address);
+  }
+  void uplink_apply(const std::vector<raft::Entry>& entries) override {
+    apply_entries(entries);
+    release_reads();
+  }
+  bool uplink_receiving() override { return snap_in.has_value(); }
+  std::optional<uint64_t> uplink_staged() override {
+    if (snap_in && snap_in->info) return snap_in->info->applied_index;
+    return std::nullopt;
+  }
+  void uplink_install(uint64_t term) override { install_relayed_snapshot(term); }
+  std::vector<Learner> uplink_subtree() override { return relay->subtree(); }
+
   void install_relayed_snapshot(uint64_t term) {
     raft::Ready rd;
     auto snap = std::make_shared<raft::Snapshot>();

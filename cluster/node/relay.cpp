@@ -217,4 +217,135 @@ std::vector<Learner> RelayHub::subtree() const {
   return out;
 }
 
+// ---- RelayChild ------------------------------------------------------------------------
+
+RelayChild::RelayChild(raft::NodeId self, std::string name, std::string peer_address,
+                       RelayOptions options, RelayUplink& uplink)
+    : self_(self),
+      name_(std::move(name)),
+      peer_address_(std::move(peer_address)),
+      opt_(options),
+      up_(uplink) {}
+
+void RelayChild::tick(RelayClock::time_point now) {
+  const auto timeout = std::chrono::milliseconds(opt_.timeout_ms);
+  if (parent_ != 0) {
+    if (now - heard_ > timeout) {
+      detach("nothing from it for " + std::to_string(opt_.timeout_ms) + " ms (relay.timeout_ms)");
+    } else if (!header_.upstream_ok && now - not_ok_since_ > timeout) {
+      detach("it has had no upstream for " + std::to_string(opt_.timeout_ms) + " ms");
+    }
+  }
+  if (parent_ == 0) attach_step(now);
+}
+
+void RelayChild::on_unreachable(raft::NodeId peer) {
+  if (peer == parent_ && parent_ != 0) detach("the connection to it was lost");
+}
+
+void RelayChild::detach(const std::string& why) {
+  spdlog::warn("relay: leaving parent {:x}: {}", parent_, why);
+  parent_ = 0;
+  path_.clear();
+  trying_ = 0;
+  candidates_.clear();
+  tried_.clear();
+  header_.upstream_ok = false;
+  reattachments_++;
+}
+
+void RelayChild::subscribe(raft::NodeId to) {
+  up_.uplink_send(to,
+                  wire::encode_relay_subscribe({name_, peer_address_, up_.uplink_applied() + 1}));
+}
+
+void RelayChild::attach_step(RelayClock::time_point now) {
+  if (trying_ != 0 && now < try_deadline_) return;
+  trying_ = 0;
+  if (candidates_.empty()) {
+    if (now < next_round_) return;
+    tried_.clear();
+    // Voters first, each learner starting at a different one (spreads the first level).
+    std::vector<Member> voters = up_.uplink_voters();
+    if (voters.empty()) return;
+    std::rotate(voters.begin(), voters.begin() + static_cast<long>(self_ % voters.size()),
+                voters.end());
+    candidates_.assign(voters.begin(), voters.end());
+    next_round_ = now + std::chrono::milliseconds(opt_.heartbeat_ms);
+  }
+  while (!candidates_.empty()) {
+    Member c = std::move(candidates_.front());
+    candidates_.pop_front();
+    if (c.id == self_ || tried_.count(c.id)) continue;
+    tried_.insert(c.id);
+    up_.uplink_dial(c.id, c.peer_address);
+    subscribe(c.id);
+    trying_ = c.id;
+    try_deadline_ = now + std::chrono::milliseconds(std::min<uint32_t>(1000, opt_.timeout_ms));
+    return;
+  }
+}
+
+void RelayChild::on_accept(raft::NodeId from, std::vector<raft::NodeId> path,
+                           RelayClock::time_point now) {
+  if (from != trying_) return;
+  trying_ = 0;
+  if (std::find(path.begin(), path.end(), self_) != path.end()) return attach_step(now);
+  parent_ = from;
+  path_ = std::move(path);
+  heard_ = not_ok_since_ = now;
+  header_.upstream_ok = true;
+  candidates_.clear();
+  next_report_ = now;
+  spdlog::info("relay: fed by {:x} (path to a voter: {} hops) from index {}", from, path_.size(),
+               up_.uplink_applied() + 1);
+}
+
+void RelayChild::on_redirect(raft::NodeId from, const wire::RelayRedirect& r,
+                             RelayClock::time_point now) {
+  if (from != trying_) return;
+  for (const auto& c : r.candidates) {
+    if (c.id != self_ && !tried_.count(c.id)) candidates_.push_back(c);
+  }
+  trying_ = 0;
+  attach_step(now);
+}
+
+void RelayChild::on_entries(raft::NodeId from, wire::RelayEntries m, RelayClock::time_point now) {
+  if (from != parent_) return;  // a former parent: it lets go after its timeout
+  heard_ = now;
+  if (m.upstream_ok || header_.upstream_ok) not_ok_since_ = now;
+  if (std::find(m.path.begin(), m.path.end(), self_) != m.path.end()) {
+    return detach("its path to a voter runs through this learner");
+  }
+  path_ = m.path;
+  std::vector<raft::Entry> entries = std::move(m.entries);
+  header_ = std::move(m);
+  if (auto staged = up_.uplink_staged(); staged && *staged == header_.prev_index) {
+    up_.uplink_install(header_.prev_term);
+  }
+  const uint64_t applied = up_.uplink_applied();
+  if (header_.prev_index > applied) {
+    // A gap (a message was lost with a connection): ask to be fed from the applied index.
+    if (!up_.uplink_receiving() &&
+        now - resubscribed_ > std::chrono::milliseconds(opt_.heartbeat_ms)) {
+      resubscribed_ = now;
+      subscribe(from);
+    }
+    return;
+  }
+  std::erase_if(entries, [&](const raft::Entry& e) { return e.index <= applied; });
+  if (!entries.empty()) up_.uplink_apply(entries);
+  wire::RelayAck ack;
+  ack.applied = up_.uplink_applied();
+  if (now >= next_report_) {
+    next_report_ = now + std::chrono::milliseconds(1000);
+    ack.has_report = true;
+    ack.subtree.push_back(Learner{self_, name_, peer_address_, parent_, ack.applied});
+    auto below = up_.uplink_subtree();
+    ack.subtree.insert(ack.subtree.end(), below.begin(), below.end());
+  }
+  up_.uplink_send(from, wire::encode_relay_ack(ack));
+}
+
 }  // namespace keel::node

@@ -22,6 +22,8 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -124,6 +126,69 @@ class RelayHub {
   std::map<raft::NodeId, Child> children_;
   uint64_t next_transfer_;
   Stats stats_;
+};
+
+// What a learner's RelayChild needs from the learner it runs in.
+class RelayUplink {
+ public:
+  virtual ~RelayUplink() = default;
+  virtual uint64_t uplink_applied() = 0;
+  virtual std::vector<Member> uplink_voters() = 0;  // asked first, in this order
+  virtual bool uplink_send(raft::NodeId to, std::string payload) = 0;
+  virtual void uplink_dial(raft::NodeId id, const std::string& peer_address) = 0;
+  // Applies committed entries that follow the applied index, in order.
+  virtual void uplink_apply(const std::vector<raft::Entry>& entries) = 0;
+  // A snapshot streamed from the parent: whether one is being received, and the index of
+  // one received whole (staged, not installed). Install it: its index's term is `term`.
+  virtual bool uplink_receiving() = 0;
+  virtual std::optional<uint64_t> uplink_staged() = 0;
+  virtual void uplink_install(uint64_t term) = 0;
+  virtual std::vector<Learner> uplink_subtree() = 0;  // the learners this one feeds
+};
+
+// A learner's link up the tree: finds a parent (the voters first, then the learners that
+// full parents name, breadth first; never one whose path runs through this learner), takes
+// its committed entries in order, acknowledges them, reports its subtree about once a
+// second, and leaves a parent that is silent or without an upstream of its own for
+// timeout_ms (or whose connection was lost) to attach elsewhere from its applied index.
+class RelayChild {
+ public:
+  RelayChild(raft::NodeId self, std::string name, std::string peer_address, RelayOptions options,
+             RelayUplink& uplink);
+
+  void tick(RelayClock::time_point now);
+  void on_accept(raft::NodeId from, std::vector<raft::NodeId> path, RelayClock::time_point now);
+  void on_redirect(raft::NodeId from, const wire::RelayRedirect& r, RelayClock::time_point now);
+  void on_entries(raft::NodeId from, wire::RelayEntries m, RelayClock::time_point now);
+  void on_unreachable(raft::NodeId peer);
+
+  raft::NodeId parent() const { return parent_; }
+  raft::NodeId trying() const { return trying_; }
+  const std::vector<raft::NodeId>& path() const { return path_; }  // parent first, a voter last
+  // The parent's last view of the cluster (its entries dropped).
+  const wire::RelayEntries& header() const { return header_; }
+  // Attached under a parent that has an upstream of its own.
+  bool upstream_ok() const { return parent_ != 0 && header_.upstream_ok; }
+  uint64_t reattachments() const { return reattachments_; }
+
+ private:
+  void detach(const std::string& why);
+  void attach_step(RelayClock::time_point now);
+  void subscribe(raft::NodeId to);
+
+  const raft::NodeId self_;
+  const std::string name_, peer_address_;
+  const RelayOptions opt_;
+  RelayUplink& up_;
+  raft::NodeId parent_ = 0;
+  std::vector<raft::NodeId> path_;
+  RelayClock::time_point heard_, not_ok_since_, next_report_, next_round_, resubscribed_;
+  raft::NodeId trying_ = 0;  // asked to be fed, no answer yet
+  RelayClock::time_point try_deadline_;
+  std::deque<Member> candidates_;
+  std::set<raft::NodeId> tried_;
+  wire::RelayEntries header_;
+  uint64_t reattachments_ = 0;
 };
 
 }  // namespace keel::node
