@@ -26,6 +26,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=tests/bench/lib.sh
+source "$here/../lib.sh"
 src="$(cd "$here/../../.." && pwd)"
 build="$src/build"
 smoke=0
@@ -76,11 +78,6 @@ keyspace=10000
 clients=100
 conns=10
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
 
 # ---- etcd availability --------------------------------------------------------------------
 etcd_bench=""
@@ -105,18 +102,6 @@ fi
 root="$(mktemp -d /tmp/keel-cluster-bench.XXXXXX)"
 declare -a KPID=(0 0 0) EPID=(0 0 0)
 
-stop_pid() {  # SIGTERM, bounded wait (10 s), then SIGKILL
-  local pid=$1 i
-  [ "$pid" -gt 0 ] 2>/dev/null || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$? i
   trap - EXIT INT TERM
@@ -142,7 +127,6 @@ now_us() {  # wall clock in microseconds, without a fork
   echo "$t"
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- keel -------------------------------------------------------------------------------
 kpeer() { echo $((24800 + port_shift + $1)); }
@@ -220,41 +204,9 @@ etcd_leader() {
     fi
   done
 }
-etcd_load() {  # etcd's benchmark; prints a key=value line like kv_bench's
-  local out
-  out="$("$etcd_bench" --endpoints="$etcd_endpoints" --precise "$@" 2>&1)" || {
-    echo "$out" >&2
-    return 1
-  }
-  if grep -q 'Error distribution' <<<"$out"; then
-    echo "$out" | sed -n '/Error distribution/,$p' >&2
-    return 1
-  fi
-  awk '
-    /Requests\/sec:/ {rate = $2}
-    /Total:/ {secs = $2}
-    $1 == "50%" {p50 = $3 * 1e6}
-    $1 == "99%" {p99 = $3 * 1e6}
-    $1 == "99.9%" {p999 = $3 * 1e6}
-    END {printf "rate=%.0f secs=%s p50_us=%.1f p99_us=%.1f p999_us=%.1f\n", rate, secs, p50, p99, p999}
-  ' <<<"$out"
-}
 
 # ---- generic helpers (system = keel | etcd) ----------------------------------------------
 pids_of() { if [ "$1" = keel ]; then echo "${KPID[*]}"; else echo "${EPID[*]}"; fi; }
-cpu_ticks() {  # utime + stime of the given pids, in clock ticks
-  local total=0 pid stat
-  for pid in "$@"; do
-    stat="$(cat "/proc/$pid/stat")"
-    stat="${stat##*') '}"  # fields from 3 (state) on
-    # shellcheck disable=SC2086
-    set -- $stat
-    total=$((total + ${12} + ${13}))  # fields 14 and 15
-  done
-  echo "$total"
-}
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 
 # The first put acknowledged through member `via` after t0, as a client sees it that sends a
 # put every 25 ms and waits at most 2 s for each (an attempt sent during the failover may hang
