@@ -16,10 +16,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// relay.fanout 1: each voter feeds one learner, so a fourth learner must hang under a learner.
-std::string learner_config(const std::string& extra = "") {
-  return std::string(KeelCluster::kFastRaft) +
-         "[relay]\nfanout = 1\nheartbeat_ms = 100\ntimeout_ms = 1000\n" + extra;
+// relay.fanout 1 by default: each voter feeds one learner, so a fourth learner must hang
+// under a learner.
+std::string learner_config(int fanout = 1) {
+  return std::string(KeelCluster::kFastRaft) + "[relay]\nfanout = " + std::to_string(fanout) +
+         "\nheartbeat_ms = 100\ntimeout_ms = 1000\n";
 }
 
 std::optional<std::string> get_value(client::Client& c, const std::string& key, bool serializable) {
@@ -78,11 +79,11 @@ struct Cluster {
 }  // namespace
 
 TEST_CASE(
-    "[learner] with relay.fanout 1, 5 learners form a tree: no agent feeds more than one, "
+    "[learner] with relay.fanout 2, 10 learners form a tree: no agent feeds more than two, "
     "every path ends at a voter, and member list shows each learner with its parent",
     "[integration][learner]") {
   TempDir dir;
-  Cluster k(dir.path, 5, learner_config());
+  Cluster k(dir.path, 10, learner_config(2));
   REQUIRE(k.start());
   std::set<uint64_t> voters, learner_ids;
   for (int i = 0; i < 3; ++i)
@@ -91,7 +92,7 @@ TEST_CASE(
   for (int i = 0; i < k.c.size(); ++i) {
     auto s = k.c.status(i);
     REQUIRE(s);
-    CHECK(s->relay_children <= 1);
+    CHECK(s->relay_children <= 2);
     if (!k.c.is_learner(i)) {
       CHECK(s->role != "learner");
       continue;
@@ -103,7 +104,7 @@ TEST_CASE(
     CHECK(voters.count(s->upstream_path.back()) == 1);
     if (s->upstream_path.size() > 1) deeper++;
   }
-  CHECK(deeper == 2);  // 3 voters feed one learner each; the other two hang below learners
+  CHECK(deeper == 4);  // 3 voters feed two learners each; the other four hang below learners
 
   // Reports travel up the tree about once a second: wait until all five are listed.
   std::vector<client::MemberInfo> members;
@@ -112,10 +113,10 @@ TEST_CASE(
     auto r = cl->member_list();
     REQUIRE(r);
     members = *r;
-    if (members.size() == 8) break;
+    if (members.size() == 13) break;
     std::this_thread::sleep_for(50ms);
   }
-  REQUIRE(members.size() == 8);
+  REQUIRE(members.size() == 13);
   int listed = 0;
   for (const auto& m : members) {
     if (m.relay_parent == 0) {
@@ -126,7 +127,7 @@ TEST_CASE(
     CHECK((voters.count(m.relay_parent) + learner_ids.count(m.relay_parent)) == 1);
     listed++;
   }
-  CHECK(listed == 5);
+  CHECK(listed == 10);
 }
 
 TEST_CASE(
