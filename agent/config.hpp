@@ -44,7 +44,7 @@ struct Config {
   size_t relay_fanout = 8;
   uint32_t relay_heartbeat_ms = 500;
   uint32_t relay_timeout_ms = 3000;
-  size_t relay_ring_bytes = 64 << 20;
+  size_t relay_ring_bytes = 16 << 20;
 
   // [raft]
   uint32_t tick_ms = 50;

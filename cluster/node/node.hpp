@@ -111,7 +111,7 @@ struct NodeOptions {
   uint32_t relay_timeout_ms = 3000;
   size_t relay_batch_bytes = 1 << 20;
   size_t relay_window_bytes = 8 << 20;
-  size_t relay_ring_bytes = 64 << 20;
+  size_t relay_ring_bytes = 16 << 20;
 };
 
 struct NodeStatus {
