@@ -1430,8 +1430,16 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     if (!raw) {
       keep_in_ring(entries);
     } else if (applied > log.first_index() + 2 * opt.log_retain_entries) {
-      const uint64_t to = applied - opt.log_retain_entries;
-      log.create_snapshot(applied, applied_conf, std::string(), to);
+      // Compaction only below the last checkpoint's state: a crash brings the state back to
+      // it and the entries above it are re-applied (storage::Engine::durable_applied).
+      const storage::DurablePoint durable = engine.durable_applied();
+      if (durable.applied_index > log.first_index() + 2 * opt.log_retain_entries &&
+          !durable.conf.voters.empty()) {
+        const uint64_t to = durable.applied_index - opt.log_retain_entries;
+        log.create_snapshot(durable.applied_index, durable.conf, std::string(), to);
+      } else {
+        engine.request_checkpoint();
+      }
     }
   }
 

@@ -105,7 +105,7 @@ class StoreImpl : public MvccStore {
       int ret = conn_->open_session(conn_, nullptr, nullptr, &session);
       if (ret != 0) return wt_error("open_session", ret);
       WT_CURSOR* meta = nullptr;
-      ret = session->open_cursor(session, "table:meta", nullptr, nullptr, &meta);
+      ret = session->open_cursor(session, kStateMetaTable, nullptr, nullptr, &meta);
       if (ret == 0) {
         set_key(meta, "state");
         ret = meta->search(meta);
@@ -119,7 +119,7 @@ class StoreImpl : public MvccStore {
       if (ret == 0) ret = create_state_tables(session, state.generation);
       session->close(session, nullptr);
       if (ret == WT_ERROR)
-        return make_error(ErrorCode::internal, "corrupt state row in table meta");
+        return make_error(ErrorCode::internal, "corrupt state row in table statemeta");
       if (ret != 0) return wt_error("open the state tables", ret);
     }
     // Leftovers of a crash mid-stream or mid-install.
@@ -205,16 +205,33 @@ class StoreImpl : public MvccStore {
     return std::unique_ptr<SnapshotSink>(std::move(sink).value());
   }
 
-  Status install(SnapshotSink& sink,
-                 const std::function<void(const MetaRows& rows)>& commit) override {
+  Status install(SnapshotSink& sink, const std::string& installed,
+                 const std::function<void()>& durable) override {
     auto* staged = dynamic_cast<StagedSnapshot*>(&sink);
     KEEL_ASSERT(staged != nullptr && staged->finished(), "install of an unfinished sink");
     KEEL_ASSERT(staged->state().applied_index > applied_index_.load(),
                 "install of a snapshot that is not newer than the applied state");
     // The compactor writes its progress row; it must not outlive the switch.
     stop_compactor();
-    commit(staged->install_rows());  // the switch: one synced transaction (or abort)
+    // 1. The switch, in one transaction (see the contract in mvcc_store.hpp).
+    int ret = s_.session->begin_transaction(s_.session, nullptr);
+    if (ret == 0) {
+      for (const auto& [key, value] : staged->install_rows()) {
+        if ((ret = put_row(s_.meta, key, value)) != 0) break;
+      }
+    }
+    if (ret == 0) ret = put_row(s_.meta, kInstalledRow, installed);
+    if (ret == 0) {
+      ret = s_.session->commit_transaction(s_.session, nullptr);
+    } else {
+      s_.session->rollback_transaction(s_.session, nullptr);
+    }
+    // Nothing is durable yet; but readers may have followed the switch, so there is no way
+    // back in-process either (a restart drops the staged tables).
+    KEEL_ASSERT(ret == 0, "a snapshot install could not commit its switch of state");
     staged->installed();
+    // 2. Checkpoint, then the log's snapshot record (or abort).
+    durable();
     s_.close();
     cs_.close();
     const State state = staged->state();

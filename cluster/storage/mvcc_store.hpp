@@ -10,9 +10,15 @@
 // requires). current_revision()/compact_revision() may be called from any thread.
 //
 // Durability: the raft log is committed with sync (RaftStorage::persist), so an appended
-// entry survives kill -9. apply() commits without sync; after a crash the node re-applies the log
-// entries above applied_index(), which apply() stores in the same WiredTiger transaction as
-// the state it changes, so state and index can never disagree (the etcd #13766 lesson).
+// entry survives kill -9. It is the only thing WiredTiger journals. The state tables (and the
+// rows that describe them: applied index, applied configuration, members) are not journaled:
+// apply() commits them to WiredTiger's cache only, and they become durable at checkpoints
+// (EngineOptions::checkpoint_*), which hold them at one applied index because apply() stores
+// that index in the same WiredTiger transaction as the state it changes (the etcd #13766
+// lesson) and a checkpoint is one snapshot transaction. After a crash the state comes back as
+// of the last completed checkpoint (Engine::durable_applied()) and the node re-applies the
+// log entries above applied_index(); the log prefix is never compacted past
+// durable_applied() (Node does it), so those entries are always there.
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -41,6 +47,16 @@ struct EngineOptions {
   StateExtension* extension = nullptr;
   size_t cache_size_mb = 48;
   size_t log_file_max_mb = 16;  // WiredTiger's own journal file size; no preallocation
+  // Checkpoints (the only way the state becomes durable; see "Durability" above): one when
+  // this long has passed since the end of the last one, or when checkpoint_log_mb of Raft log
+  // has been appended since its start, whichever comes first; 0 disables that trigger (both
+  // 0: checkpoints only at install, Engine::checkpoint() and close). A crash re-applies
+  // what was applied since the last checkpoint: at most about checkpoint_log_mb of log.
+  // WiredTiger removes journal files older than the last checkpoint, so the journal holds
+  // about checkpoint_log_mb + 2 * log_file_max_mb (plus what is appended while a checkpoint
+  // runs).
+  uint32_t checkpoint_interval_ms = 60000;
+  size_t checkpoint_log_mb = 64;
   // Compaction deletes history in chunks of this many rows per WiredTiger transaction, on a
   // background thread, so that reads and writes never wait for a whole compaction.
   size_t compaction_batch_rows = 1000;
@@ -50,9 +66,17 @@ struct EngineOptions {
 };
 
 struct EngineStats {
-  uint64_t log_syncs = 0;        // synced log commits (fsyncs) since open
-  uint64_t log_entries = 0;      // log entries appended since open
-  uint64_t applied_batches = 0;  // apply() calls since open
+  uint64_t log_syncs = 0;                                  // synced log commits (fsyncs) since open
+  uint64_t log_entries = 0;                                // log entries appended since open
+  uint64_t applied_batches = 0;                            // apply() calls since open
+  uint64_t checkpoints = 0;                                // completed checkpoints since open
+  uint64_t checkpoint_ms_last = 0, checkpoint_ms_max = 0;  // their durations
+};
+
+// The applied state as of the last completed checkpoint: what a crash now would come back to.
+struct DurablePoint {
+  uint64_t applied_index = 0;
+  raft::ConfState conf;  // the applied configuration at applied_index (empty: none recorded)
 };
 
 class Engine;
@@ -196,7 +220,7 @@ class SnapshotSink {
   virtual uint64_t bytes() const = 0;  // chunk bytes stored so far
 };
 
-// The meta rows a snapshot install writes, in the caller's synced transaction.
+// The state meta rows a snapshot install writes.
 using MetaRows = std::vector<std::pair<std::string, std::string>>;
 
 class MvccStore {
@@ -272,13 +296,18 @@ class MvccStore {
   virtual Result<std::unique_ptr<SnapshotSource>> snapshot_source() = 0;
   // A new sink; at most one lives at a time (destroy the old one first).
   virtual Result<std::unique_ptr<SnapshotSink>> snapshot_sink() = 0;
-  // Makes a finished sink's state the store's: commit(rows) must write `rows` to table:meta
-  // in ONE transaction committed with sync (Engine::install_snapshot passes the Raft log's,
-  // so the log's snapshot record and the switch of state are one atomic step; a crash
-  // leaves the old state or the new, never a mix). Readers on other threads move to the
-  // new state at their next call. Node thread only; no apply() runs concurrently.
-  virtual Status install(SnapshotSink& sink,
-                         const std::function<void(const MetaRows& rows)>& commit) = 0;
+  // Makes a finished sink's state the store's, crash-safe at every step:
+  //   1. the switch: the sink's state, members and compaction rows, and `installed` (the
+  //      Raft snapshot record the state comes from) in one transaction (not journaled);
+  //   2. durable(): Engine::install_snapshot checkpoints (the new state is durable) and then
+  //      persists the Raft log's snapshot record, synced.
+  // A crash before the checkpoint completes leaves the old state and the old log; a crash
+  // after it, before the log's commit, leaves the new state ahead of the log, which
+  // open_engine completes from the `installed` row (the log takes that snapshot record), as
+  // receiving the snapshot again would. Readers on other threads move to the new state at
+  // their next call. Node thread only; no apply() runs concurrently.
+  virtual Status install(SnapshotSink& sink, const std::string& installed,
+                         const std::function<void()>& durable) = 0;
   // Drops the tables of replaced generations that a reader held at install time (each
   // reader lets go at its next call). Cheap when there are none; the node calls it now
   // and then. Returns the number of generations still waiting.
@@ -292,10 +321,20 @@ class Engine {
   // The raft::LogStorage of this member (raft_storage.hpp).
   virtual RaftStorage& raft() = 0;
   // Installs a finished sink whose SnapshotInfo matches rd.snapshot (asserted) and persists
-  // rd (RaftStorage::persist) in the same synced transaction.
+  // rd (RaftStorage::persist, synced): the switch of state, a checkpoint, then rd (see
+  // MvccStore::install for why this order is crash-safe). Returns once all are durable.
   virtual Status install_snapshot(SnapshotSink& sink, const raft::Ready& rd) = 0;
   virtual EngineStats stats() const = 0;
   virtual const std::string& dir() const = 0;
+  // The state a crash would come back to (see "Durability" above). The log must not be
+  // compacted (RaftStorage::create_snapshot) past its applied_index. Any thread.
+  virtual DurablePoint durable_applied() const = 0;
+  // Runs a checkpoint now (the periodic ones run on the engine's own thread); returns when
+  // it is complete and durable_applied() moved. Errors: internal. Any thread.
+  virtual Status checkpoint() = 0;
+  // Asks the engine's thread for a checkpoint as soon as it can, without waiting (the node
+  // asks when it would compact its log but durable_applied() is too old). Any thread.
+  virtual void request_checkpoint() = 0;
 };
 
 }  // namespace keel::storage

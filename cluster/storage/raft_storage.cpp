@@ -58,22 +58,10 @@ bool decode_entry(std::string_view v, uint64_t index, raft::Entry* e) {
 }
 
 std::string encode_snapshot(const raft::Snapshot& s) {
-  std::string v;
-  put_varint(v, s.meta.index);
-  put_varint(v, s.meta.term);
-  wt::put_conf(v, s.meta.conf);
-  put_varint(v, s.data.size());
-  v.append(s.data);
-  return v;
+  return wt::encode_raft_snapshot(s);
 }
 bool decode_snapshot(std::string_view v, raft::Snapshot* s) {
-  uint64_t n = 0;
-  if (!get_varint(&v, &s->meta.index) || !get_varint(&v, &s->meta.term) ||
-      !wt::get_conf(&v, &s->meta.conf) || !get_varint(&v, &n) || n != v.size()) {
-    return false;
-  }
-  s->data.assign(v.data(), v.size());
-  return true;
+  return wt::decode_raft_snapshot(v, s);
 }
 
 Error corrupt(const char* row) {
@@ -280,7 +268,9 @@ void RaftStorage::write_entries(const std::vector<raft::Entry>& entries) {
   for (size_t i = skip; i < entries.size(); i++) {
     const raft::Entry& e = entries[i];
     KEEL_ASSERT(e.index == start + (i - skip), "entries are not contiguous");
-    check(wt::put_row(entries_cursor_, be(e.index), encode_entry(e)), "write raft_entries");
+    std::string row = encode_entry(e);
+    check(wt::put_row(entries_cursor_, be(e.index), row), "write raft_entries");
+    appended_bytes_.fetch_add(row.size() + 8, std::memory_order_relaxed);
     terms_.push_back(e.term);
     tail_push(e);
   }
@@ -305,8 +295,8 @@ void RaftStorage::persist(const raft::Ready& rd,
   if (!rd.snapshot && rd.entries.empty() && !rd.hard_state && meta_rows.empty()) return;
   // etcd-io/raft's MustSync: entries, a snapshot, a new term or vote must be durable before
   // anything of this Ready is sent; a commit index alone need not (it is re-learned from the
-  // leader). WiredTiger's journal is recovered as a prefix, so the applied state, written
-  // after this, can never be durable without it.
+  // leader). The applied state, written after this, is durable only at a checkpoint, which
+  // holds every transaction committed before it: this one too, synced or not.
   const bool sync = rd.snapshot || !rd.entries.empty() || !meta_rows.empty() ||
                     (rd.hard_state && (rd.hard_state->term != hs_.term ||
                                        rd.hard_state->vote != hs_.vote || !initialized_));

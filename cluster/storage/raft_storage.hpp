@@ -17,11 +17,14 @@
 // Durability: persist(), set_hard_state(), append(), apply_snapshot(), bootstrap() and
 // set_identity() commit one WiredTiger transaction each with sync=on (one fdatasync per
 // Ready) -- except a persist() whose Ready changes only the commit index, which is not
-// synced (etcd-io/raft's MustSync; see persist()). create_snapshot() commits without sync:
-// WiredTiger's journal is replayed in order on recovery, so if that commit survives a crash, every
-// transaction committed before it on this connection survives too -- in particular the (unsynced)
-// MvccStore::apply batches that the snapshot covers. A compaction can therefore never outlive the
-// applied state it relies on, as long as the node applies before it calls create_snapshot().
+// synced (etcd-io/raft's MustSync; see persist()). Only this object's tables (raft_entries,
+// meta) are journaled; the applied state is durable at checkpoints only (wt_internal.hpp,
+// "Journaling"). create_snapshot() commits without sync, and its index and compact_to must be
+// at most Engine::durable_applied().applied_index (the caller's duty; Node does it): after a
+// crash the state comes back as of the last completed checkpoint, and the node re-applies the
+// log from there, so no entry above that checkpoint's applied index may be dropped, and the
+// core, which starts applying above max(Config::applied, snapshot index), must not be told
+// that a later state exists.
 //
 // Errors: a WiredTiger failure on the write path (a failed fsync, a full disk) leaves the
 // log in an unknown state and cannot be recovered from in-process. Every write and read
@@ -82,8 +85,7 @@ class RaftStorage final : public raft::LogStorage {
   // unless only the commit index changed.
   // Does nothing if the Ready carries none of them.
   void persist(const raft::Ready& rd);
-  // The same, also writing `meta_rows` to table:meta in that transaction (a snapshot
-  // install's switch of state, MvccStore::install).
+  // The same, also writing `meta_rows` to table:meta (journaled) in that transaction.
   void persist(const raft::Ready& rd,
                const std::vector<std::pair<std::string, std::string>>& meta_rows);
 
@@ -103,6 +105,9 @@ class RaftStorage final : public raft::LogStorage {
 
   // Bytes held by the tail cache of recently appended entries (tests, metrics).
   uint64_t tail_cache_bytes() const { return tail_bytes_; }
+  // Key + value bytes of the entries appended since open (the journal's main load; the
+  // engine checkpoints after EngineOptions::checkpoint_log_mb of them). Any thread.
+  uint64_t appended_bytes() const { return appended_bytes_.load(std::memory_order_relaxed); }
 
  private:
   RaftStorage(std::atomic<uint64_t>* syncs, std::atomic<uint64_t>* appended);
@@ -125,6 +130,7 @@ class RaftStorage final : public raft::LogStorage {
 
   std::atomic<uint64_t>* syncs_;
   std::atomic<uint64_t>* appended_;
+  std::atomic<uint64_t> appended_bytes_{0};
   __wt_session* session_ = nullptr;
   mutable __wt_cursor* entries_cursor_ = nullptr;  // reads and writes (node thread only)
   __wt_cursor* meta_cursor_ = nullptr;

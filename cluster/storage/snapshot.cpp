@@ -42,7 +42,7 @@ class SourceImpl final : public SnapshotSource {
       return wt_error("open a snapshot source session", ret);
     }
     WT_CURSOR* meta = nullptr;
-    ret = session_->open_cursor(session_, "table:meta", nullptr, nullptr, &meta);
+    ret = session_->open_cursor(session_, kStateMetaTable, nullptr, nullptr, &meta);
     if (ret != 0) return wt_error("open meta for a snapshot", ret);
     ret = session_->begin_transaction(session_, nullptr);
     if (ret != 0) return wt_error("begin snapshot read", ret);
@@ -58,7 +58,8 @@ class SourceImpl final : public SnapshotSource {
     auto it = std::find_if(meta_rows_.begin(), meta_rows_.end(),
                            [](const auto& r) { return r.first == "state"; });
     if (it == meta_rows_.end() || !decode_state(it->second, &state)) {
-      return make_error(ErrorCode::internal, "snapshot source: no valid state row in table meta");
+      return make_error(ErrorCode::internal,
+                        "snapshot source: no valid state row in table statemeta");
     }
     info_.applied_index = state.applied_index;
     info_.conf = state.conf;

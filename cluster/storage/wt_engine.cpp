@@ -3,11 +3,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <optional>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "cluster/storage/raft_storage.hpp"
@@ -28,7 +32,8 @@ int on_wt_message(WT_EVENT_HANDLER*, WT_SESSION*, const char* message) {
 }
 WT_EVENT_HANDLER event_handler = {on_wt_error, on_wt_message, nullptr, nullptr};
 
-// The state tables are created by the store, for its generation (create_state_tables).
+// The journaled tables. The state tables are created by the store, for its generation
+// (create_state_tables), not journaled, as is table:statemeta.
 // (Data directories written before RaftStorage also hold an unused table:raftlog.)
 constexpr const char* kTables[] = {"table:meta", "table:raft_entries"};
 
@@ -48,7 +53,7 @@ Status Session::open(WT_CONNECTION* conn, uint64_t gen) {
   struct {
     WT_CURSOR** cursor;
     const char* uri;
-  } cursors[] = {{&meta, "table:meta"},
+  } cursors[] = {{&meta, kStateMetaTable},
                  {&current, current_uri.c_str()},
                  {&current_aux, current_uri.c_str()},
                  {&index, index_uri.c_str()},
@@ -74,7 +79,7 @@ void Session::close() {
 
 int create_state_tables(WT_SESSION* session, uint64_t generation) {
   for (StateTable t : kStateTables) {
-    int ret = session->create(session, table_uri(t, generation).c_str(), kTableConfig);
+    int ret = session->create(session, table_uri(t, generation).c_str(), kStateTableConfig);
     if (ret != 0) return ret;
   }
   return 0;
@@ -145,20 +150,41 @@ size_t drop_other_generations(WT_CONNECTION* conn, uint64_t live) {
 
 namespace {
 
+// Whether the metadata knows `uri`.
+bool table_exists(WT_SESSION* session, const char* uri) {
+  WT_CURSOR* c = nullptr;
+  if (session->open_cursor(session, "metadata:", nullptr, nullptr, &c) != 0) return false;
+  c->set_key(c, uri);
+  bool found = c->search(c) == 0;
+  c->close(c);
+  return found;
+}
+
 class EngineImpl : public Engine {
  public:
   explicit EngineImpl(std::string dir) : dir_(std::move(dir)) {}
   ~EngineImpl() override {
-    store_.reset();
+    stop_checkpointer();
+    const bool opened = store_ && raft_ && ckpt_session_ != nullptr;
+    store_.reset();  // stops the compactor: nothing writes after this
+    if (opened) {
+      // The state of a clean shutdown is durable: the next open re-applies nothing.
+      if (auto st = checkpoint(); !st)
+        std::fprintf(stderr, "keel storage: %s\n", st.error().message.c_str());
+    }
     raft_.reset();
+    if (ckpt_session_ != nullptr) ckpt_session_->close(ckpt_session_, nullptr);
     if (conn_ != nullptr) conn_->close(conn_, nullptr);
   }
 
   Status open(const EngineOptions& options) {
+    options_ = options;
+    // No checkpoint server: this engine's own thread checkpoints, so that it knows the
+    // applied index each checkpoint holds (durable_applied()).
     std::string config = "create,cache_size=" + std::to_string(options.cache_size_mb) +
                          "MB,session_max=1024,log=(enabled=true,archive=true,prealloc=false," +
                          "file_max=" + std::to_string(options.log_file_max_mb) +
-                         "MB),checkpoint=(wait=60,log_size=256MB),statistics=(none)";
+                         "MB),statistics=(none)";
     int ret = wiredtiger_open(dir_.c_str(), &event_handler, config.c_str(), &conn_);
     if (ret != 0) {
       conn_ = nullptr;
@@ -170,15 +196,7 @@ class EngineImpl : public Engine {
       return make_error(ErrorCode::internal,
                         "cannot open the data directory " + dir_ + ": " + wiredtiger_strerror(ret));
     }
-    WT_SESSION* session = nullptr;
-    ret = conn_->open_session(conn_, &event_handler, nullptr, &session);
-    if (ret != 0) return wt_error("open_session", ret);
-    for (const char* table : kTables) {
-      ret = session->create(session, table, kTableConfig);
-      if (ret != 0) break;
-    }
-    session->close(session, nullptr);
-    if (ret != 0) return wt_error("create tables", ret);
+    if (auto st = create_tables(); !st) return st;
 
     auto raft = RaftStorage::open(conn_, &log_syncs_, &log_entries_);
     if (!raft) return std::move(raft).error();
@@ -186,6 +204,20 @@ class EngineImpl : public Engine {
     auto store = make_store(conn_, options, &applied_batches_);
     if (!store) return std::move(store).error();
     store_ = std::move(store).value();
+    if (auto st = complete_install(); !st) return st;
+
+    ret = conn_->open_session(conn_, &event_handler, "isolation=snapshot", &ckpt_session_);
+    if (ret != 0) {
+      ckpt_session_ = nullptr;
+      return wt_error("open the checkpoint session", ret);
+    }
+    // What is open now came from the last checkpoint (or WiredTiger's recovery, which ends
+    // with one), or is a new store.
+    {
+      std::lock_guard lk(durable_mu_);
+      durable_ = DurablePoint{store_->applied_index(), store_->applied_conf()};
+    }
+    checkpointer_ = std::thread([this] { checkpoint_loop(); });
     return ok_status();
   }
 
@@ -198,21 +230,226 @@ class EngineImpl : public Engine {
                     staged->state().applied_index == rd.snapshot->meta.index &&
                     staged->state().conf == rd.snapshot->meta.conf,
                 "install_snapshot: the sink's state is not the Ready's snapshot");
-    return store_->install(sink, [&](const MetaRows& rows) { raft_->persist(rd, rows); });
+    return store_->install(sink, encode_raft_snapshot(*rd.snapshot), [&] {
+      // The new state durable first, then the log that no longer holds what it replaces.
+      auto st = checkpoint();
+      KEEL_ASSERT(st.ok(), "the checkpoint of a snapshot install failed (restart recovers)");
+      raft_->persist(rd);
+    });
   }
   EngineStats stats() const override {
-    return EngineStats{log_syncs_.load(), log_entries_.load(), applied_batches_.load()};
+    return EngineStats{log_syncs_.load(),   log_entries_.load(),        applied_batches_.load(),
+                       checkpoints_.load(), checkpoint_ms_last_.load(), checkpoint_ms_max_.load()};
   }
   const std::string& dir() const override { return dir_; }
 
+  void request_checkpoint() override {
+    {
+      std::lock_guard lk(loop_mu_);
+      requested_ = true;
+    }
+    loop_cv_.notify_all();
+  }
+
+  DurablePoint durable_applied() const override {
+    std::lock_guard lk(durable_mu_);
+    return durable_;
+  }
+
+  Status checkpoint() override {
+    std::lock_guard run(ckpt_run_mu_);  // one of ours at a time
+    log_at_last_start_.store(raft_->appended_bytes());
+    // The state the checkpoint will hold at least: committed before it starts.
+    WT_SESSION* s = ckpt_session_;
+    State state;
+    WT_CURSOR* meta = nullptr;
+    int ret = s->open_cursor(s, kStateMetaTable, nullptr, nullptr, &meta);
+    if (ret == 0) ret = s->begin_transaction(s, nullptr);
+    if (ret == 0) {
+      set_key(meta, "state");
+      ret = meta->search(meta);
+      if (ret == 0 && !decode_state(value_view(meta), &state)) ret = WT_ERROR;
+      s->rollback_transaction(s, nullptr);
+    }
+    if (meta != nullptr) meta->close(meta);
+    if (ret == WT_NOTFOUND) ret = 0;  // a new store: nothing applied
+    if (ret != 0) return wt_error("read the state row for a checkpoint", ret);
+    const auto t0 = std::chrono::steady_clock::now();
+    ret = s->checkpoint(s, nullptr);
+    if (ret != 0) return wt_error("checkpoint", ret);
+    const auto ms = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
+    {
+      std::lock_guard lk(durable_mu_);
+      // Never back: an install's checkpoint may have moved it past this reading.
+      if (state.applied_index >= durable_.applied_index) {
+        durable_ = DurablePoint{state.applied_index, state.conf};
+      }
+    }
+    checkpoints_.fetch_add(1);
+    checkpoint_ms_last_.store(ms);
+    if (ms > checkpoint_ms_max_.load()) checkpoint_ms_max_.store(ms);
+    return ok_status();
+  }
+
  private:
+  // Creates the tables, and checks (or, in a new data directory, writes) the format row.
+  Status create_tables() {
+    WT_SESSION* session = nullptr;
+    int ret = conn_->open_session(conn_, &event_handler, nullptr, &session);
+    if (ret != 0) return wt_error("open_session", ret);
+    const bool had_meta = table_exists(session, "table:meta");
+    for (const char* table : kTables) {
+      ret = session->create(session, table, kTableConfig);
+      if (ret != 0) break;
+    }
+    if (ret == 0) ret = session->create(session, kStateMetaTable, kStateTableConfig);
+    if (ret != 0) {
+      session->close(session, nullptr);
+      return wt_error("create tables", ret);
+    }
+    WT_CURSOR* meta = nullptr;
+    ret = session->open_cursor(session, "table:meta", nullptr, nullptr, &meta);
+    if (ret != 0) {
+      session->close(session, nullptr);
+      return wt_error("open table meta", ret);
+    }
+    Status st = ok_status();
+    set_key(meta, kFormatRow);
+    ret = meta->search(meta);
+    if (ret == 0) {
+      std::string_view v = value_view(meta);
+      uint64_t format = 0;
+      if (!get_varint(&v, &format) || !v.empty() || format != kFormatVersion) {
+        st = make_error(ErrorCode::internal,
+                        "data dir " + dir_ + " has storage format " + std::to_string(format) +
+                            "; this keeld reads format " + std::to_string(kFormatVersion));
+      }
+    } else if (ret == WT_NOTFOUND) {
+      meta->reset(meta);
+      // Rows but no format row: written by a keeld from before the state tables stopped
+      // being journaled (format 1). Its tables are journaled, its state rows are in
+      // table:meta; it is not converted in place.
+      const bool old = had_meta && meta->next(meta) == 0;
+      meta->reset(meta);
+      if (old) {
+        st = make_error(ErrorCode::internal,
+                        "data dir " + dir_ +
+                            " was written by an older keeld (storage format 1: every table "
+                            "journaled); this keeld reads format " +
+                            std::to_string(kFormatVersion) +
+                            ". Move it away and start with an empty data dir: a member of a "
+                            "cluster gets its state back from the others as a snapshot");
+      } else {
+        std::string v;
+        put_varint(v, kFormatVersion);
+        ret = session->begin_transaction(session, nullptr);
+        if (ret == 0) ret = put_row(meta, kFormatRow, v);
+        if (ret == 0) {
+          ret = session->commit_transaction(session, "sync=on");
+        } else {
+          session->rollback_transaction(session, nullptr);
+        }
+        if (ret != 0) st = wt_error("write the format row", ret);
+      }
+    } else {
+      st = wt_error("read the format row", ret);
+    }
+    session->close(session, nullptr);  // closes meta
+    return st;
+  }
+
+  // A crash after an install's checkpoint and before its log commit leaves the state ahead
+  // of the log (MvccStore::install): the log takes the installed snapshot's record now, as it
+  // would have then.
+  Status complete_install() {
+    const uint64_t applied = store_->applied_index();
+    if (!raft_->initialized() || applied <= raft_->hard_state().commit) return ok_status();
+    WT_SESSION* s = nullptr;
+    int ret = conn_->open_session(conn_, &event_handler, nullptr, &s);
+    if (ret != 0) return wt_error("open_session", ret);
+    WT_CURSOR* meta = nullptr;
+    raft::Snapshot snap;
+    bool found = false;
+    ret = s->open_cursor(s, kStateMetaTable, nullptr, nullptr, &meta);
+    if (ret == 0) {
+      set_key(meta, kInstalledRow);
+      ret = meta->search(meta);
+      if (ret == 0) found = decode_raft_snapshot(value_view(meta), &snap);
+      if (ret == WT_NOTFOUND) ret = 0;
+    }
+    s->close(s, nullptr);
+    if (ret != 0) return wt_error("read the installed row", ret);
+    // Any other state ahead of the log's commit is not an install's (storage tests apply
+    // without a log; in a node it is damage, which the Raft core refuses at start).
+    if (!found || snap.meta.index != applied) return ok_status();
+    std::fprintf(stderr,
+                 "keel storage: completing the install of the snapshot at index %llu "
+                 "interrupted by a crash\n",
+                 static_cast<unsigned long long>(applied));
+    const raft::HardState hs = raft_->hard_state();
+    raft_->apply_snapshot(std::make_shared<raft::Snapshot>(std::move(snap)));
+    raft_->set_hard_state(raft::HardState{hs.term, hs.vote, applied});
+    return ok_status();
+  }
+
+  void checkpoint_loop() {
+    auto last_end = std::chrono::steady_clock::now();
+    const auto interval = std::chrono::milliseconds(options_.checkpoint_interval_ms);
+    const uint64_t log_bytes = static_cast<uint64_t>(options_.checkpoint_log_mb) << 20;
+    std::unique_lock lk(loop_mu_);
+    for (;;) {
+      // Polls the log volume; a wait on a condition the node thread signals per append
+      // would cost the write path, for nothing a tenth of a second changes.
+      loop_cv_.wait_for(lk, std::chrono::milliseconds(100), [&] { return stop_ || requested_; });
+      if (stop_) return;
+      const bool asked = requested_;
+      requested_ = false;
+      const bool by_time = options_.checkpoint_interval_ms != 0 &&
+                           std::chrono::steady_clock::now() - last_end >= interval;
+      const bool by_log =
+          log_bytes != 0 && raft_->appended_bytes() - log_at_last_start_.load() >= log_bytes;
+      if (!asked && !by_time && !by_log) continue;
+      lk.unlock();
+      auto st = checkpoint();
+      if (!st) std::fprintf(stderr, "keel storage: %s; retrying\n", st.error().message.c_str());
+      last_end = std::chrono::steady_clock::now();
+      lk.lock();
+    }
+  }
+
+  void stop_checkpointer() {
+    {
+      std::lock_guard lk(loop_mu_);
+      stop_ = true;
+    }
+    loop_cv_.notify_all();
+    if (checkpointer_.joinable()) checkpointer_.join();
+  }
+
   std::string dir_;
+  EngineOptions options_;
   WT_CONNECTION* conn_ = nullptr;
   std::unique_ptr<RaftStorage> raft_;
   std::unique_ptr<MvccStore> store_;
   std::atomic<uint64_t> log_syncs_{0};
   std::atomic<uint64_t> log_entries_{0};
   std::atomic<uint64_t> applied_batches_{0};
+
+  // Checkpoints: checkpoint() runs under ckpt_run_mu_ on ckpt_session_ (from the thread, an
+  // install on the node thread, or a test).
+  std::mutex ckpt_run_mu_;
+  WT_SESSION* ckpt_session_ = nullptr;
+  std::atomic<uint64_t> log_at_last_start_{0};
+  mutable std::mutex durable_mu_;
+  DurablePoint durable_;
+  std::atomic<uint64_t> checkpoints_{0}, checkpoint_ms_last_{0}, checkpoint_ms_max_{0};
+  std::mutex loop_mu_;
+  std::condition_variable loop_cv_;
+  bool stop_ = false;
+  bool requested_ = false;  // request_checkpoint()
+  std::thread checkpointer_;
 };
 
 }  // namespace

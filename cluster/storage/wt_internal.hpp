@@ -3,17 +3,26 @@
 // mvcc_read.cpp. Not part of the storage interface.
 //
 // Tables (all key_format=u,value_format=u, with our own order-preserving key encodings):
-//   meta     "state" -> {revision, compact revision, applied index, configuration,
+//   statemeta "state" -> {revision, compact revision, applied index, configuration,
 //            generation} (written by apply); "members" -> the node's member list (apply);
 //            "compaction" -> progress of physical compaction (written by the compactor);
+//            "installed" -> the Raft snapshot record of the last snapshot install (install)
 //   history  be64(revision) be32(sub) -> Record with key: every event, for events() and
 //            reads at old revisions
 //   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
 //   current  raw user key -> Record without key: the live keys, for reads at the current
 //            revision (one cursor search per point read)
 //   ext      the primitives' rows (StateExtension; their format is primitives/state.cpp's)
-//   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp,
-//            which also keeps its rows "raft_*" in meta)
+//   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp)
+//   meta     RaftStorage's rows "raft_*", and "format" (kFormatVersion)
+//
+// Journaling (see also "Durability" in mvcc_store.hpp): only raft_entries and
+// meta are written to WiredTiger's journal (they are the Raft log and hard state, synced
+// once per Ready). statemeta and the state tables of every generation are created with
+// log=(enabled=false): they are re-derivable from the log, and become durable only at a
+// checkpoint, which holds them at one consistent applied index (a checkpoint is one snapshot
+// transaction over every table). After a crash WiredTiger brings them back as of the last
+// completed checkpoint and the node re-applies the log above its applied index.
 //
 // Generations: history, index and current are the state machine's tables. A snapshot
 // install (snapshot.cpp) writes them anew as generation g+1 ("table:current_g1", ...;
@@ -36,7 +45,19 @@
 
 namespace keel::storage::wt {
 
+// The journaled tables: the Raft log and its meta rows.
 constexpr const char* kTableConfig = "key_format=u,value_format=u";
+// The state tables (statemeta, current, index, history, ext of every generation): not
+// journaled, durable at checkpoints (see "Journaling" above).
+constexpr const char* kStateTableConfig = "key_format=u,value_format=u,log=(enabled=false)";
+constexpr const char* kStateMetaTable = "table:statemeta";
+// The data directory's layout, in table:meta's "format" row. 1 (no row): every table
+// journaled and the state rows in table:meta; 2: the layout above.
+constexpr uint64_t kFormatVersion = 2;
+constexpr const char* kFormatRow = "format";
+// statemeta's row holding the Raft snapshot record of the last install (see
+// Engine::install_snapshot): encode_raft_snapshot().
+constexpr const char* kInstalledRow = "installed";
 
 enum class StateTable : uint8_t { current = 1, index = 2, history = 3, ext = 4 };
 inline constexpr StateTable kStateTables[] = {StateTable::current, StateTable::index,
@@ -97,6 +118,26 @@ inline bool get_conf(std::string_view* in, raft::ConfState* conf) {
       ids->push_back(id);
     }
   }
+  return true;
+}
+
+// A Raft snapshot record: varint(index) varint(term) conf varint(len) data.
+inline std::string encode_raft_snapshot(const raft::Snapshot& s) {
+  std::string v;
+  put_varint(v, s.meta.index);
+  put_varint(v, s.meta.term);
+  put_conf(v, s.meta.conf);
+  put_varint(v, s.data.size());
+  v.append(s.data);
+  return v;
+}
+inline bool decode_raft_snapshot(std::string_view v, raft::Snapshot* s) {
+  uint64_t n = 0;
+  if (!get_varint(&v, &s->meta.index) || !get_varint(&v, &s->meta.term) ||
+      !get_conf(&v, &s->meta.conf) || !get_varint(&v, &n) || n != v.size()) {
+    return false;
+  }
+  s->data.assign(v.data(), v.size());
   return true;
 }
 
@@ -413,7 +454,8 @@ inline bool decode_compaction(std::string_view v, CompactionRow* out) {
   return true;
 }
 
-// Creates the state tables of `generation` if missing. Returns 0 or a WiredTiger error.
+// Creates the state tables of `generation` if missing (not journaled: kStateTableConfig).
+// Returns 0 or a WiredTiger error.
 int create_state_tables(WT_SESSION* session, uint64_t generation);
 // Drops the state tables of every generation but `live` that no cursor holds (the rest stay
 // for a later call). Returns how many generations are left to drop.
