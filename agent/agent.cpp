@@ -50,6 +50,8 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   eo.dir = config.data_dir;
   eo.cache_size_mb = config.cache_size_mb;
   eo.log_file_max_mb = config.log_file_max_mb;
+  eo.checkpoint_interval_ms = config.checkpoint_interval_ms;
+  eo.checkpoint_log_mb = config.checkpoint_log_mb;
   eo.compaction_batch_rows = config.compaction_batch_rows;
   // Ranges inside a txn are paged like top-level ones. Part of apply, so every replica must
   // use the same value.

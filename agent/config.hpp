@@ -21,6 +21,8 @@ struct Config {
 
   size_t cache_size_mb = 48;
   size_t log_file_max_mb = 16;
+  uint32_t checkpoint_interval_ms = 60000;  // storage::EngineOptions
+  size_t checkpoint_log_mb = 64;
   size_t compaction_batch_rows = 1000;
   size_t max_batch_entries = 1024;  // proposals per fsync'd log batch
 

@@ -49,6 +49,8 @@ max_connections = 12
 [storage]
 cache_size_mb = 7
 log_file_max_mb = 8
+checkpoint_interval_ms = 1500
+checkpoint_log_mb = 3
 compaction_batch_rows = 9
 max_batch_entries = 10
 [watch]
@@ -70,6 +72,8 @@ batch_bytes = 2048
   CHECK(c.max_connections == 12);
   CHECK(c.cache_size_mb == 7);
   CHECK(c.log_file_max_mb == 8);
+  CHECK(c.checkpoint_interval_ms == 1500);
+  CHECK(c.checkpoint_log_mb == 3);
   CHECK(c.compaction_batch_rows == 9);
   CHECK(c.max_batch_entries == 10);
   CHECK(c.watch_progress_interval_ms == 11);
