@@ -67,6 +67,7 @@ struct Options {
   std::string only = "put,get,watch";  // workloads to run
   std::string workload;                // put | get-l | get-s: one workload, key=value output
   bool prefill = true;                 // --no-prefill: gets find what earlier puts left
+  bool random_values = false;          // --random-values: fresh random bytes for every put
 };
 
 std::vector<std::string> split_commas(const std::string& s) {
@@ -103,7 +104,9 @@ std::vector<std::string> split_commas(const std::string& s) {
       "                 socket's member meanwhile): put (key n %% keys for the n-th put),\n"
       "                 get-l (linearizable point reads), get-s (serializable point reads);\n"
       "                 with several sockets the connections go to them in turn\n"
-      "  --no-prefill   gets: do not put the key space first (it was written before)\n",
+      "  --no-prefill   gets: do not put the key space first (it was written before)\n"
+      "  --random-values  puts: fresh random (incompressible) bytes for every value, instead\n"
+      "                 of one fixed pattern\n",
       argv0, argv0);
   std::exit(2);
 }
@@ -139,6 +142,8 @@ Options parse(int argc, char** argv) {
       if (o.workload != "put" && o.workload != "get-l" && o.workload != "get-s") {
         usage(argv[0], "--workload must be put, get-l or get-s");
       }
+    } else if (a == "--random-values") {
+      o.random_values = true;
     } else if (a == "--no-prefill") {
       o.prefill = false;
     } else if (a == "-h" || a == "--help") {
@@ -469,11 +474,24 @@ class Bench {
     }
   }
 
+  // Fills value_ with fresh pseudo-random bytes (xorshift64*: incompressible to any block
+  // compressor, and cheap beside an RPC).
+  void randomize_value() {
+    for (size_t i = 0; i < value_.size(); i += 8) {
+      rng_ ^= rng_ >> 12;
+      rng_ ^= rng_ << 25;
+      rng_ ^= rng_ >> 27;
+      uint64_t x = rng_ * 2685821657736338717ull;
+      std::memcpy(&value_[i], &x, std::min<size_t>(8, value_.size() - i));
+    }
+  }
+
   Result puts(unsigned clients) {
     Result r = closed_loop("put", clients, [this](rpc::Keel::Client& keel, uint64_t seq) {
       auto req = keel.putRequest();
       auto p = req.initRequest();
       p.setKey(blob(make_key('k', seq % o_.keys)));
+      if (o_.random_values) randomize_value();
       p.setValue(blob(value_));
       return req.send().then([](capnp::Response<rpc::Keel::PutResults> resp) -> std::string {
         if (resp.getError().getCode() != rpc::ErrorCode::OK) return error_text(resp.getError());
@@ -532,6 +550,7 @@ class Bench {
   pid_t pid_;
   kj::AsyncIoContext& io_;
   std::string value_;
+  uint64_t rng_ = 0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(::getpid());
 };
 
 // ---- watch delivery ---------------------------------------------------------------------
