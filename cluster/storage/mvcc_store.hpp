@@ -57,6 +57,13 @@ struct EngineOptions {
   // runs).
   uint32_t checkpoint_interval_ms = 60000;
   size_t checkpoint_log_mb = 64;
+  // The Raft log's table keeps the size of its longest log: WiredTiger reuses the space of
+  // compacted entries for new ones but does not shrink the file. After a checkpoint, when the
+  // file is larger than twice the log it holds plus this slack, the engine's thread runs
+  // WiredTiger's compact on it (which moves its pages to the front and truncates the file;
+  // it rewrites the live pages, so it is kept for a log that shrank for good: a snapshot
+  // install, a smaller raft.log_retain_entries, a burst). 0 = never.
+  size_t raft_log_reclaim_slack_mb = 32;
   // Compaction deletes history in chunks of this many rows per WiredTiger transaction, on a
   // background thread, so that reads and writes never wait for a whole compaction.
   size_t compaction_batch_rows = 1000;
@@ -71,6 +78,7 @@ struct EngineStats {
   uint64_t applied_batches = 0;                            // apply() calls since open
   uint64_t checkpoints = 0;                                // completed checkpoints since open
   uint64_t checkpoint_ms_last = 0, checkpoint_ms_max = 0;  // their durations
+  uint64_t raft_log_compactions = 0;  // WiredTiger compacts of the Raft log's table
 };
 
 // The applied state as of the last completed checkpoint: what a crash now would come back to.

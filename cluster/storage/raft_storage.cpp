@@ -155,6 +155,7 @@ Result<std::unique_ptr<RaftStorage>> RaftStorage::open(WT_CONNECTION* conn,
   }
   c->reset(c);
   if (ret != WT_NOTFOUND) return wt::wt_error("raft log: scan raft_entries", ret);
+  rs->live_entries_.store(rs->terms_.size() - 1);
   if (rs->snap_->meta.index < rs->offset_ || rs->snap_->meta.index > rs->last_index()) {
     return make_error(ErrorCode::internal, "raft log: the snapshot index " +
                                                std::to_string(rs->snap_->meta.index) +
@@ -216,6 +217,7 @@ void RaftStorage::commit(bool sync) {
   check(session_->commit_transaction(session_, sync ? "sync=on" : nullptr),
         sync ? "commit_transaction (sync=on)" : "commit_transaction");
   if (sync) syncs_->fetch_add(1, std::memory_order_relaxed);
+  live_entries_.store(terms_.size() - 1, std::memory_order_relaxed);
 }
 
 void RaftStorage::mark_initialized() {

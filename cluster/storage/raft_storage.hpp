@@ -108,6 +108,8 @@ class RaftStorage final : public raft::LogStorage {
   // Key + value bytes of the entries appended since open (the journal's main load; the
   // engine checkpoints after EngineOptions::checkpoint_log_mb of them). Any thread.
   uint64_t appended_bytes() const { return appended_bytes_.load(std::memory_order_relaxed); }
+  // Entries in the log (last_index() - compaction point) as of the last commit. Any thread.
+  uint64_t live_entries() const { return live_entries_.load(std::memory_order_relaxed); }
 
  private:
   RaftStorage(std::atomic<uint64_t>* syncs, std::atomic<uint64_t>* appended);
@@ -131,6 +133,7 @@ class RaftStorage final : public raft::LogStorage {
   std::atomic<uint64_t>* syncs_;
   std::atomic<uint64_t>* appended_;
   std::atomic<uint64_t> appended_bytes_{0};
+  std::atomic<uint64_t> live_entries_{0};
   __wt_session* session_ = nullptr;
   mutable __wt_cursor* entries_cursor_ = nullptr;  // reads and writes (node thread only)
   __wt_cursor* meta_cursor_ = nullptr;

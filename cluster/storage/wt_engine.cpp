@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -238,8 +239,15 @@ class EngineImpl : public Engine {
     });
   }
   EngineStats stats() const override {
-    return EngineStats{log_syncs_.load(),   log_entries_.load(),        applied_batches_.load(),
-                       checkpoints_.load(), checkpoint_ms_last_.load(), checkpoint_ms_max_.load()};
+    EngineStats st;
+    st.log_syncs = log_syncs_.load();
+    st.log_entries = log_entries_.load();
+    st.applied_batches = applied_batches_.load();
+    st.checkpoints = checkpoints_.load();
+    st.checkpoint_ms_last = checkpoint_ms_last_.load();
+    st.checkpoint_ms_max = checkpoint_ms_max_.load();
+    st.raft_log_compactions = raft_log_compactions_.load();
+    return st;
   }
   const std::string& dir() const override { return dir_; }
 
@@ -414,9 +422,32 @@ class EngineImpl : public Engine {
       lk.unlock();
       auto st = checkpoint();
       if (!st) std::fprintf(stderr, "keel storage: %s; retrying\n", st.error().message.c_str());
+      if (st) reclaim_raft_log();
       last_end = std::chrono::steady_clock::now();
       lk.lock();
     }
+  }
+
+  // See EngineOptions::raft_log_reclaim_slack_mb. The log's size is estimated from the mean
+  // appended entry (entries are alike in a workload; the estimate only picks the moment).
+  void reclaim_raft_log() {
+    if (options_.raft_log_reclaim_slack_mb == 0) return;
+    std::error_code ec;
+    const uint64_t file = std::filesystem::file_size(dir_ + "/raft_entries.wt", ec);
+    if (ec) return;
+    const uint64_t appended = log_entries_.load();
+    if (appended < 1000) return;  // too few since open to know the mean entry
+    const uint64_t live = raft_->appended_bytes() / appended * raft_->live_entries();
+    if (file <= 2 * live + (static_cast<uint64_t>(options_.raft_log_reclaim_slack_mb) << 20))
+      return;
+    std::lock_guard run(ckpt_run_mu_);  // compact checkpoints too
+    int ret = ckpt_session_->compact(ckpt_session_, "table:raft_entries", nullptr);
+    if (ret != 0) {
+      std::fprintf(stderr, "keel storage: compact of the raft log's table: %s\n",
+                   wiredtiger_strerror(ret));
+      return;
+    }
+    raft_log_compactions_.fetch_add(1);
   }
 
   void stop_checkpointer() {
@@ -445,6 +476,7 @@ class EngineImpl : public Engine {
   mutable std::mutex durable_mu_;
   DurablePoint durable_;
   std::atomic<uint64_t> checkpoints_{0}, checkpoint_ms_last_{0}, checkpoint_ms_max_{0};
+  std::atomic<uint64_t> raft_log_compactions_{0};
   std::mutex loop_mu_;
   std::condition_variable loop_cv_;
   bool stop_ = false;
