@@ -23,6 +23,21 @@
 // checkpoint, which holds them at one consistent applied index (a checkpoint is one snapshot
 // transaction over every table). After a crash WiredTiger brings them back as of the last
 // completed checkpoint and the node re-applies the log above its applied index.
+// WiredTiger 3.2.1 facts this relies on:
+//  - log=(enabled=false) per table on a connection with logging is supported ("commit-level
+//    durability for some objects and not others"); a transaction writing both kinds journals
+//    only its logged tables' changes, so after a crash such a transaction may survive in part.
+//    Nothing here relies on one: the state and its applied index are all unjournaled, the log
+//    all journaled; the one step that spans both, a snapshot install, orders them
+//    (checkpoint, then the log's commit) and open completes it (MvccStore::install).
+//  - A checkpoint is one snapshot transaction over every table (txn_ckpt.c begins it with
+//    isolation=snapshot), so it holds the state rows and the data of one applied index.
+//  - A table's logging setting is stored in WiredTiger's metadata at create and kept: a data
+//    dir written when every table was journaled (format 1: no "format" row, state rows in
+//    table:meta) would stay fully journaled, so it is refused at open with a message instead.
+//  - WiredTiger also checkpoints a single file when its last handle closes. The live state
+//    tables are held open by the store's sessions for its whole life, so that never happens
+//    to them while they are live (it would checkpoint one table ahead of the others).
 //
 // Generations: history, index and current are the state machine's tables. A snapshot
 // install (snapshot.cpp) writes them anew as generation g+1 ("table:current_g1", ...;
