@@ -216,7 +216,14 @@ TEST_CASE("[learner] a learner started after the log was compacted catches up fr
   auto lc = small.member(l).client();
   for (int n = 0; n < 300; n += 37)
     CHECK(get_value(*lc, "snap" + std::to_string(n), true) == std::to_string(n));
-  CHECK(small.member(l).log().find("installed the snapshot") != std::string::npos);
+  // Its reads see the installed state once the switch is committed, a checkpoint before the
+  // install is durable and logged: wait (bounded) for the log line.
+  bool installed = false;
+  for (int k = 0; k < 500 && !installed; ++k) {
+    installed = small.member(l).log().find("installed the snapshot") != std::string::npos;
+    if (!installed) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(installed);
   REQUIRE(lc->put(put("after-snapshot", "yes")));  // and it keeps applying after it
   CHECK(get_value(*lc, "after-snapshot", true) == "yes");
 }

@@ -251,7 +251,7 @@ TEST_CASE(
 // A crash after an install's checkpoint and before the log's snapshot record leaves the
 // state ahead of the log; open completes the install from the installed row.
 TEST_CASE(
-    "checkpoint: kill -9 between a snapshot install's checkpoint and its log commit; "
+    "checkpoint: kill -9 between a snapshot install's checkpoint and its log commit, then "
     "the reopened log takes the snapshot",
     "[checkpoint][snapshot][crash]") {
   test::TempDir dir;
