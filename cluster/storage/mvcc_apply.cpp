@@ -506,9 +506,13 @@ class StoreImpl : public MvccStore {
       ret = put_row(s_.index, index_key(rec.key, rec.mod_revision),
                     index_value(rec.sub, rec.type == EventType::del));
     }
-    if (ret == 0) {
-      ret = rec.type == EventType::put ? put_row(s_.current_aux, rec.key, encode_record(rec, false))
-                                       : remove_row(s_.current_aux, rec.key);
+    if (ret == 0 && rec.type == EventType::put) {
+      // The live row without the value: it points at the history row just written.
+      Record live = rec;
+      live.value.clear();
+      ret = put_row(s_.current_aux, rec.key, encode_record(live, false));
+    } else if (ret == 0) {
+      ret = remove_row(s_.current_aux, rec.key);
     }
     if (ret != 0) return wt_error("write key version", ret);
     return ok_status();

@@ -29,6 +29,19 @@ struct Bounds {
   }
 };
 
+// A current row holds no value (each value is stored once, in its history row): fills
+// r->value from the history row (r->mod_revision, r->sub) the current row points at, which
+// compaction never deletes (it keeps the newest version of every live key).
+void load_value(Session& s, Record* r) {
+  set_key(s.history_aux, history_key(r->mod_revision, r->sub));
+  int ret = s.history_aux->search(s.history_aux);
+  KEEL_ASSERT(ret == 0, "a current row without its history row");
+  Record h;
+  KEEL_ASSERT(decode_record(value_view(s.history_aux), &h), "corrupt row in history");
+  r->value = std::move(h.value);
+  s.history_aux->reset(s.history_aux);
+}
+
 // Visits live keys at the current revision in key order: visit(key, load) where load()
 // returns the KeyValue. Stops when visit returns false. Returns 0 or a WiredTiger error.
 template <typename Visit>
@@ -46,7 +59,8 @@ int scan_current(Session& s, const Bounds& b, Visit&& visit) {
     if (b.past(key)) break;
     auto load = [&]() {
       Record r;
-      KEEL_ASSERT(decode_record(value_view(c), &r), "corrupt row in table current");
+      KEEL_ASSERT(decode_record(value_view(c), &r, false), "corrupt row in table current");
+      load_value(s, &r);
       r.key.assign(key.data(), key.size());
       return record_kv(std::move(r));
     };
@@ -280,9 +294,10 @@ Result<bool> read_current(Session& s, std::string_view key, Record* out) {
   int ret = c->search(c);
   if (ret == WT_NOTFOUND) return false;
   if (ret != 0) return wt_error("search current", ret);
-  KEEL_ASSERT(decode_record(value_view(c), out), "corrupt row in table current");
-  out->key.assign(key.data(), key.size());
+  KEEL_ASSERT(decode_record(value_view(c), out, false), "corrupt row in table current");
   c->reset(c);
+  load_value(s, out);
+  out->key.assign(key.data(), key.size());
   return true;
 }
 
@@ -290,7 +305,8 @@ int for_each_current(Session& s, std::string_view start, std::string_view end,
                      const std::function<bool(Record&&)>& visit) {
   return scan_current(s, Bounds{start, end}, [&](std::string_view key, auto&) {
     Record r;
-    KEEL_ASSERT(decode_record(value_view(s.current), &r), "corrupt row in table current");
+    KEEL_ASSERT(decode_record(value_view(s.current), &r, false), "corrupt row in table current");
+    load_value(s, &r);
     r.key.assign(key.data(), key.size());
     return visit(std::move(r));
   });

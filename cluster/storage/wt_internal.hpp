@@ -10,8 +10,9 @@
 //   history  be64(revision) be32(sub) -> Record with key: every event, for events() and
 //            reads at old revisions
 //   index    escaped(user key) be64(revision) -> be32(sub) u8(tombstone): per key versions
-//   current  raw user key -> Record without key: the live keys, for reads at the current
-//            revision (one cursor search per point read)
+//   current  raw user key -> Record without key and without value: the live keys, for reads
+//            at the current revision; the value is in the history row (mod_revision, sub) it
+//            points at, so each value is stored once (a point read: two cursor searches)
 //   ext      the primitives' rows (StateExtension; their format is primitives/state.cpp's)
 //   raft_entries  be64(index) -> varint(term) u8(type) data (RaftStorage, raft_storage.hpp)
 //   meta     RaftStorage's rows "raft_*", and "format" (kFormatVersion)
@@ -67,7 +68,8 @@ constexpr const char* kTableConfig = "key_format=u,value_format=u";
 constexpr const char* kStateTableConfig = "key_format=u,value_format=u,log=(enabled=false)";
 constexpr const char* kStateMetaTable = "table:statemeta";
 // The data directory's layout, in table:meta's "format" row. 1 (no row): every table
-// journaled and the state rows in table:meta; 2: the layout above.
+// journaled, the state rows in table:meta, values in current and history; 2: the layout
+// above.
 constexpr uint64_t kFormatVersion = 2;
 constexpr const char* kFormatRow = "format";
 // statemeta's row holding the Raft snapshot record of the last install (see

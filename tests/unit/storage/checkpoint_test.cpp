@@ -358,5 +358,52 @@ TEST_CASE("checkpoint: the Raft log's table shrinks back after its prefix is com
   CHECK(tail.back().data == std::string(1000, static_cast<char>('a' + kEntries % 26)));
 }
 
+// Each value is stored once: in its history row; the current row points at it.
+TEST_CASE(
+    "format: a value is stored once, in history; the current row holds none and reads "
+    "still return it",
+    "[checkpoint][format]") {
+  test::TempDir dir;
+  const std::string big(1000, 'z');
+  {
+    auto e = open_engine(manual_checkpoints(dir.path));
+    REQUIRE(e.ok());
+    MvccStore& store = (*e)->store();
+    Command p1 = test::put_req("k", big), p2 = test::put_req("k", big + "2");
+    REQUIRE(store.apply({{1, &p1}})[0].ok());
+    REQUIRE(store.apply({{2, &p2}})[0].ok());
+    auto rd = store.reader();
+    RangeRequest q;
+    q.key = "k";
+    auto now = rd->range(q, 1 << 20);
+    REQUIRE(now.ok());
+    REQUIRE(now->kvs.size() == 1);
+    CHECK(now->kvs[0].value == big + "2");
+    CHECK(now->kvs[0].version == 2);
+    CHECK(now->kvs[0].create_revision == 2);
+    CHECK(now->kvs[0].mod_revision == 3);
+    q.revision = 2;
+    auto old = rd->range(q, 1 << 20);
+    REQUIRE(old.ok());
+    CHECK(old->kvs.at(0).value == big);
+  }
+  WT_CONNECTION* conn = nullptr;
+  REQUIRE(wiredtiger_open(dir.path.c_str(), nullptr, "log=(enabled=true)", &conn) == 0);
+  WT_SESSION* s = nullptr;
+  REQUIRE(conn->open_session(conn, nullptr, nullptr, &s) == 0);
+  auto bytes_of = [&](const char* uri) {
+    WT_CURSOR* c = nullptr;
+    REQUIRE(s->open_cursor(s, uri, nullptr, nullptr, &c) == 0);
+    size_t n = 0;
+    while (c->next(c) == 0)
+      n += wt::value_view(c).size();
+    c->close(c);
+    return n;
+  };
+  CHECK(bytes_of("table:current") < 40);              // one row, numbers only
+  CHECK(bytes_of("table:history") > 2 * big.size());  // both versions, with values
+  conn->close(conn, nullptr);
+}
+
 }  // namespace
 }  // namespace keel::storage
