@@ -360,7 +360,7 @@ TEST_CASE("checkpoint: the Raft log's table shrinks back after its prefix is com
 
 // Each value is stored once: in its history row; the current row points at it.
 TEST_CASE(
-    "format: a value is stored once, in history; the current row holds none and reads "
+    "format: a value is stored once, in history, the current row holds none and reads "
     "still return it",
     "[checkpoint][format]") {
   test::TempDir dir;
