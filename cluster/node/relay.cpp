@@ -234,6 +234,12 @@ void RelayChild::tick(RelayClock::time_point now) {
       detach("nothing from it for " + std::to_string(opt_.timeout_ms) + " ms (relay.timeout_ms)");
     } else if (!header_.upstream_ok && now - not_ok_since_ > timeout) {
       detach("it has had no upstream for " + std::to_string(opt_.timeout_ms) + " ms");
+    } else if (up_.uplink_receiving()) {
+      progress_ = now;  // a snapshot is streaming: the applied index moves when it is in
+    } else if (now - progress_ > timeout) {
+      detach("it lags: the applied index stayed at " + std::to_string(up_.uplink_applied()) +
+             " for " + std::to_string(opt_.timeout_ms) + " ms while it knows of commit index " +
+             std::to_string(header_.commit));
     }
   }
   if (parent_ == 0) attach_step(now);
@@ -293,7 +299,7 @@ void RelayChild::on_accept(raft::NodeId from, std::vector<raft::NodeId> path,
   if (std::find(path.begin(), path.end(), self_) != path.end()) return attach_step(now);
   parent_ = from;
   path_ = std::move(path);
-  heard_ = not_ok_since_ = now;
+  heard_ = not_ok_since_ = progress_ = now;
   header_.upstream_ok = true;
   candidates_.clear();
   next_report_ = now;
@@ -336,6 +342,7 @@ void RelayChild::on_entries(raft::NodeId from, wire::RelayEntries m, RelayClock:
   }
   std::erase_if(entries, [&](const raft::Entry& e) { return e.index <= applied; });
   if (!entries.empty()) up_.uplink_apply(entries);
+  if (up_.uplink_applied() > applied || header_.commit <= up_.uplink_applied()) progress_ = now;
   wire::RelayAck ack;
   ack.applied = up_.uplink_applied();
   if (now >= next_report_) {

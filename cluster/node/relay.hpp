@@ -149,8 +149,9 @@ class RelayUplink {
 // A learner's link up the tree: finds a parent (the voters first, then the learners that
 // full parents name, breadth first; never one whose path runs through this learner), takes
 // its committed entries in order, acknowledges them, reports its subtree about once a
-// second, and leaves a parent that is silent or without an upstream of its own for
-// timeout_ms (or whose connection was lost) to attach elsewhere from its applied index.
+// second, and leaves a parent that is silent, without an upstream of its own, or lagging (this
+// learner's applied index stuck below the commit index the parent reports) for timeout_ms,
+// or whose connection was lost, to attach elsewhere from its applied index.
 class RelayChild {
  public:
   RelayChild(raft::NodeId self, std::string name, std::string peer_address, RelayOptions options,
@@ -183,6 +184,7 @@ class RelayChild {
   raft::NodeId parent_ = 0;
   std::vector<raft::NodeId> path_;
   RelayClock::time_point heard_, not_ok_since_, next_report_, next_round_, resubscribed_;
+  RelayClock::time_point progress_;  // applied advanced, or nothing newer was known
   raft::NodeId trying_ = 0;  // asked to be fed, no answer yet
   RelayClock::time_point try_deadline_;
   std::deque<Member> candidates_;
