@@ -685,6 +685,19 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
       }
     }
     reads_unsent.swap(keep);
+    // A read point that this replica has not reached by the read's deadline (a learner cut
+    // off after the voter answered): it fails rather than waiting for ever.
+    for (auto it = reads_released.begin(); it != reads_released.end();) {
+      if (it->second.deadline > now) {
+        ++it;
+        continue;
+      }
+      auto done = std::move(it->second.done);
+      it = reads_released.erase(it);
+      done(err(ErrorCode::unavailable, "this replica did not reach the read point within " +
+                                           std::to_string(opt.request_timeout_ms) +
+                                           " ms (raft.request_timeout_ms)"));
+    }
     for (auto it = reads_inflight.begin(); it != reads_inflight.end();) {
       if (now - it->second.sent < 2 * election) {
         ++it;
@@ -1891,6 +1904,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
   }
   void on_relay_entries(NodeId from, wire::RelayEntries m, Clock::time_point now) {
     child->on_entries(from, std::move(m), now);
+    release_reads();  // also after a snapshot install that no entries followed
     relay->pump(now);
     publish_status();
   }

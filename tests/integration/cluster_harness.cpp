@@ -54,6 +54,15 @@ int KeelCluster::add_joiner(const std::string& name) {
   return size() - 1;
 }
 
+std::optional<std::string> get_value(client::Client& c, const std::string& key, bool serializable) {
+  storage::RangeRequest r;
+  r.key = key;
+  r.serializable = serializable;
+  auto got = c.range(r);
+  if (!got || got->kvs.empty()) return std::nullopt;
+  return got->kvs[0].value;
+}
+
 int KeelCluster::add_learner(const std::string& name) {
   const int i = add_joiner(name);
   learner_[i] = true;

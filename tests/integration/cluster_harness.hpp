@@ -11,6 +11,11 @@
 
 namespace keel::test {
 
+// The value of `key` read through `c` (linearizable unless `serializable`); nullopt if the
+// key is absent or the read failed.
+std::optional<std::string> get_value(client::Client& c, const std::string& key,
+                                     bool serializable = false);
+
 // A TCP port on 127.0.0.1 that was free a moment ago.
 uint16_t free_port();
 

@@ -18,16 +18,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::optional<std::string> get_value(client::Client& c, const std::string& key,
-                                     bool serializable = false) {
-  storage::RangeRequest r;
-  r.key = key;
-  r.serializable = serializable;
-  auto got = c.range(r);
-  if (!got || got->kvs.empty()) return std::nullopt;
-  return got->kvs[0].value;
-}
-
 // Writers that put w<t>/<i> = <i> through member `targets[t % n]` until stopped, recording
 // every acknowledged value.
 struct Writers {

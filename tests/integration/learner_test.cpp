@@ -23,15 +23,6 @@ std::string learner_config(int fanout = 1) {
          "\nheartbeat_ms = 100\ntimeout_ms = 1000\n";
 }
 
-std::optional<std::string> get_value(client::Client& c, const std::string& key, bool serializable) {
-  storage::RangeRequest r;
-  r.key = key;
-  r.serializable = serializable;
-  auto got = c.range(r);
-  if (!got || got->kvs.empty()) return std::nullopt;
-  return got->kvs[0].value;
-}
-
 // Polls (bounded) until member i's replica holds key = value.
 bool wait_value(KeelCluster& c, int i, const std::string& key, const std::string& value,
                 std::chrono::milliseconds deadline = 10s) {
