@@ -185,7 +185,7 @@ class RelayChild {
   std::vector<raft::NodeId> path_;
   RelayClock::time_point heard_, not_ok_since_, next_report_, next_round_, resubscribed_;
   RelayClock::time_point progress_;  // applied advanced, or nothing newer was known
-  raft::NodeId trying_ = 0;  // asked to be fed, no answer yet
+  raft::NodeId trying_ = 0;          // asked to be fed, no answer yet
   RelayClock::time_point try_deadline_;
   std::deque<Member> candidates_;
   std::set<raft::NodeId> tried_;

@@ -131,3 +131,46 @@ TEST_CASE("a new member catches up from a streamed snapshot larger than its cach
   }
   CHECK(wrong.empty());
 }
+
+TEST_CASE(
+    "a member killed with state only in its checkpoint, restarted after the leader compacted "
+    "its log past that member's log, is caught up by a snapshot, not across a gap",
+    "[integration][cluster][snapshot][checkpoint]") {
+  TempDir dir;
+  // A short retained log and checkpoints far apart: after kill -9 the follower's state is an
+  // old checkpoint and its own log ends where the leader's retained log no longer reaches.
+  KeelCluster c(dir.path, 3,
+                "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 5000\n"
+                "request_timeout_ms = 5000\nlog_retain_entries = 50\n[storage]\n"
+                "cache_size_mb = 16\ncheckpoint_interval_ms = 600000\n");
+  REQUIRE(c.start_all());
+  auto leader = c.wait_leader();
+  REQUIRE(leader);
+  const int f = (*leader + 1) % 3;
+  auto cl = c.member(*leader).client();
+  REQUIRE(cl);
+  for (int i = 0; i < 100; ++i)
+    REQUIRE(cl->put(put("before/" + std::to_string(i), std::to_string(i))));
+  c.member(f).kill9();
+  c.running[f] = false;
+  // Far past the follower's last entry: the leader drops that prefix (after its own
+  // checkpoint, which log compaction waits for).
+  for (int i = 0; i < 1500; ++i)
+    REQUIRE(cl->put(put("after/" + std::to_string(i % 300), std::to_string(i))));
+  REQUIRE(c.start(f));
+  auto fc = c.member(f).client();
+  REQUIRE(fc);
+  bool caught_up = false;
+  for (int tries = 0; tries < 400 && !caught_up; ++tries) {
+    caught_up = get_value(*fc, "after/299", true) == "1499";
+    if (!caught_up) std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(caught_up);
+  const std::string log = c.member(f).log();
+  INFO(log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
+  CHECK(log.find("installed the snapshot") != std::string::npos);
+  for (int i = 0; i < 100; i += 9)
+    CHECK(get_value(*fc, "before/" + std::to_string(i), true) == std::to_string(i));
+  for (int i = 1200; i < 1500; i += 37)
+    CHECK(get_value(*fc, "after/" + std::to_string(i % 300), true) == std::to_string(i));
+}
