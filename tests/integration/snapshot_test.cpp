@@ -166,7 +166,13 @@ TEST_CASE(
     if (!caught_up) std::this_thread::sleep_for(50ms);
   }
   REQUIRE(caught_up);
-  const std::string log = c.member(f).log();
+  // The install logs once its checkpoint is done, after the state is already served.
+  std::string log;
+  for (int tries = 0; tries < 200; ++tries) {
+    log = c.member(f).log();
+    if (log.find("installed the snapshot") != std::string::npos) break;
+    std::this_thread::sleep_for(50ms);
+  }
   INFO(log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
   CHECK(log.find("installed the snapshot") != std::string::npos);
   for (int i = 0; i < 100; i += 9)
