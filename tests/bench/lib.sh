@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts (sourced): logging, stopping processes by PID, CPU and RSS
-# of processes, key=value fields, and etcd's benchmark tool as a load generator.
+# of processes, key=value fields, and etcd's benchmark tool as a load generator. A script may
+# define its own version of one after sourcing (storage/run.sh: a 30 s stop_pid, its etcd_load).
 # shellcheck shell=bash
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }

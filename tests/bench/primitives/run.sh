@@ -25,6 +25,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=tests/bench/lib.sh
+source "$here/../lib.sh"
 src="$(cd "$here/../../.." && pwd)"
 build="$src/build"
 smoke=0
@@ -78,11 +80,6 @@ else
 fi
 etcd_conns=100
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
 t_begin=$SECONDS
 
 # ---- etcd availability --------------------------------------------------------------------
@@ -109,18 +106,6 @@ fi
 root="$(mktemp -d /tmp/keel-prim-bench.XXXXXX)"
 declare -a KPID=(0 0 0) EPID=(0 0 0)
 
-stop_pid() {  # SIGTERM, bounded wait (10 s), then SIGKILL
-  local pid=$1 i
-  [ "$pid" -gt 0 ] 2>/dev/null || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$? i
   trap - EXIT INT TERM
@@ -141,17 +126,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
-cpu_ticks() {  # utime + stime of one pid, in clock ticks
-  local stat
-  stat="$(cat "/proc/$1/stat")"
-  stat="${stat##*') '}"  # fields from 3 (state) on
-  # shellcheck disable=SC2086
-  set -- $stat
-  echo $((${12} + ${13}))  # fields 14 and 15
-}
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # ---- keel -------------------------------------------------------------------------------
 kpeer() { echo $((25800 + port_shift + $1)); }

@@ -23,6 +23,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=tests/bench/lib.sh
+source "$here/../lib.sh"
 src="$(cd "$here/../../.." && pwd)"
 build="$src/build"
 keeld=""
@@ -59,9 +61,6 @@ elif [ ! -x "$etcd_bench" ] || ! command -v etcd >/dev/null; then
   echo "run.sh: etcd or $etcd_bench missing: run tests/bench/cluster/setup-etcd.sh, or --keel-only" >&2
   exit 1
 fi
-
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
 
 root="$(mktemp -d /tmp/keel-storage-bench.XXXXXX)"
 declare -a PIDS=()
@@ -105,7 +104,6 @@ stop_counting() {
   wait "$pid" 2>/dev/null || true
   echo "$last"
 }
-field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 
 # ---- keel ---------------------------------------------------------------------------------
 KP=()
