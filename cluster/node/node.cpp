@@ -73,12 +73,16 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     size_t bytes = 0;
     uint64_t forward_term = 0;  // forwarded to the leader of this term (0 = not forwarded)
   };
-  struct Waiting {  // no leader known yet
+  struct Waiting {  // no leader known yet, or forwarded and handed back undelivered
     uint64_t seq;
     std::string data;
     Completion done;
     Clock::time_point deadline;
     size_t bytes;
+    // Forwarded before and handed back by the transport as never written (on_undelivered):
+    // `deadline` is the request's (request_timeout_ms from the first submit) and stays so
+    // across re-submits, so a leader that stays unreachable cannot keep the write for ever.
+    bool undelivered = false;
   };
   struct ReadWaiter {
     std::function<void(Status)> done;
@@ -187,7 +191,8 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
   std::vector<std::pair<NodeId, bool>> snap_reports;  // for the core, outside a Ready cycle
   uint64_t next_transfer = 1;
   uint64_t stat_snapshots_sent = 0, stat_snapshots_installed = 0, stat_dropped_props = 0;
-  uint64_t applied_term = 0;  // term of the last applied entry
+  uint64_t stat_undelivered_props = 0;  // own forwarded writes handed back (on_undelivered)
+  uint64_t applied_term = 0;            // term of the last applied entry
   // Cluster time (see cluster_now): the newest stamp in this member's log or state, and the
   // leader's clock base, set when it became leader.
   uint64_t last_stamp = 0;
@@ -466,6 +471,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
         }
       }
       expire(Clock::now());
+      retry_waiting(/*undelivered_only=*/true);
       expire_snapshots(Clock::now());
       keep_time_moving();
       expire_foreign_peers(Clock::now());
@@ -573,8 +579,9 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     done(std::move(r));
   }
 
-  void submit(uint64_t seq, std::string data, Completion done, size_t bytes,
-              Clock::time_point now) {
+  // `until`: a write handed back undelivered (Waiting::undelivered) keeps its request deadline.
+  void submit(uint64_t seq, std::string data, Completion done, size_t bytes, Clock::time_point now,
+              std::optional<Clock::time_point> until = std::nullopt) {
     if (removed) {
       return complete(std::move(done), bytes, removed_error());
     }
@@ -584,15 +591,21 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     auto r = raw->propose(data);
     switch (r.status) {
       case raft::ProposeStatus::ok:
-        pending[seq] = Pending{std::move(done), r.index, r.term,
-                               now + std::chrono::milliseconds(opt.request_timeout_ms), bytes};
+        pending[seq] =
+            Pending{std::move(done), r.index, r.term,
+                    until.value_or(now + std::chrono::milliseconds(opt.request_timeout_ms)), bytes};
         pending_by_index[r.index] = seq;
         return;
       case raft::ProposeStatus::forwarded:
-        // send() stamps the prop message with this same term (nothing runs in between).
-        pending[seq] = Pending{
-            std::move(done), 0,          0, now + std::chrono::milliseconds(opt.request_timeout_ms),
-            bytes,           raw->term()};
+        // send() stamps the prop message with this same term (nothing runs in between). If
+        // the transport never writes it, on_undelivered puts it back in `waiting`.
+        pending[seq] =
+            Pending{std::move(done),
+                    0,
+                    0,
+                    until.value_or(now + std::chrono::milliseconds(opt.request_timeout_ms)),
+                    bytes,
+                    raw->term()};
         return;
       case raft::ProposeStatus::dropped:
         if (raw->role() == raft::Role::leader && raw->transferee() == raft::kNoNode &&
@@ -606,8 +619,10 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
         }
         [[fallthrough]];  // transferring leadership: wait for the next leader
       case raft::ProposeStatus::not_leader:
-        waiting.push_back(Waiting{seq, std::move(data), std::move(done),
-                                  now + std::chrono::milliseconds(opt.leader_wait_ms), bytes});
+        waiting.push_back(
+            Waiting{seq, std::move(data), std::move(done),
+                    until.value_or(now + std::chrono::milliseconds(opt.leader_wait_ms)), bytes,
+                    until.has_value()});
         return;
       case raft::ProposeStatus::conf_change_pending:
       case raft::ProposeStatus::invalid:
@@ -616,20 +631,63 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     KEEL_ASSERT(false, "unexpected propose status for a normal entry");
   }
 
-  void retry_waiting() {
+  // When a leader appeared: everything waiting is submitted again; on a tick
+  // (`undelivered_only`): the writes handed back undelivered, once the connection to the
+  // leader is up (so a leader in reconnect backoff is not sent a write per tick to drop).
+  void retry_waiting(bool undelivered_only = false) {
     if (waiting.empty() || !raw || raw->leader() == raft::kNoNode) return;
+    const NodeId lead = raw->leader();
+    if (undelivered_only && lead != opt.id && !transport->connected(lead)) return;
     std::deque<Waiting> w;
     w.swap(waiting);
     const auto now = Clock::now();
     for (auto& x : w) {
-      if (x.deadline <= now) {
-        complete(std::move(x.done), x.bytes, no_leader_error());
+      if (undelivered_only && !x.undelivered) {
+        waiting.push_back(std::move(x));
         continue;
       }
-      submit(x.seq, std::move(x.data), std::move(x.done), x.bytes, now);
+      if (x.deadline <= now) {
+        complete(std::move(x.done), x.bytes, waiting_error(x));
+        continue;
+      }
+      submit(x.seq, std::move(x.data), std::move(x.done), x.bytes, now,
+             x.undelivered ? std::optional(x.deadline) : std::nullopt);
     }
   }
 
+  // The transport hands back forwarded proposals it certainly never wrote to a connection
+  // (transport.hpp, "Proposals"): no leader has seen them, so this member's own writes among
+  // them wait for a leader again (retry_waiting) instead of for their deadline. A write whose
+  // prop may have been delivered never comes back here and is never sent again. Writes that
+  // learners relayed through this voter (origin another agent) are not re-proposed: the
+  // learner was told the term they were forwarded in, and a re-proposal in a later term could
+  // be applied after the learner concluded from that term that it never will be.
+  void on_undelivered(std::vector<raft::Message> props) override {
+    if (!raw || removed) return;
+    for (auto& m : props) {
+      for (auto& e : m.entries) {
+        wire::Origin origin;
+        std::string_view cmd;
+        if (e.type != raft::EntryType::normal || !wire::decode_entry(e.data, &origin, &cmd) ||
+            origin.member != opt.id || origin.nonce != nonce)
+          continue;
+        auto it = pending.find(origin.seq);
+        if (it == pending.end() || it->second.forward_term == 0 || it->second.index != 0) continue;
+        Pending p = std::move(it->second);
+        pending.erase(it);
+        stat_undelivered_props++;
+        waiting.push_back(
+            Waiting{origin.seq, std::move(e.data), std::move(p.done), p.deadline, p.bytes, true});
+      }
+    }
+  }
+
+  Error waiting_error(const Waiting& w) const {
+    if (!w.undelivered) return no_leader_error();
+    return err(ErrorCode::unavailable, "the leader could not be reached within " +
+                                           std::to_string(opt.request_timeout_ms) +
+                                           " ms (raft.request_timeout_ms); not applied");
+  }
   Error no_leader_error() const {
     return err(ErrorCode::unavailable, "no Raft leader within " +
                                            std::to_string(opt.leader_wait_ms) +
@@ -654,10 +712,15 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
 
   void expire(Clock::time_point now) {
     resend_status_queries(now);
-    while (!waiting.empty() && waiting.front().deadline <= now) {
-      auto x = std::move(waiting.front());
-      waiting.pop_front();
-      complete(std::move(x.done), x.bytes, no_leader_error());
+    // Not in deadline order: writes handed back undelivered keep their request deadline.
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      if (it->deadline > now) {
+        ++it;
+        continue;
+      }
+      auto x = std::move(*it);
+      it = waiting.erase(it);
+      complete(std::move(x.done), x.bytes, waiting_error(x));
     }
     for (auto it = pending.begin(); it != pending.end();) {
       if (it->second.deadline > now) {
@@ -887,6 +950,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
       s.dropped_by_reason += std::string(reason) + "=" + std::to_string(n);
     });
     s.snapshots_sent = stat_snapshots_sent;
+    s.undelivered_props = stat_undelivered_props;
     s.snapshots_installed = stat_snapshots_installed;
     return s;
   }

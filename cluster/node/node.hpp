@@ -7,12 +7,17 @@
 // RawNode (many proposals per Ready: group commit), runs the shared Ready loop (persist with
 // one fsync per Ready, send, apply, advance) and completes a proposal when the entry that
 // carries its (member id, request id) is applied on THIS member, so a client reads its own
-// writes from its own agent. Followers forward proposals to the leader (the core's `prop`).
+// writes from its own agent. Followers forward proposals to the leader (the core's `prop`);
+// one that the transport reports it never wrote to a connection (the leader's connection not
+// up yet, in reconnect backoff, a bound) waits for a leader and is forwarded again; one that
+// may have been delivered is never sent twice.
 //
 // Outcomes (done runs exactly once, on the node thread; it must be quick and must not call
 // back into the node synchronously):
 //   the command's result                 applied (the result may itself be a typed error);
-//   unavailable                          no leader within options.leader_wait_ms: not applied;
+//   unavailable                          no leader within options.leader_wait_ms, or the
+//                                        leader not reachable within the request timeout:
+//                                        not applied;
 //   overloaded                           a bound (named in the message) is full: not applied;
 //   outcome_unknown                      forwarded, or appended by a leader that then lost its
 //                                        term, and not seen applied within the request timeout;
@@ -138,6 +143,7 @@ struct NodeStatus {
   uint64_t time_entries = 0;         // time entries appended as leader (keep_time_moving)
   uint64_t snapshots_sent = 0;       // streams completed as sender
   uint64_t snapshots_installed = 0;  // streams installed as receiver
+  uint64_t undelivered_props = 0;    // own forwarded writes the transport never sent (resent)
   // The relay tree: a learner's parent (0 = detached) and its path up to a voter (the
   // parent first), how far it is behind what its parent knows is committed, in entries and
   // in cluster time; every agent's children count and the learners below it.

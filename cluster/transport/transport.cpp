@@ -120,8 +120,9 @@ struct Transport::Impl : std::enable_shared_from_this<Transport::Impl> {
   std::map<NodeId, std::shared_ptr<Conn>> inbound;  // accepted, by dialling member
   std::set<std::shared_ptr<Conn>> pending;          // accepted, handshake not done
   Counters counters;
-  std::set<NodeId> unreachable;  // to report (posted)
-  bool unreachable_posted = false;
+  std::set<NodeId> unreachable;            // to report (posted)
+  std::vector<raft::Message> undelivered;  // props to hand back (posted; on_undelivered)
+  bool reports_posted = false;
   std::set<NodeId> refusal_logged;
   std::map<std::string, std::chrono::steady_clock::time_point> rate;
 
@@ -161,25 +162,41 @@ struct Transport::Impl : std::enable_shared_from_this<Transport::Impl> {
   // ---- unreachable reports ----------------------------------------------------------------
   void report_unreachable(NodeId id) {
     unreachable.insert(id);
-    if (unreachable_posted) return;
-    unreachable_posted = true;
+    post_reports();
+  }
+  // A dropped item that was never written: a prop goes back to the handler.
+  void report_undelivered(Item& item) {
+    auto* m = std::get_if<raft::Message>(&item);
+    if (m == nullptr || m->type != raft::MessageType::prop) return;
+    undelivered.push_back(std::move(*m));
+    post_reports();
+  }
+  void post_reports() {
+    if (reports_posted) return;
+    reports_posted = true;
     asio::post(io, [self = shared_from_this()] {
-      self->unreachable_posted = false;
+      self->reports_posted = false;
       auto ids = std::move(self->unreachable);
       self->unreachable.clear();
+      auto props = std::move(self->undelivered);
+      self->undelivered.clear();
       for (NodeId id : ids) {
         if (self->stopped) return;
         self->handler.on_unreachable(id);
       }
+      if (!props.empty() && !self->stopped) self->handler.on_undelivered(std::move(props));
     });
   }
 
-  void drop_queue(Peer& p) {
+  // Drops what is queued (never written); `report`: the core is told the peer is unreachable.
+  void drop_queue(Peer& p, bool report = true) {
     if (p.queue.empty()) return;
     p.stats.dropped_msgs += p.queue.size();
+    for (Item& item : p.queue)
+      report_undelivered(item);
     p.queue.clear();
     p.queue_bytes = 0;
-    report_unreachable(p.id);
+    if (report) report_unreachable(p.id);
   }
 
   // ---- outbound -----------------------------------------------------------------------------
@@ -393,6 +410,7 @@ struct Transport::Impl : std::enable_shared_from_this<Transport::Impl> {
       return true;
     }
     ++p->stats.dropped_msgs;
+    report_undelivered(item);
     if (why != nullptr) {
       log_limited(LogLevel::warn, std::string("drop-") + why + std::to_string(p->id),
                   "dropping a message of ~" + std::to_string(bytes) + " bytes to peer " +
@@ -660,6 +678,7 @@ struct Transport::Impl : std::enable_shared_from_this<Transport::Impl> {
       c->close();
     pending.clear();
     unreachable.clear();
+    undelivered.clear();
   }
 };
 
@@ -749,6 +768,7 @@ void Transport::remove_peer(NodeId id) {
   p.resolver.cancel();
   p.backoff_timer.cancel();
   if (p.conn) p.conn->close();
+  s.drop_queue(p, /*report=*/false);  // a removed member is not "unreachable"
   s.peers.erase(it);
 }
 
@@ -764,6 +784,8 @@ void Transport::send(std::vector<raft::Message>& messages) {
     if (it == s.peers.end()) {
       ++s.counters.dropped_unknown_peer;
       s.report_unreachable(m.to);
+      Item item{std::move(m)};
+      s.report_undelivered(item);
       continue;
     }
     const NodeId to = m.to;
@@ -800,6 +822,11 @@ std::map<NodeId, Transport::PeerStats> Transport::stats() const {
   for (const auto& [id, p] : impl_->peers)
     out[id] = p->stats;
   return out;
+}
+
+bool Transport::connected(NodeId peer) const {
+  auto it = impl_->peers.find(peer);
+  return it != impl_->peers.end() && it->second->state == PeerState::connected;
 }
 
 Transport::Counters Transport::counters() const {

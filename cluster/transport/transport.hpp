@@ -9,10 +9,19 @@
 // posted). No global state. After stop() returns no callback runs.
 //
 // Connection life (outbound, per peer): resolve -> connect -> Stream::start (TLS later) ->
-// Hello{magic, version, cluster_id, from, to} -> HelloReply{accepted} -> connected. A failure
-// or close at any step drops what is queued for the peer (Raft retransmits; the core is told
-// through on_unreachable) and redials after an exponential backoff with jitter
-// (backoff_min_ms doubling up to backoff_max_ms, then uniformly in [d/2, d]).
+// Hello{magic, version, cluster_id, from, to} -> HelloReply{accepted} -> connected. Messages
+// sent while connecting are queued; in backoff they are dropped at once. A failure or close at
+// any step drops what is queued for the peer (Raft retransmits; the core is told through
+// on_unreachable) and redials after an exponential backoff with jitter (backoff_min_ms
+// doubling up to backoff_max_ms, then uniformly in [d/2, d]).
+//
+// Proposals: Raft retransmits appends, votes and heartbeats but not a forwarded proposal
+// (type prop), so every prop the transport certainly did not write to a connection goes back
+// to the Handler (on_undelivered): refused by send() (unknown peer, peer in backoff, over a
+// bound), still queued when the connection failed (before it was up or later), or queued
+// when the peer was removed. A prop that was part of a write in progress when the connection
+// failed may have reached the peer: it is never handed back (resending it could apply it
+// twice).
 //
 // Snapshots: the node streams the state as app messages (chunks, each acknowledged by an
 // app message back; cluster/node/node.cpp, "Snapshots"), so the queues' bounds and batching
@@ -54,6 +63,9 @@ class Handler {  // implemented by the node
   virtual void on_message(raft::Message m) = 0;                     // already validated
   virtual void on_unreachable(raft::NodeId peer) = 0;               // a send to peer failed/dropped
   virtual void on_app(raft::NodeId from, std::string payload) = 0;  // opaque app message
+  // Prop messages that certainly reached no peer (see "Proposals" above), in the order they
+  // were dropped. Posted, like on_unreachable.
+  virtual void on_undelivered(std::vector<raft::Message> props) = 0;
 };
 
 class Transport {
@@ -83,6 +95,7 @@ class Transport {
     uint64_t sent_msgs = 0, sent_bytes = 0, dropped_msgs = 0, reconnects = 0;
   };
   std::map<raft::NodeId, PeerStats> stats() const;
+  bool connected(raft::NodeId peer) const;  // the outbound connection to peer is up now
 
   // Inbound side, all peers together.
   struct Counters {

@@ -138,7 +138,8 @@ struct Recorder : Handler {
   std::vector<Message> msgs;
   std::vector<std::pair<NodeId, std::string>> apps;
   std::vector<NodeId> unreachable;
-  std::vector<std::string> order;  // "m<from>" / "a<from>" per delivery
+  std::vector<Message> undelivered;  // props handed back by on_undelivered
+  std::vector<std::string> order;    // "m<from>" / "a<from>" per delivery
   std::function<void()> on_any;
   void on_message(Message m) override {
     msgs.push_back(std::move(m));
@@ -146,6 +147,10 @@ struct Recorder : Handler {
     if (on_any) on_any();
   }
   void on_unreachable(NodeId peer) override { unreachable.push_back(peer); }
+  void on_undelivered(std::vector<Message> props) override {
+    for (auto& m : props)
+      undelivered.push_back(std::move(m));
+  }
   void on_app(NodeId from, std::string payload) override {
     apps.emplace_back(from, std::move(payload));
     order.push_back("a" + std::to_string(from));
