@@ -396,6 +396,65 @@ TEST_CASE("transport: unknown peers, send_app bounds, stop inside a callback", "
   REQUIRE(calls == 1);
 }
 
+// Raft does not retransmit a forwarded proposal: every prop the transport never wrote goes
+// back to the handler (posted), and one it wrote does not.
+TEST_CASE("transport: props never written are handed back, delivered ones are not",
+          "[transport][forward]") {
+  asio::io_context io;
+  Member a(io, 1);
+  auto props_back = [&](size_t n) {
+    return run_until(io, [&] { return a.rec.undelivered.size() >= n; });
+  };
+
+  // Unknown peer.
+  std::vector<Message> out{make_message(MessageType::prop, 1, 9, 1)};
+  a.t->send(out);
+  REQUIRE(a.rec.undelivered.empty());  // posted, never called from inside send()
+  REQUIRE(props_back(1));
+  REQUIRE(same_message(a.rec.undelivered[0], make_message(MessageType::prop, 1, 9, 1)));
+
+  // Queued while connecting to a port nobody listens on (any more): the dial fails and the
+  // queue goes back; the heartbeat queued with it is Raft's to retransmit, not handed back.
+  uint16_t dead = 0;
+  {
+    Member gone(io, 2);
+    dead = gone.port();
+  }
+  a.t->set_peer(2, addr(dead));
+  out = {make_message(MessageType::heartbeat, 1, 2), make_message(MessageType::prop, 1, 2, 2)};
+  a.t->send(out);
+  REQUIRE(props_back(2));
+  REQUIRE(same_message(a.rec.undelivered[1], make_message(MessageType::prop, 1, 2, 2)));
+
+  // In reconnect backoff: dropped at once, handed back.
+  REQUIRE_FALSE(a.t->connected(2));
+  REQUIRE(run_until(io, [&] { return a.t->stats().at(2).dropped_msgs >= 2; }));
+  out = {make_message(MessageType::prop, 1, 2, 3)};
+  a.t->send(out);
+  REQUIRE(props_back(3));
+  REQUIRE(same_message(a.rec.undelivered[2], make_message(MessageType::prop, 1, 2, 3)));
+
+  // Queued for a peer that is then removed.
+  a.t->set_peer(3, addr(dead));
+  out = {make_message(MessageType::prop, 1, 3, 4)};
+  a.t->send(out);
+  a.t->remove_peer(3);
+  REQUIRE(props_back(4));
+  REQUIRE(same_message(a.rec.undelivered[3], make_message(MessageType::prop, 1, 3, 4)));
+
+  // Delivered: the peer has it, nothing comes back.
+  Member b(io, 4);
+  a.t->set_peer(4, addr(b.port()));
+  expect_delivery(io, a, b);
+  REQUIRE(a.t->connected(4));
+  out = {make_message(MessageType::prop, 1, 4, 5)};
+  a.t->send(out);
+  REQUIRE(run_until(
+      io, [&] { return !b.rec.msgs.empty() && b.rec.msgs.back().type == MessageType::prop; }));
+  run_ready(io);
+  REQUIRE(a.rec.undelivered.size() == 4);
+}
+
 TEST_CASE("transport: listen errors name the address and the cause", "[transport]") {
   asio::io_context io;
   Member a(io, 1);
