@@ -3,9 +3,11 @@
 // read-your-writes on a follower, ReadIndex, leadership transfer at stop, membership).
 // Assertions run on the main thread only; node-thread completions fulfil futures.
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
@@ -99,6 +101,112 @@ bool eventually(F cond, std::chrono::milliseconds deadline = 10s) {
     std::this_thread::sleep_for(5ms);
   }
   return cond();
+}
+
+// A loopback port in front of a member's peer port. Closed (the default), it accepts every
+// connection and closes it at once, as a member that is not up yet or refuses would; open,
+// it relays each new connection to the member both ways. One thread, its own sockets only.
+class Gate {
+ public:
+  explicit Gate(uint16_t target) : target_(target) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    listen(listen_fd_, 16);
+    socklen_t len = sizeof a;
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Gate() {
+    stop_ = true;
+    thread_.join();
+    for (auto [x, y] : pairs_) {
+      close(x);
+      close(y);
+    }
+    close(listen_fd_);
+  }
+  Gate(const Gate&) = delete;
+  Gate& operator=(const Gate&) = delete;
+  uint16_t port() const { return port_; }
+  void open() { open_ = true; }
+  int refused() const { return refused_; }
+
+ private:
+  static bool write_all(int fd, const char* p, size_t n) {
+    while (n > 0) {
+      const ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  }
+  int dial_target() const {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(target_);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  void run() {
+    std::vector<char> buf(64 << 10);
+    while (!stop_) {
+      std::vector<pollfd> fds{{listen_fd_, POLLIN, 0}};
+      for (auto [x, y] : pairs_) {
+        fds.push_back({x, POLLIN, 0});
+        fds.push_back({y, POLLIN, 0});
+      }
+      if (poll(fds.data(), fds.size(), 10) <= 0) continue;
+      std::vector<bool> dead(pairs_.size(), false);
+      for (size_t i = 0; i < pairs_.size(); ++i) {
+        for (int side = 0; side < 2 && !dead[i]; ++side) {
+          if ((fds[1 + 2 * i + side].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+          const int from = side == 0 ? pairs_[i].first : pairs_[i].second;
+          const int to = side == 0 ? pairs_[i].second : pairs_[i].first;
+          const ssize_t n = read(from, buf.data(), buf.size());
+          if (n <= 0 || !write_all(to, buf.data(), static_cast<size_t>(n))) dead[i] = true;
+        }
+      }
+      for (size_t i = pairs_.size(); i-- > 0;) {
+        if (!dead[i]) continue;
+        close(pairs_[i].first);
+        close(pairs_[i].second);
+        pairs_.erase(pairs_.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+      if ((fds[0].revents & POLLIN) == 0) continue;
+      const int c = accept(listen_fd_, nullptr, nullptr);
+      if (c < 0) continue;
+      const int t = open_ ? dial_target() : -1;
+      if (t < 0) {
+        close(c);
+        ++refused_;
+        continue;
+      }
+      pairs_.emplace_back(c, t);
+    }
+  }
+
+  uint16_t target_;
+  uint16_t port_ = 0;
+  int listen_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> open_{false};
+  std::atomic<int> refused_{0};
+  std::vector<std::pair<int, int>> pairs_;  // gate thread only (and the destructor after join)
+  std::thread thread_;
+};
+
+uint16_t port_of(const std::string& host_port) {
+  return static_cast<uint16_t>(std::stoi(host_port.substr(host_port.rfind(':') + 1)));
 }
 
 struct Cluster {
@@ -319,6 +427,77 @@ TEST_CASE("three members: elect, write through a follower and read it there at o
       if (e->store().current_revision() != rev) return false;
     return true;
   }));
+}
+
+// The core forwards a follower's write to the leader once (Raft retransmits appends, not
+// proposals). Here the follower's own connection to the leader cannot come up (the leader's
+// appends reach it on the leader's connection, so it knows the leader): the forwarded write
+// is dropped by its transport, which hands it back, and it is forwarded again once the
+// connection is up, and applied once. Without that it waited for request_timeout_ms and
+// ended outcome_unknown.
+TEST_CASE(
+    "three members: a write forwarded before the connection to the leader is up is sent again when "
+    "it is",
+    "[node][forward]") {
+  const uint64_t cid = node::cluster_id_of("three");
+  // The follower: not the lowest id (that one campaigns at once on a fresh cluster, and
+  // could not win from behind the gates).
+  std::string follower = "m0";
+  for (const char* name : {"m1", "m2"}) {
+    if (node::member_id_of(cid, name) > node::member_id_of(cid, follower)) follower = name;
+  }
+  std::vector<std::unique_ptr<Gate>> gates;
+  Cluster c(3, [&](node::NodeOptions& o) {
+    o.request_timeout_ms = 10000;
+    if (o.name != follower) return;
+    for (auto& m : o.initial_members) {  // it reaches the others through closed gates only
+      if (m.name == follower) continue;
+      gates.push_back(std::make_unique<Gate>(port_of(m.peer_address)));
+      m.peer_address = "127.0.0.1:" + std::to_string(gates.back()->port());
+    }
+  });
+  REQUIRE(gates.size() == 2);
+  int f = 0;
+  while (c.members[f].name != follower)
+    ++f;
+  const int l = c.wait_leader();
+  REQUIRE(l >= 0);
+  REQUIRE(l != f);
+  auto refused = [&] { return gates[0]->refused() + gates[1]->refused(); };
+
+  std::promise<Result<CommandResult>> done;
+  auto result = done.get_future();
+  const int before = refused();
+  c.nodes[f]->propose(put("forwarded", "once"),
+                      [&done](Result<CommandResult> r) { done.set_value(std::move(r)); });
+  // Two more refused dials (a reconnect backoff apart) after the write was queued: it was
+  // forwarded while the connection was down, and dropped.
+  REQUIRE(eventually([&] { return refused() >= before + 2; }));
+  CHECK(result.wait_for(0s) == std::future_status::timeout);
+  for (auto& g : gates)
+    g->open();
+  REQUIRE(result.wait_for(20s) == std::future_status::ready);
+  auto r = result.get();
+  INFO((r.ok() ? std::string("ok") : r.error().message));
+  REQUIRE(r.ok());
+  CHECK(c.nodes[f]->status().undelivered_props >= 1);
+  // Applied exactly once: the key's first version, at the write's revision, everywhere.
+  const int64_t rev = std::get<PutResponse>(r.value()).revision;
+  REQUIRE(eventually([&] {
+    for (auto& e : c.engines)
+      if (e->store().current_revision() < rev) return false;
+    return true;
+  }));
+  for (auto& e : c.engines) {
+    auto reader = e->store().reader();
+    RangeRequest get;
+    get.key = "forwarded";
+    auto got = reader->range(get, 1 << 20);
+    REQUIRE(got.ok());
+    REQUIRE(got->kvs.size() == 1);
+    CHECK(got->kvs[0].version == 1);
+    CHECK(got->kvs[0].mod_revision == rev);
+  }
 }
 
 TEST_CASE("three members: every member's status over the peer connections", "[node][cluster]") {
