@@ -37,7 +37,7 @@ enum class ErrorCode : uint16_t {
   too_many_watchers,     // limits.max_watchers reached
   not_leader,            // this member cannot accept writes now
   timeout,               // deadline passed
-  shutting_down,         // the agent is stopping
+  shutting_down,         // the agent is stopping; the request was not applied
   permission_denied,     // peer credentials do not allow this
   internal,              // storage or other failure that is not the caller's fault
   key_not_found,         // put with ignore_value/ignore_lease on a key that does not exist

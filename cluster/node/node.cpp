@@ -517,7 +517,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     {
       std::lock_guard lock(mu);
       if (stopping) {
-        refuse = err(ErrorCode::shutting_down, "the agent is shutting down");
+        refuse = err(ErrorCode::shutting_down, "the agent is shutting down; not applied");
       } else if (queue.size() + inflight_count >= opt.max_pending_proposals) {
         refuse =
             err(ErrorCode::overloaded,
@@ -1608,9 +1608,11 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
     }
   }
 
-  void fail_all(const Error& e) {
+  // `in_flight`, when given, is what writes already handed to Raft get (they may still be
+  // applied); everything else gets `e`.
+  void fail_all(const Error& e, const std::optional<Error>& in_flight = std::nullopt) {
     for (auto& [seq, p] : pending)
-      complete(std::move(p.done), p.bytes, e);
+      complete(std::move(p.done), p.bytes, in_flight ? *in_flight : e);
     pending.clear();
     pending_by_index.clear();
     for (auto& w : waiting)
@@ -2104,7 +2106,12 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
   }
 
   void finish_stop() {
-    fail_all(err(ErrorCode::shutting_down, "the agent is shutting down"));
+    // A write still waiting for a leader never reached the log; one handed to Raft may be
+    // committed by the others after this member stops.
+    fail_all(err(ErrorCode::shutting_down, "the agent is shutting down; not applied"),
+             err(ErrorCode::outcome_unknown,
+                 "the agent shut down before the write was seen applied; it may still be "
+                 "applied: read before retrying"));
     for (auto& [seq, q] : status_queries) {
       if (q->timer) q->timer->cancel();
     }

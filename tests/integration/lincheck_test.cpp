@@ -64,8 +64,11 @@ constexpr int kClients = 6;
 const std::vector<std::string> kKeys = {"lin/a", "lin/b", "lin/c"};
 
 // Whether a failed write may still have been applied.
+// unavailable, overloaded and shutting_down are answered only for writes that never reached
+// the log (a write in flight when the agent stops gets outcome_unknown).
 bool maybe_applied(ErrorCode code) {
-  return code != ErrorCode::unavailable && code != ErrorCode::overloaded;
+  return code != ErrorCode::unavailable && code != ErrorCode::overloaded &&
+         code != ErrorCode::shutting_down;
 }
 
 struct Known {  // what a client last saw of a key: value and mod revision (nullopt: absent)
