@@ -2,12 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
+#include <fcntl.h>
 
-#include "agent/kv_service.hpp"
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
 #include "agent/listener.hpp"
-#include "agent/prim_service.hpp"
-#include "agent/watch_hub.hpp"
+#include "agent/shard.hpp"
 #include "cluster/node/node.hpp"
 #include "primitives/state.hpp"
 
@@ -20,28 +22,33 @@ struct Agent::Parts {
   primitives::State prim_state;  // the store's StateExtension: outlives the engine
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<node::Node> node;
-  std::shared_ptr<RevisionSignal> signal = std::make_shared<RevisionSignal>();
-  std::shared_ptr<WatchHub> hub;
-  std::shared_ptr<RevisionSignal> prim_epoch = std::make_shared<RevisionSignal>();
-  std::shared_ptr<PrimService> prim;
-  std::shared_ptr<KvService> service;
+  std::shared_ptr<AgentCounts> counts = std::make_shared<AgentCounts>();
+  std::unique_ptr<Shard> main_shard;                   // on the main thread (io)
+  std::vector<std::unique_ptr<ServerThread>> threads;  // the other server threads
   std::unique_ptr<Listener> listener;
+  size_t next_shard = 0;  // the listener deals connections out in turn
   std::string socket_path;
   Parts(const Config& c, kj::AsyncIoContext& i) : config(c), io(i) {}
+
+  // A connection accepted on the main thread goes to the next shard; to another thread as
+  // a duplicate of its socket (the stream, with its registration on this thread's epoll, is
+  // dropped here).
+  void dispatch(kj::Own<kj::AsyncIoStream> stream, const Peer& peer) {
+    const size_t shard = next_shard++ % (threads.size() + 1);
+    if (shard == 0) return main_shard->adopt(kj::mv(stream), peer);
+    int fd = -1;
+    KJ_IF_MAYBE (f, stream->getFd()) {
+      fd = fcntl(*f, F_DUPFD_CLOEXEC, 0);
+    }
+    if (fd < 0) {
+      spdlog::warn("cannot hand a connection to server thread {} ({}); serving it on the first",
+                   shard, fd == -1 ? std::strerror(errno) : "no fd");
+      return main_shard->adopt(kj::mv(stream), peer);
+    }
+    stream = nullptr;
+    threads[shard - 1]->adopt_fd(kj::AutoCloseFd(fd), peer);
+  }
 };
-
-namespace {
-
-capnp::ReaderOptions reader_options(const storage::Limits& limits) {
-  capnp::ReaderOptions options;
-  // Requests above max_request_bytes get a typed error; far larger messages are refused by
-  // Cap'n Proto before they are read, and that connection is closed.
-  size_t limit_bytes = std::max<size_t>(64u << 20, 4 * limits.max_request_bytes);
-  options.traversalLimitInWords = limit_bytes / 8;
-  return options;
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoContext& io) {
   auto p = std::make_unique<Parts>(config, io);
@@ -70,60 +77,54 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   spdlog::info("data dir {}: revision {}, compact revision {}, applied index {}", config.data_dir,
                store.current_revision(), store.compact_revision(), store.applied_index());
 
-  WatchHubOptions wo;
-  wo.max_watchers = config.limits.max_watchers;
-  wo.batch_bytes = config.watch_batch_bytes;
-  wo.progress_interval_ms = config.watch_progress_interval_ms;
-  p->hub = std::make_shared<WatchHub>(wo, store, p->signal, io.provider->getTimer());
-
-  p->service =
-      std::make_shared<KvService>(config, *p->engine, *p->node, p->hub, io.provider->getTimer());
-  p->prim = std::make_shared<PrimService>(config, *p->engine, *p->node, p->prim_epoch,
-                                          io.provider->getTimer());
-  p->service->set_primitives(p->prim);
+  p->main_shard = std::make_unique<Shard>(config, *p->engine, *p->node, io, p->counts);
+  const size_t threads = config.effective_server_threads();
+  for (size_t i = 1; i < threads; ++i) {
+    p->threads.push_back(std::make_unique<ServerThread>(config, *p->engine, *p->node, p->counts));
+  }
 
   ListenerOptions lo;
   lo.path = config.effective_socket_path();
   lo.mode = config.socket_mode;
-  lo.reader_options = reader_options(config.limits);
+  lo.reader_options = client_reader_options(config.limits);
   lo.max_connections = config.max_connections;
-  std::weak_ptr<KvService> weak = p->service;
-  auto listener = Listener::bind(lo, io, [weak](const Peer& peer) -> capnp::Capability::Client {
-    if (auto s = weak.lock()) return s->connect(peer);
-    return KJ_EXCEPTION(DISCONNECTED, "the agent is shutting down");
-  });
+  Parts* parts = p.get();
+  auto listener = Listener::bind(lo, io, p->counts,
+                                 [parts](kj::Own<kj::AsyncIoStream> stream, const Peer& peer) {
+                                   parts->dispatch(kj::mv(stream), peer);
+                                 });
   if (!listener) return std::move(listener).error();
   p->listener = std::move(listener).value();
   p->socket_path = lo.path;
-  Listener* l = p->listener.get();
-  p->service->set_connection_count([l] { return l->connections(); });
+  spdlog::info("serving {} on {} thread(s)", lo.path, threads);
   return std::unique_ptr<Agent>(new Agent(std::move(p)));
 }
 
 Agent::Agent(std::unique_ptr<Parts> parts) : p_(std::move(parts)) {}
 
 Agent::~Agent() {
-  // The connection-count hook names the listener: drop it before the listener goes.
-  if (p_->service) p_->service->set_connection_count(nullptr);
   if (p_->listener) p_->listener->close();
   p_->listener.reset();
-  if (p_->service) p_->service->close();
-  if (p_->prim) p_->prim->close();
-  if (p_->hub) p_->hub->close();
+  p_->threads.clear();  // each closes its shard on its own thread and joins
+  if (p_->main_shard) p_->main_shard->close();
   if (p_->node) p_->node->stop();
-  p_->node.reset();    // joins the node thread
+  p_->node.reset();  // joins the node thread
+  p_->main_shard.reset();
   p_->engine.reset();  // closes WiredTiger cleanly (checkpoint)
 }
 
 Status Agent::start() {
-  p_->hub->start();
-  p_->prim->start();
-  std::shared_ptr<RevisionSignal> signal = p_->signal;
-  std::shared_ptr<RevisionSignal> epoch = p_->prim_epoch;
-  const primitives::State* state = &p_->prim_state;
-  auto on_applied = [signal, epoch, state](int64_t revision) {
-    signal->publish(revision);
-    epoch->publish(state->epoch());
+  p_->main_shard->start();
+  for (auto& t : p_->threads)
+    t->start();
+  std::vector<Shard::Publisher> shards{p_->main_shard->publisher()};
+  for (auto& t : p_->threads)
+    shards.push_back(t->publisher());
+  const primitives::State* state = &p_->prim_state;  // outlives the node
+  auto on_applied = [shards, state](int64_t revision) {
+    const int64_t epoch = state->epoch();
+    for (const auto& publish : shards)
+      publish(revision, epoch);
   };
   if (auto st = p_->node->start(on_applied); !st) return st;
   p_->listener->start();
@@ -132,14 +133,17 @@ Status Agent::start() {
 
 kj::Promise<void> Agent::shutdown(uint64_t deadline_ms) {
   p_->listener->stop();
-  p_->hub->cancel_all(make_error(ErrorCode::shutting_down, "the agent is shutting down"));
-  p_->prim->stop();  // queued lock calls answer shutting_down instead of holding shutdown up
+  const Error reason = make_error(ErrorCode::shutting_down, "the agent is shutting down");
+  p_->main_shard->begin_shutdown(reason);
+  for (auto& t : p_->threads)
+    t->begin_shutdown(reason);
   p_->node->stop();  // finishes queued writes; their replies resolve below
-  p_->service->stop_waiting_for_compaction();
-  // Replies to canceled watchers and drained calls still need a few event-loop turns to be
-  // written; the deadline bounds a peer that does not read.
-  return p_->service->drained()
-      .then([] { return kj::evalLast([] {}); })
+  kj::Vector<kj::Promise<void>> drained;
+  drained.add(p_->main_shard->drained());
+  for (auto& t : p_->threads)
+    drained.add(t->drained());
+  // The deadline bounds a peer that does not read.
+  return kj::joinPromises(drained.releaseAsArray())
       .exclusiveJoin(p_->io.provider->getTimer().afterDelay(deadline_ms * kj::MILLISECONDS));
 }
 

@@ -1,16 +1,20 @@
 #pragma once
 // The one place that wires keeld's parts and orders their start-up and shutdown:
 //
-//   open:     WiredTiger engine -> node (recovers) -> watch hub -> KV service -> listener
-//             (binds the socket)
-//   start():  watch hub -> node thread and peer listener (its apply hook feeds the hub) ->
-//             accepting
-//   shutdown: stop accepting -> cancel watches with shutting_down -> stop the node (it
-//             finishes the writes already queued) -> wait for in-flight replies, bounded
-//   ~Agent:   drop connections, remove the socket -> close the service and the hub (they
-//             never touch the engine again) -> join the node -> close the engine cleanly
+//   open:     WiredTiger engine -> node (recovers) -> the server threads' stacks (shards:
+//             watch hub, KV and primitives services; the first on this thread, the rest
+//             on threads of their own, agent/shard.hpp) -> listener (binds the socket)
+//   start():  every shard -> node thread and peer listener (its apply hook feeds every
+//             shard's hub) -> accepting (connections dealt out to the shards in turn)
+//   shutdown: stop accepting -> every shard cancels its watches with shutting_down -> stop
+//             the node (it finishes the writes already queued) -> wait for every shard's
+//             in-flight replies, bounded
+//   ~Agent:   remove the socket -> close every shard (drops its connections; its services
+//             never touch the engine again) and join its thread -> join the node -> close
+//             the engine cleanly
 //
-// Everything runs on the calling thread's KJ event loop (`io`), which must outlive the Agent.
+// The listener and the first shard run on the calling thread's KJ event loop (`io`), which
+// must outlive the Agent.
 #include <kj/async-io.h>
 
 #include <cstdint>

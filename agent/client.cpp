@@ -4,6 +4,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include "agent/buffered_stream.hpp"
 #include "agent/convert.hpp"
 
 namespace keel::client {
@@ -109,7 +110,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path) 
                  auto addr = impl->io.provider->getNetwork()
                                  .parseAddress(kj::str("unix:", socket_path.c_str()))
                                  .wait(impl->io.waitScope);
-                 impl->stream = addr->connect().wait(impl->io.waitScope);
+                 impl->stream =
+                     kj::heap<agent::BufferedStream>(addr->connect().wait(impl->io.waitScope));
                })) {
     return make_error(ErrorCode::internal, "cannot connect to keeld at " + socket_path + ": " +
                                                e->getDescription().cStr());

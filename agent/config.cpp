@@ -6,11 +6,17 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <thread>
 
 namespace keel::agent {
 
 std::string Config::effective_socket_path() const {
   return socket_path.empty() ? data_dir + "/keel.sock" : socket_path;
+}
+
+size_t Config::effective_server_threads() const {
+  if (server_threads != 0) return server_threads;
+  return std::clamp<size_t>(std::thread::hardware_concurrency(), 1, kMaxServerThreads);
 }
 
 int64_t Config::effective_min_ttl_ms() const {
@@ -249,6 +255,15 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
        size_setter("limits.max_response_bytes", c.limits.max_response_bytes, 4096)},
       {"limits.max_watchers", size_setter("limits.max_watchers", c.limits.max_watchers, 0)},
       {"limits.max_connections", size_setter("limits.max_connections", c.max_connections, 1)},
+      {"server.threads",
+       [&c](const toml::node& n) -> Status {
+         if (auto st = size_setter("server.threads", c.server_threads, 0)(n); !st) return st;
+         if (c.server_threads > kMaxServerThreads) {
+           return key_error("server.threads",
+                            "must be at most " + std::to_string(kMaxServerThreads));
+         }
+         return ok_status();
+       }},
       {"storage.cache_size_mb", size_setter("storage.cache_size_mb", c.cache_size_mb, 1)},
       {"storage.log_file_max_mb", size_setter("storage.log_file_max_mb", c.log_file_max_mb, 1)},
       {"storage.checkpoint_interval_ms",
@@ -304,9 +319,9 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
        size_setter("limits.max_lock_name_bytes", c.limits.max_lock_name_bytes, 1)},
       {"lock.default_delay_ms", size_setter("lock.default_delay_ms", c.lock_default_delay_ms, 0)},
   };
-  const std::map<std::string, bool> tables = {{"limits", true},  {"storage", true}, {"watch", true},
-                                              {"cluster", true}, {"raft", true},    {"lease", true},
-                                              {"relay", true},   {"lock", true}};
+  const std::map<std::string, bool> tables = {
+      {"limits", true}, {"storage", true}, {"watch", true}, {"cluster", true}, {"raft", true},
+      {"lease", true},  {"relay", true},   {"lock", true},  {"server", true}};
 
   for (const auto& [k, node] : root) {
     std::string key(k.str());

@@ -10,6 +10,8 @@
 
 namespace keel::agent {
 
+inline constexpr size_t kMaxServerThreads = 64;
+
 struct Config {
   std::string data_dir = "./var";
   std::string socket_path;  // empty = <data_dir>/keel.sock
@@ -18,6 +20,10 @@ struct Config {
 
   storage::Limits limits;
   size_t max_connections = 1024;  // limits.max_connections: connections open at once
+  // server.threads: event-loop threads serving client connections (each with its own
+  // WiredTiger read views and watch state); 0 = one per core.
+  size_t server_threads = 0;
+  size_t effective_server_threads() const;
 
   size_t cache_size_mb = 48;
   size_t log_file_max_mb = 16;

@@ -313,8 +313,8 @@ class KeelImpl final : public rpc::Keel::Server {
     KvService* s_ = &service;
     const Peer& peer_ = peer;
     s.setVersion(KEEL_VERSION);
-    s.setWatchers(s_->hub_->size());
-    s.setConnections(s_->connections_ ? s_->connections_() : 0);
+    s.setWatchers(s_->hub_->total());
+    s.setConnections(s_->counts_->connections.load());
     s.setPeerUid(peer_.uid);
     s.setPeerPid(peer_.pid);
     if (s_->engine_ == nullptr) return;
@@ -531,13 +531,15 @@ class KeelImpl final : public rpc::Keel::Server {
 };
 
 KvService::KvService(const Config& config, storage::Engine& engine, node::Node& node,
-                     std::shared_ptr<WatchHub> hub, kj::Timer& timer)
+                     std::shared_ptr<WatchHub> hub, kj::Timer& timer,
+                     std::shared_ptr<AgentCounts> counts)
     : config_(config),
       limits_(config.limits),
       engine_(&engine),
       node_(&node),
       reader_(engine.store().reader()),
       hub_(std::move(hub)),
+      counts_(std::move(counts)),
       calls_(std::make_shared<Calls>()),
       timer_(timer) {}
 

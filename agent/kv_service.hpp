@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "agent/config.hpp"
+#include "agent/counts.hpp"
 #include "agent/peer.hpp"
 #include "agent/watch_hub.hpp"
 #include "cluster/node/node.hpp"
@@ -29,8 +30,9 @@ class PrimService;
 
 class KvService : public std::enable_shared_from_this<KvService> {
  public:
+  // `counts`: the agent-wide counts `status` reports (shared by every server thread).
   KvService(const Config& config, storage::Engine& engine, node::Node& node,
-            std::shared_ptr<WatchHub> hub, kj::Timer& timer);
+            std::shared_ptr<WatchHub> hub, kj::Timer& timer, std::shared_ptr<AgentCounts> counts);
   ~KvService();
   KvService(const KvService&) = delete;
   KvService& operator=(const KvService&) = delete;
@@ -40,9 +42,6 @@ class KvService : public std::enable_shared_from_this<KvService> {
 
   // Leases and locks (the Keel methods for them are served there).
   void set_primitives(std::shared_ptr<PrimService> prim) { prim_ = std::move(prim); }
-
-  // What `status` reports as connections (the listener's count).
-  void set_connection_count(std::function<uint64_t()> count) { connections_ = std::move(count); }
 
   // Answers every `compact --physical` still waiting for the compactor with shutting_down
   // (the compaction is recorded; physical deletion resumes at the next start).
@@ -67,7 +66,7 @@ class KvService : public std::enable_shared_from_this<KvService> {
   std::unique_ptr<storage::Reader> reader_;  // this thread's read view
   std::shared_ptr<WatchHub> hub_;
   std::shared_ptr<PrimService> prim_;
-  std::function<uint64_t()> connections_;
+  std::shared_ptr<AgentCounts> counts_;
   std::shared_ptr<Calls> calls_;
   // `compact --physical` calls waiting for the compactor: polled on the event loop (no
   // thread per call), failed by stop_waiting_for_compaction().

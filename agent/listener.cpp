@@ -1,5 +1,7 @@
 #include "agent/listener.hpp"
 
+#include "agent/buffered_stream.hpp"
+
 #include <capnp/rpc-twoparty.h>
 #include <errno.h>
 #include <spdlog/spdlog.h>
@@ -53,22 +55,28 @@ Status prepare_socket_path(const std::string& path) {
   return ok_status();
 }
 
-class Connection {
- public:
-  Connection(kj::Own<kj::AsyncIoStream> stream, capnp::Capability::Client bootstrap,
-             capnp::ReaderOptions options)
-      : stream_(kj::mv(stream)),
-        network_(*stream_, capnp::rpc::twoparty::Side::SERVER, options),
-        rpc_(capnp::makeRpcServer(network_, kj::mv(bootstrap))) {}
-  kj::Promise<void> on_disconnect() { return network_.onDisconnect(); }
+}  // namespace
 
- private:
-  kj::Own<kj::AsyncIoStream> stream_;
-  capnp::TwoPartyVatNetwork network_;
-  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc_;
+struct Connection::Rpc {
+  Rpc(kj::AsyncIoStream& stream, capnp::Capability::Client bootstrap, capnp::ReaderOptions options)
+      : network(stream, capnp::rpc::twoparty::Side::SERVER, options),
+        system(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> system;
 };
 
-}  // namespace
+Connection::Connection(kj::Own<kj::AsyncIoStream> stream, capnp::Capability::Client bootstrap,
+                       capnp::ReaderOptions options)
+    : stream_(kj::heap<BufferedStream>(kj::mv(stream))),
+      rpc_(kj::heap<Rpc>(*stream_, kj::mv(bootstrap), options)) {}
+
+Connection::~Connection() {
+  rpc_ = nullptr;  // before the stream it reads
+}
+
+kj::Promise<void> Connection::on_disconnect() {
+  return rpc_->network.onDisconnect();
+}
 
 void Listener::ErrorHandler::taskFailed(kj::Exception&& e) {
   if (e.getType() == kj::Exception::Type::DISCONNECTED) {
@@ -79,7 +87,8 @@ void Listener::ErrorHandler::taskFailed(kj::Exception&& e) {
 }
 
 Result<std::unique_ptr<Listener>> Listener::bind(ListenerOptions options, kj::AsyncIoContext& io,
-                                                 Bootstrap bootstrap) {
+                                                 std::shared_ptr<const AgentCounts> counts,
+                                                 Dispatch dispatch) {
   const std::string& path = options.path;
   if (auto st = prepare_socket_path(path); !st) return std::move(st).error();
   kj::Own<kj::ConnectionReceiver> receiver;
@@ -96,15 +105,17 @@ Result<std::unique_ptr<Listener>> Listener::bind(ListenerOptions options, kj::As
     return make_error(ErrorCode::internal, "cannot chmod " + path + ": " + std::strerror(errno));
   }
   return std::unique_ptr<Listener>(new Listener(std::move(options), kj::mv(receiver),
-                                                io.provider->getTimer(), std::move(bootstrap)));
+                                                io.provider->getTimer(), std::move(counts),
+                                                std::move(dispatch)));
 }
 
 Listener::Listener(ListenerOptions options, kj::Own<kj::ConnectionReceiver> receiver,
-                   kj::Timer& timer, Bootstrap bootstrap)
+                   kj::Timer& timer, std::shared_ptr<const AgentCounts> counts, Dispatch dispatch)
     : options_(std::move(options)),
       receiver_(kj::mv(receiver)),
       timer_(timer),
-      bootstrap_(std::move(bootstrap)),
+      counts_(std::move(counts)),
+      dispatch_(std::move(dispatch)),
       tasks_(kj::heap<kj::TaskSet>(error_handler_)) {}
 
 Listener::~Listener() {
@@ -132,15 +143,11 @@ kj::Promise<void> Listener::accept_loop() {
       }
     }
     spdlog::debug("connection from uid {} pid {}", peer.uid, peer.pid);
-    if (connections_ >= options_.max_connections) {
+    if (counts_->connections.load() >= options_.max_connections) {
       refuse(kj::mv(accepted.stream), peer);
       return accept_loop();
     }
-    auto conn =
-        kj::heap<Connection>(kj::mv(accepted.stream), bootstrap_(peer), options_.reader_options);
-    ++connections_;
-    auto done = conn->on_disconnect();
-    tasks_->add(done.attach(kj::mv(conn), kj::defer([this] { --connections_; })));
+    dispatch_(kj::mv(accepted.stream), peer);
     return accept_loop();
   });
 }
@@ -149,8 +156,9 @@ kj::Promise<void> Listener::accept_loop() {
 // connection is closed once the peer hangs up or after a second, whichever comes first.
 void Listener::refuse(kj::Own<kj::AsyncIoStream> stream, const Peer& peer) {
   ++refused_;
-  std::string why = "too many connections: " + std::to_string(connections_) + " open; limit is " +
-                    std::to_string(options_.max_connections) + " (limits.max_connections)";
+  std::string why = "too many connections: " + std::to_string(counts_->connections.load()) +
+                    " open; limit is " + std::to_string(options_.max_connections) +
+                    " (limits.max_connections)";
   spdlog::warn("connection from uid {} pid {} refused: {} ({} refused since start)", peer.uid,
                peer.pid, why, refused_);
   capnp::Capability::Client refused(
@@ -169,7 +177,7 @@ void Listener::close() {
   if (closed_) return;
   closed_ = true;
   stop();
-  tasks_ = nullptr;  // drops every connection
+  tasks_ = nullptr;  // drops the refused connections
   unlink(options_.path.c_str());
 }
 

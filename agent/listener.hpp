@@ -1,8 +1,9 @@
 #pragma once
 // The listener: the Unix socket, accepting connections through the authenticated path (so
-// each connection knows its peer's uid and pid), one Cap'n Proto RPC system per connection
-// whose bootstrap capability comes from a factory (the KV service). It knows nothing of the
-// store, the node or the watch hub. KJ event-loop thread.
+// each connection knows its peer's uid and pid) and handing each one, with its peer, to a
+// dispatch function (which gives it to a server thread's stack, agent/shard.hpp). It
+// enforces limits.max_connections against the agent-wide count of open connections. It
+// knows nothing of the store, the node or the watch hub. KJ event-loop thread.
 #include <capnp/capability.h>
 #include <capnp/message.h>
 #include <kj/async-io.h>
@@ -12,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include "agent/counts.hpp"
 #include "agent/peer.hpp"
 #include "cluster/model/result.hpp"
 
@@ -26,26 +28,43 @@ struct ListenerOptions {
   size_t max_connections = 1024;
 };
 
+// One client connection: its stream and the Cap'n Proto RPC system serving `bootstrap` on it.
+// Lives on the event loop that owns the stream.
+class Connection {
+ public:
+  Connection(kj::Own<kj::AsyncIoStream> stream, capnp::Capability::Client bootstrap,
+             capnp::ReaderOptions options);
+  ~Connection();
+  kj::Promise<void> on_disconnect();
+
+ private:
+  struct Rpc;
+  kj::Own<kj::AsyncIoStream> stream_;
+  kj::Own<Rpc> rpc_;
+};
+
 class Listener {
  public:
-  using Bootstrap = std::function<capnp::Capability::Client(const Peer&)>;
+  // Takes an accepted connection (on the listener's thread); must count it in
+  // AgentCounts::connections while it is open.
+  using Dispatch = std::function<void(kj::Own<kj::AsyncIoStream>, const Peer&)>;
 
   // Replaces a stale socket file left by a dead agent, listens, sets the mode. Errors
   // (invalid_argument / internal, naming the path): another agent serves there, the path is
   // not a socket or is too long, listen or chmod failed.
   static Result<std::unique_ptr<Listener>> bind(ListenerOptions options, kj::AsyncIoContext& io,
-                                                Bootstrap bootstrap);
+                                                std::shared_ptr<const AgentCounts> counts,
+                                                Dispatch dispatch);
   ~Listener();
 
   void start();  // accepts until stop()
   void stop();   // stops accepting; open connections stay until close()
-  void close();  // drops every connection and removes the socket file
-  uint64_t connections() const { return connections_; }
+  void close();  // drops the refused connections and removes the socket file
   const std::string& path() const { return options_.path; }
 
  private:
   Listener(ListenerOptions options, kj::Own<kj::ConnectionReceiver> receiver, kj::Timer& timer,
-           Bootstrap bootstrap);
+           std::shared_ptr<const AgentCounts> counts, Dispatch dispatch);
   kj::Promise<void> accept_loop();
   void refuse(kj::Own<kj::AsyncIoStream> stream, const Peer& peer);
 
@@ -57,13 +76,13 @@ class Listener {
   const ListenerOptions options_;
   kj::Own<kj::ConnectionReceiver> receiver_;
   kj::Timer& timer_;
-  Bootstrap bootstrap_;
+  std::shared_ptr<const AgentCounts> counts_;
+  Dispatch dispatch_;
   kj::Promise<void> accept_task_ = nullptr;
-  uint64_t connections_ = 0;
   uint64_t refused_ = 0;  // refused since start (for the log)
   bool closed_ = false;
   ErrorHandler error_handler_;
-  kj::Own<kj::TaskSet> tasks_;  // one per connection
+  kj::Own<kj::TaskSet> tasks_;  // one per refused connection
 };
 
 }  // namespace keel::agent

@@ -291,7 +291,8 @@ class SemHandleImpl final : public rpc::SemHandle::Server, public Held {
 // ---- the service ----
 
 PrimService::PrimService(const Config& config, storage::Engine& engine, node::Node& node,
-                         std::shared_ptr<RevisionSignal> epoch, kj::Timer& timer)
+                         std::shared_ptr<RevisionSignal> epoch, kj::Timer& timer,
+                         std::shared_ptr<AgentCounts> counts)
     : config_(config),
       limits_(config.limits),
       engine_(&engine),
@@ -300,6 +301,7 @@ PrimService::PrimService(const Config& config, storage::Engine& engine, node::No
       epoch_(std::move(epoch)),
       timer_(timer),
       rng_(std::random_device{}()),
+      counts_(std::move(counts)),
       error_handler_(kj::heap<ErrorHandler>()) {
   tasks_ = kj::heap<kj::TaskSet>(*error_handler_);
 }
@@ -330,6 +332,7 @@ void PrimService::close() {
   end_waiters_.clear();
   holders_.clear();
   renewed_.clear();
+  renewed_share_.set(0);
   if (tasks_.get() != nullptr) tasks_ = nullptr;
   reader_.reset();
   engine_ = nullptr;
@@ -370,11 +373,13 @@ void PrimService::retain(int64_t id, int64_t ttl_ms) {
     r.ttl_ms = ttl_ms;
     r.last = timer_.now();
   }
+  renewed_share_.set(renewed_.size());
 }
 
 void PrimService::release(int64_t id, bool revoke) {
   auto it = renewed_.find(id);
   if (it != renewed_.end() && --it->second.refs == 0) renewed_.erase(it);
+  renewed_share_.set(renewed_.size());
   if (revoke) propose_detached(storage::LeaseRevokeRequest{id});
 }
 
@@ -388,6 +393,7 @@ kj::Promise<void> PrimService::lease_ended(int64_t id) {
 
 void PrimService::lease_gone(int64_t id) {
   renewed_.erase(id);
+  renewed_share_.set(renewed_.size());
   auto [a, b] = end_waiters_.equal_range(id);
   for (auto it = a; it != b; ++it)
     it->second->fulfill();
@@ -413,8 +419,8 @@ void PrimService::renew_due() {
     req.ids.push_back(id);
   }
   if (req.ids.empty()) return;
-  renew_messages_++;
-  leases_renewed_ += req.ids.size();
+  counts_->renew_messages++;
+  counts_->leases_renewed += req.ids.size();
   auto ids = req.ids;
   tasks_->add(propose(std::move(req)).then([this, ids, now](Result<CommandResult> r) {
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -498,9 +504,9 @@ Result<int64_t> PrimService::new_lease_id_checked(int64_t ttl_ms) {
                           " ms (lease.min_ttl_ms, at least twice the election timeout; "
                           "lease.max_ttl_ms)");
   }
-  if (renewed_.size() >= config_.max_leases_per_agent) {
+  if (renewed_share_.total() >= config_.max_leases_per_agent) {
     return make_error(ErrorCode::too_many_leases,
-                      "this agent renews " + std::to_string(renewed_.size()) +
+                      "this agent renews " + std::to_string(renewed_share_.total()) +
                           " leases; limit is " + std::to_string(config_.max_leases_per_agent) +
                           " (limits.max_leases_per_agent)");
   }

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "agent/config.hpp"
+#include "agent/counts.hpp"
 #include "agent/watch_hub.hpp"
 #include "cluster/node/node.hpp"
 
@@ -71,8 +72,11 @@ class LockHandleImpl;
 class PrimService : public std::enable_shared_from_this<PrimService> {
  public:
   // `epoch` is published (by the node thread) whenever the primitives' rows change.
+  // `counts` is shared by every server thread's service (limits.max_leases_per_agent and the
+  // renewal figures of `status` are agent-wide; each thread sends its own batched renewal).
   PrimService(const Config& config, storage::Engine& engine, node::Node& node,
-              std::shared_ptr<RevisionSignal> epoch, kj::Timer& timer);
+              std::shared_ptr<RevisionSignal> epoch, kj::Timer& timer,
+              std::shared_ptr<AgentCounts> counts);
   ~PrimService();
   PrimService(const PrimService&) = delete;
   PrimService& operator=(const PrimService&) = delete;
@@ -130,7 +134,10 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
     uint64_t renew_messages = 0;
     uint64_t leases_renewed = 0;
   };
-  Stats stats() const { return Stats{renewed_.size(), renew_messages_, leases_renewed_}; }
+  Stats stats() const {  // the agent's, summed over its server threads
+    return Stats{counts_->leases_renewing.load(), counts_->renew_messages.load(),
+                 counts_->leases_renewed.load()};
+  }
 
  private:
   struct Renewed {
@@ -190,6 +197,8 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   kj::Timer& timer_;
   std::mt19937_64 rng_;  // lease ids (not part of the replicated state: the id is in the entry)
   std::map<int64_t, Renewed> renewed_;
+  std::shared_ptr<AgentCounts> counts_;
+  CountShare renewed_share_{counts_->leases_renewing};  // kept equal to renewed_.size()
   std::multimap<int64_t, kj::Own<kj::PromiseFulfiller<void>>> end_waiters_;
   std::map<uint64_t, Wait> waits_;
   uint64_t next_wait_ = 1;
@@ -202,8 +211,6 @@ class PrimService : public std::enable_shared_from_this<PrimService> {
   size_t background_in_flight_ = 0;
   int64_t seen_epoch_ = 0;
   bool stopping_ = false;
-  uint64_t renew_messages_ = 0;
-  uint64_t leases_renewed_ = 0;
   kj::Promise<void> renew_task_ = nullptr;
   kj::Promise<void> epoch_task_ = nullptr;
   kj::Own<kj::TaskSet> tasks_;

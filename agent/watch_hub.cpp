@@ -46,8 +46,10 @@ void WatchHub::ErrorHandler::taskFailed(kj::Exception&& e) {
 }
 
 WatchHub::WatchHub(WatchHubOptions options, storage::MvccStore& store,
-                   std::shared_ptr<RevisionSignal> signal, kj::Timer& timer)
+                   std::shared_ptr<RevisionSignal> signal, kj::Timer& timer,
+                   std::shared_ptr<AgentCounts> counts)
     : options_(options),
+      counts_(std::move(counts)),
       store_(&store),
       reader_(store.reader()),
       signal_(std::move(signal)),
@@ -70,10 +72,11 @@ Result<WatchHub::Added> WatchHub::add(const WatchSpec& spec, rpc::Watcher::Clien
   if (stopping_ || closed_) {
     return make_error(ErrorCode::shutting_down, "the agent is shutting down");
   }
-  if (watches_.size() >= options_.max_watchers) {
+  if (watcher_share_.total() >= options_.max_watchers) {
     return make_error(ErrorCode::too_many_watchers,
-                      "the agent has " + std::to_string(watches_.size()) + " watchers; limit is " +
-                          std::to_string(options_.max_watchers) + " (limits.max_watchers)");
+                      "the agent has " + std::to_string(watcher_share_.total()) +
+                          " watchers; limit is " + std::to_string(options_.max_watchers) +
+                          " (limits.max_watchers)");
   }
   int64_t start = spec.start_revision;
   if (start < 0) {
@@ -92,6 +95,7 @@ Result<WatchHub::Added> WatchHub::add(const WatchSpec& spec, rpc::Watcher::Clien
   w->spec = spec;
   w->next_revision = start != 0 ? start : store_->current_revision() + 1;
   watches_.emplace(w->id, w);
+  watcher_share_.set(watches_.size());
   tasks_->add(kj::evalLater([this, w] { pump(w); }));
   return Added{w->id, w->next_revision};
 }
@@ -101,6 +105,7 @@ void WatchHub::remove(int64_t id) {
   if (it == watches_.end()) return;
   it->second->dead = true;
   watches_.erase(it);
+  watcher_share_.set(watches_.size());
 }
 
 void WatchHub::request_progress(int64_t id) {
@@ -292,6 +297,7 @@ void WatchHub::close() {
   for (auto& [id, w] : watches_)
     w->dead = true;
   watches_.clear();
+  watcher_share_.set(0);
   tasks_ = nullptr;
   reader_.reset();
   store_ = nullptr;

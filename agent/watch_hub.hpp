@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string>
 
+#include "agent/counts.hpp"
 #include "cluster/model/kv_types.hpp"
 #include "cluster/storage/mvcc_store.hpp"
 
@@ -39,7 +40,7 @@ class RevisionSignal {
 };
 
 struct WatchHubOptions {
-  size_t max_watchers = 10000;
+  size_t max_watchers = 10000;             // agent-wide: checked against `counts`' total
   size_t batch_bytes = 256 * 1024;         // event bytes per message to one watcher
   uint64_t progress_interval_ms = 600000;  // 0 = no periodic progress
 };
@@ -56,8 +57,10 @@ struct WatchSpec {
 
 class WatchHub {
  public:
+  // `counts` is shared by every server thread's hub (the limit and `status` are agent-wide).
   WatchHub(WatchHubOptions options, storage::MvccStore& store,
-           std::shared_ptr<RevisionSignal> signal, kj::Timer& timer);
+           std::shared_ptr<RevisionSignal> signal, kj::Timer& timer,
+           std::shared_ptr<AgentCounts> counts);
   ~WatchHub();
   WatchHub(const WatchHub&) = delete;
   WatchHub& operator=(const WatchHub&) = delete;
@@ -74,7 +77,8 @@ class WatchHub {
   Result<Added> add(const WatchSpec& spec, rpc::Watcher::Client watcher);
   void remove(int64_t id);
   void request_progress(int64_t id);
-  size_t size() const { return watches_.size(); }
+  size_t size() const { return watches_.size(); }            // this hub's
+  uint64_t total() const { return watcher_share_.total(); }  // the agent's
 
   // Cancels every watch with `reason` and refuses new ones.
   void cancel_all(const Error& reason);
@@ -101,8 +105,10 @@ class WatchHub {
   };
 
   const WatchHubOptions options_;
-  storage::MvccStore* store_;                // null after close()
-  std::unique_ptr<storage::Reader> reader_;  // this hub's read view (KJ thread)
+  std::shared_ptr<AgentCounts> counts_;
+  CountShare watcher_share_{counts_->watchers};  // kept equal to watches_.size()
+  storage::MvccStore* store_;                    // null after close()
+  std::unique_ptr<storage::Reader> reader_;      // this hub's read view (KJ thread)
   std::shared_ptr<RevisionSignal> signal_;
   kj::Timer& timer_;
   bool stopping_ = false;
