@@ -77,10 +77,11 @@ Result<std::unique_ptr<Agent>> Agent::open(const Config& config, kj::AsyncIoCont
   spdlog::info("data dir {}: revision {}, compact revision {}, applied index {}", config.data_dir,
                store.current_revision(), store.compact_revision(), store.applied_index());
 
-  p->main_shard = std::make_unique<Shard>(config, *p->engine, *p->node, io, p->counts);
-  const size_t threads = config.effective_server_threads();
-  for (size_t i = 1; i < threads; ++i) {
-    p->threads.push_back(std::make_unique<ServerThread>(config, *p->engine, *p->node, p->counts));
+  const auto threads = static_cast<uint32_t>(config.effective_server_threads());
+  p->main_shard = std::make_unique<Shard>(config, *p->engine, *p->node, io, p->counts, 0, threads);
+  for (uint32_t i = 1; i < threads; ++i) {
+    p->threads.push_back(
+        std::make_unique<ServerThread>(config, *p->engine, *p->node, p->counts, i, threads));
   }
 
   ListenerOptions lo;

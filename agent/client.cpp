@@ -249,6 +249,8 @@ StatusInfo status_from_rpc(rpc::Status::Reader s) {
   out.lag_entries = s.getLagEntries();
   out.lag_ms = s.getLagMs();
   out.relay_children = s.getRelayChildren();
+  out.server_thread = s.getServerThread();
+  out.server_threads = s.getServerThreads();
   if (s.hasError() && s.getError().getCode() != rpc::ErrorCode::OK)
     out.error = from_rpc(s.getError());
   return out;

@@ -47,7 +47,9 @@ struct StatusInfo {
   uint64_t lag_entries = 0;
   uint64_t lag_ms = 0;
   uint64_t relay_children = 0;
-  std::optional<Error> error;  // cluster_status(): the member did not answer
+  uint32_t server_thread = 0;   // the agent's thread serving this connection
+  uint32_t server_threads = 0;  // of how many (server.threads)
+  std::optional<Error> error;   // cluster_status(): the member did not answer
 };
 
 struct MemberInfo {

@@ -114,7 +114,9 @@ std::string status_json(const client::StatusInfo& st) {
          ",\"leases_renewed\":" + num(st.leases_renewed) +
          ",\"time_entries\":" + num(st.time_entries) + ",\"upstream\":" + num(st.upstream) +
          ",\"lag_entries\":" + num(st.lag_entries) + ",\"lag_ms\":" + num(st.lag_ms) +
-         ",\"relay_children\":" + num(st.relay_children) + ",\"revision\":" + num(st.revision) +
+         ",\"relay_children\":" + num(st.relay_children) +
+         ",\"server_thread\":" + num(st.server_thread) +
+         ",\"server_threads\":" + num(st.server_threads) + ",\"revision\":" + num(st.revision) +
          ",\"compact_revision\":" + num(st.compact_revision) +
          ",\"version\":" + json_string(st.version) + ",\"data_dir\":" + json_string(st.data_dir) +
          ",\"log_syncs\":" + num(st.log_syncs) + ",\"log_entries\":" + num(st.log_entries) +
@@ -169,6 +171,7 @@ void print_status(const client::StatusInfo& st, bool with_caller) {
         static_cast<unsigned long long>(st.relay_children));
   }
   if (with_caller) {
+    std::printf("server_thread: %u of %u\n", st.server_thread, st.server_threads);
     std::printf("you: uid %lld pid %lld\n", static_cast<long long>(st.peer_uid),
                 static_cast<long long>(st.peer_pid));
   }

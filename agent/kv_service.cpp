@@ -315,6 +315,8 @@ class KeelImpl final : public rpc::Keel::Server {
     s.setVersion(KEEL_VERSION);
     s.setWatchers(s_->hub_->total());
     s.setConnections(s_->counts_->connections.load());
+    s.setServerThread(s_->thread_.index);
+    s.setServerThreads(s_->thread_.count);
     s.setPeerUid(peer_.uid);
     s.setPeerPid(peer_.pid);
     if (s_->engine_ == nullptr) return;

@@ -40,6 +40,13 @@ class KvService : public std::enable_shared_from_this<KvService> {
   // The bootstrap capability of one connection from `peer`.
   capnp::Capability::Client connect(const Peer& peer);
 
+  // Which server thread this service runs on, of how many (reported by `status`).
+  struct ThreadSlot {
+    uint32_t index = 0;
+    uint32_t count = 1;
+  };
+  void set_thread(ThreadSlot slot) { thread_ = slot; }
+
   // Leases and locks (the Keel methods for them are served there).
   void set_primitives(std::shared_ptr<PrimService> prim) { prim_ = std::move(prim); }
 
@@ -67,6 +74,7 @@ class KvService : public std::enable_shared_from_this<KvService> {
   std::shared_ptr<WatchHub> hub_;
   std::shared_ptr<PrimService> prim_;
   std::shared_ptr<AgentCounts> counts_;
+  ThreadSlot thread_;
   std::shared_ptr<Calls> calls_;
   // `compact --physical` calls waiting for the compactor: polled on the event loop (no
   // thread per call), failed by stop_waiting_for_compaction().

@@ -29,7 +29,8 @@ void Shard::ErrorHandler::taskFailed(kj::Exception&& e) {
 }
 
 Shard::Shard(const Config& config, storage::Engine& engine, node::Node& node,
-             kj::AsyncIoContext& io, std::shared_ptr<AgentCounts> counts)
+             kj::AsyncIoContext& io, std::shared_ptr<AgentCounts> counts, uint32_t index,
+             uint32_t count)
     : io_(io),
       counts_(std::move(counts)),
       reader_options_(client_reader_options(config.limits)),
@@ -45,6 +46,7 @@ Shard::Shard(const Config& config, storage::Engine& engine, node::Node& node,
   service_ = std::make_shared<KvService>(config, engine, node, hub_, timer, counts_);
   prim_ = std::make_shared<PrimService>(config, engine, node, prim_epoch_, timer, counts_);
   service_->set_primitives(prim_);
+  service_->set_thread({index, count});
 }
 
 Shard::~Shard() {
@@ -105,11 +107,11 @@ void Shard::close() {
 // ---- ServerThread ----
 
 ServerThread::ServerThread(const Config& config, storage::Engine& engine, node::Node& node,
-                           std::shared_ptr<AgentCounts> counts) {
+                           std::shared_ptr<AgentCounts> counts, uint32_t index, uint32_t count) {
   std::promise<void> ready;
-  thread_ = std::thread([this, &config, &engine, &node, counts, &ready] {
+  thread_ = std::thread([this, &config, &engine, &node, counts, index, count, &ready] {
     auto io = kj::setupAsyncIo();
-    Shard shard(config, engine, node, io, counts);
+    Shard shard(config, engine, node, io, counts, index, count);
     auto stop = kj::newPromiseAndFulfiller<void>();
     shard_ = &shard;
     stop_ = stop.fulfiller.get();

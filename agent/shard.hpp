@@ -38,8 +38,9 @@ class WatchHub;
 
 class Shard {
  public:
+  // `index` of `count`: which server thread this is (for `status`).
   Shard(const Config& config, storage::Engine& engine, node::Node& node, kj::AsyncIoContext& io,
-        std::shared_ptr<AgentCounts> counts);
+        std::shared_ptr<AgentCounts> counts, uint32_t index, uint32_t count);
   ~Shard();  // close()
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
@@ -90,7 +91,7 @@ class ServerThread {
  public:
   // Starts the thread and builds its shard there; returns once the shard exists.
   ServerThread(const Config& config, storage::Engine& engine, node::Node& node,
-               std::shared_ptr<AgentCounts> counts);
+               std::shared_ptr<AgentCounts> counts, uint32_t index, uint32_t count);
   // Closes the shard on its thread, ends the loop and joins the thread.
   ~ServerThread();
   ServerThread(const ServerThread&) = delete;

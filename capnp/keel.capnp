@@ -256,6 +256,9 @@ struct Status {
   lagEntries @30 :UInt64 $Json.name("lag_entries");
   lagMs @31 :UInt64 $Json.name("lag_ms");
   relayChildren @32 :UInt64 $Json.name("relay_children");
+  # The server thread serving this connection (0-based) of how many (server.threads).
+  serverThread @33 :UInt32 $Json.name("server_thread");
+  serverThreads @34 :UInt32 $Json.name("server_threads");
 }
 
 struct Member {
