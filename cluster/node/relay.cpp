@@ -49,6 +49,10 @@ void RelayHub::on_subscribe(raft::NodeId from, const wire::RelaySubscribe& m,
   c.sent = RelayClock::time_point{};
   feed_.relay_peer(from, m.peer_address, true);
   feed_.relay_send(from, wire::encode_relay_accept(header.path));
+  // A learner with nothing applied starts from a snapshot, even where the log from index 1
+  // is still held: the bootstrap configuration is in no log entry, only in snapshots, and a
+  // learner that never learned the voters would stream snapshots its own children refuse.
+  if (c.next <= 1) return start_snapshot(from, c);
   feed(from, c, now);
 }
 
@@ -108,8 +112,9 @@ void RelayHub::start_snapshot(raft::NodeId id, Child& c) {
   c.exhausted = false;
   c.inflight.clear();
   c.inflight_bytes = 0;
-  spdlog::info("relay: learner {} needs index {}, no longer held here: sending a snapshot at {}",
-               c.name, c.next, c.snap->info().applied_index);
+  spdlog::info(
+      "relay: learner {} needs index {} (not held here, or it is new): sending a snapshot at {}",
+      c.name, c.next, c.snap->info().applied_index);
   pump_snapshot(id, c);
 }
 

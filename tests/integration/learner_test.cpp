@@ -187,6 +187,43 @@ TEST_CASE("[learner] kill -9 of a relay learner: its child attaches elsewhere an
     CHECK(get_value(*cc, "after" + std::to_string(n), true) == std::to_string(n));
 }
 
+TEST_CASE(
+    "[learner] a learner fed by a learner catches up from that learner's snapshot (every "
+    "learner starts from a snapshot, so it knows the voters, which no log entry names)",
+    "[integration][learner]") {
+  // fanout 1: the three voters feed one learner each, so the fourth hangs under a learner;
+  // a 4 KiB ring: that learner holds too little log to feed a new child from index 1.
+  TempDir dir;
+  KeelCluster c(dir.path, 3,
+                std::string(KeelCluster::kFastRaft) +
+                    "[relay]\nfanout = 1\nheartbeat_ms = 100\ntimeout_ms = 1000\n"
+                    "ring_bytes = 4096\n");
+  std::vector<int> first;
+  for (int i = 0; i < 3; ++i)
+    first.push_back(c.add_learner("l" + std::to_string(i)));
+  const int late = c.add_learner("late");
+  REQUIRE(c.start_all());
+  REQUIRE(c.wait_leader());
+  for (int i : first)
+    REQUIRE(c.start(i));
+  REQUIRE(wait_attached(c, first));
+  auto vc = c.member(0).client();
+  for (int n = 0; n < 200; ++n)
+    REQUIRE(vc->put(put("k" + std::to_string(n), std::string(100, 'v'))));
+  for (int i : first)
+    REQUIRE(wait_value(c, i, "k199", std::string(100, 'v')));
+  REQUIRE(c.start(late));
+  CHECK(wait_value(c, late, "k199", std::string(100, 'v'), 20s));
+  auto s = c.status(late);
+  REQUIRE(s);
+  INFO("upstream path of the late learner has " << s->upstream_path.size() << " hops");
+  CHECK(s->upstream_path.size() >= 2);  // it was fed by a learner
+  CHECK(c.member(late).log().find("refused") == std::string::npos);
+  auto lc = c.member(late).client();
+  for (int n = 0; n < 200; n += 23)
+    CHECK(get_value(*lc, "k" + std::to_string(n), true) == std::string(100, 'v'));
+}
+
 TEST_CASE("[learner] a learner started after the log was compacted catches up from a snapshot",
           "[integration][learner]") {
   // A short retained log: the voters drop their log prefix after a hundred entries.
