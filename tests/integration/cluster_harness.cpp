@@ -26,7 +26,7 @@ uint16_t free_port() {
 
 KeelCluster::KeelCluster(const std::string& root, int members, std::string config_toml,
                          const ClusterNet& net)
-    : root_(root), config_(std::move(config_toml)) {
+    : root_(root), config_(std::move(config_toml)), net_(net) {
   for (int i = 0; i < members; ++i) {
     names_.push_back("m" + std::to_string(i));
     if (net.hosts.empty()) {
@@ -44,12 +44,18 @@ KeelCluster::KeelCluster(const std::string& root, int members, std::string confi
 }
 
 int KeelCluster::add_joiner(const std::string& name) {
+  const size_t i = names_.size();
   names_.push_back(name);
-  peers_.push_back("127.0.0.1:" + std::to_string(free_port()));
+  if (i < net_.hosts.size()) {
+    peers_.push_back(net_.hosts[i] + ":" + std::to_string(net_.port));
+  } else {
+    peers_.push_back("127.0.0.1:" + std::to_string(free_port()));
+  }
   joiner_.push_back(true);
   learner_.push_back(false);
   std::filesystem::create_directories(root_ + "/" + name);
   members_.push_back(std::make_unique<Keeld>(root_ + "/" + name, config_));
+  if (i < net_.netns.size()) members_.back()->set_netns(net_.netns[i]);
   running.push_back(false);
   return size() - 1;
 }

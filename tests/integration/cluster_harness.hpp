@@ -22,6 +22,8 @@ uint16_t free_port();
 // Where the members live on the network. Default: 127.0.0.1 with a free port each, in the
 // test's own network namespace. With `hosts` (one per member) every member listens on
 // hosts[i]:port; with `netns` (one per member) member i runs in that network namespace.
+// Members get hosts[i] and netns[i] in order of creation: founders first, then added joiners
+// and learners (an added member past the lists' ends runs on 127.0.0.1).
 struct ClusterNet {
   std::vector<std::string> hosts;
   std::vector<std::string> netns;
@@ -65,6 +67,7 @@ class KeelCluster {
  private:
   std::vector<std::string> args(int i) const;
   std::string root_, config_;
+  ClusterNet net_;  // entries past the founders are for added members, in order
   std::vector<std::string> names_, peers_;
   std::vector<bool> joiner_, learner_;
   std::vector<std::unique_ptr<Keeld>> members_;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cluster_harness.hpp"
+#include "netlab.hpp"
 
 using namespace keel;
 using namespace keel::test;
@@ -254,6 +255,91 @@ TEST_CASE("[learner] a learner started after the log was compacted catches up fr
   CHECK(installed);
   REQUIRE(lc->put(put("after-snapshot", "yes")));  // and it keeps applying after it
   CHECK(get_value(*lc, "after-snapshot", true) == "yes");
+}
+
+TEST_CASE(
+    "[learner] a learner partitioned from everyone (netns) serves serializable reads and "
+    "watches from its replica, refuses linearizable reads and writes with unavailable, never "
+    "slows the voters' commits, and catches up once healed (SKIPPED with a warning where "
+    "network namespaces cannot be created)",
+    "[integration][learner][netns]") {
+  if (auto why = NetLab::unavailable()) {
+    WARN("SKIPPED: network namespaces are not usable here: " << *why);
+    return;
+  }
+  NetLab lab(4);  // three voters, then the learner
+  INFO(lab.error());
+  REQUIRE(lab.error().empty());
+  TempDir dir;
+  // Short waits, so that the cut-off learner's refusals come within the test.
+  const std::string config =
+      "[raft]\ntick_ms = 20\nelection_ticks = 10\nleader_wait_ms = 1000\n"
+      "request_timeout_ms = 2000\n[storage]\ncache_size_mb = 32\n"
+      "[relay]\nfanout = 1\nheartbeat_ms = 100\ntimeout_ms = 1000\n";
+  KeelCluster c(dir.path, 3, config, ClusterNet{lab.hosts(), lab.netns(), 2380});
+  const int l = c.add_learner("l0");
+  REQUIRE(c.start_all());
+  REQUIRE(c.wait_leader());
+  REQUIRE(c.start(l));
+  REQUIRE(wait_attached(c, {l}));
+  auto vc = c.member(0).client();
+  REQUIRE(vc);
+  REQUIRE(vc->put(put("before", "1")));
+  REQUIRE(wait_value(c, l, "before", "1"));
+
+  REQUIRE(lab.cut(l));
+  bool detached = false;
+  for (int tries = 0; tries < 200 && !detached; ++tries) {
+    auto s = c.status(l);
+    detached = s && s->upstream == 0;
+    if (!detached) std::this_thread::sleep_for(50ms);
+  }
+  // The voters commit without it.
+  bool committed = true;
+  for (int i = 0; i < 20; ++i)
+    committed = committed && vc->put(put("during/" + std::to_string(i), "v")).ok();
+  auto lc = c.member(l).client();
+  REQUIRE(lc);
+  const std::optional<std::string> serializable = get_value(*lc, "before", true);
+  const client::ReplyHeader stale_header = lc->last_header();
+  const std::optional<std::string> not_yet = get_value(*lc, "during/0", true);
+  storage::RangeRequest lin;
+  lin.key = "before";
+  auto linearizable = lc->range(lin);
+  auto write = lc->put(put("from-learner", "x"));
+  std::vector<std::string> seen;
+  client::WatchOptions wo;
+  wo.key = "before";
+  wo.start_revision = 1;
+  auto watched = lc->watch(
+      wo,
+      [&](int64_t, const std::vector<storage::Event>& events) {
+        for (const auto& e : events)
+          seen.push_back(e.kv.key);
+        return false;
+      },
+      nullptr);
+  REQUIRE(lab.heal(l));
+
+  CHECK(detached);
+  CHECK(committed);
+  CHECK(serializable == "1");
+  CHECK_FALSE(not_yet);  // its replica stopped at the cut
+  CHECK(stale_header.possibly_stale);
+  REQUIRE_FALSE(linearizable);
+  CHECK(linearizable.error().code == ErrorCode::unavailable);
+  REQUIRE_FALSE(write);
+  CHECK(write.error().code == ErrorCode::unavailable);
+  CHECK(watched);
+  CHECK(seen == std::vector<std::string>{"before"});
+  // Healed, it attaches again, catches up on what was committed without it, and serves
+  // linearizable reads and writes.
+  REQUIRE(wait_attached(c, {l}, 30s));
+  CHECK(wait_value(c, l, "during/19", "v", 30s));
+  CHECK(get_value(*lc, "during/0", false) == "v");
+  CHECK_FALSE(lc->last_header().possibly_stale);
+  CHECK(lc->put(put("after", "2")).ok());
+  CHECK(get_value(*vc, "after", false) == "2");
 }
 
 TEST_CASE(
