@@ -5,7 +5,10 @@
 // put was acknowledged. Prints one line: lag_p50_ms, lag_p99_ms, lag_max_ms, samples, missing.
 //
 //   lag_probe --voter SOCKET --learners SOCKET[,SOCKET...] [--seconds S] [--interval-ms MS]
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -83,12 +86,14 @@ int main(int argc, char** argv) {
   std::map<int64_t, Clock::time_point> acked;                               // revision -> ack time
   std::vector<std::map<int64_t, Clock::time_point>> seen(learners.size());  // per learner
   std::vector<std::string> errors(learners.size());
+  std::atomic<size_t> done{0};  // watcher threads that have returned
   std::vector<std::thread> threads;
   for (size_t i = 0; i < learners.size(); ++i) {
     threads.emplace_back([&, i] {
       auto c = Client::connect(learners[i]);
       if (!c) {
         errors[i] = c.error().message;
+        done++;
         return;
       }
       keel::client::WatchOptions wo;
@@ -108,6 +113,7 @@ int main(int argc, char** argv) {
           },
           nullptr);
       if (!st) errors[i] = st.error().message;
+      done++;
     });
   }
   // Every watcher is live once it saw a first write (bounded: 10 s).
@@ -141,8 +147,22 @@ int main(int argc, char** argv) {
   stop.key = "lagprobe/stop";
   stop.value = "x";
   (void)(*writer)->put(stop);
-  for (auto& t : threads)
-    t.join();
+  // Bounded: a learner that never sees the stop (stuck or cut off) is reported, not waited
+  // for; its watcher thread is left behind and the process ends with _exit.
+  const auto join_until = Clock::now() + std::chrono::seconds(15);
+  while (done < threads.size() && Clock::now() < join_until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const bool all_done = done == threads.size();
+  std::unique_lock lock(mu);  // stuck watchers may still write to `seen`
+  if (all_done) {
+    lock.unlock();
+    for (auto& t : threads)
+      t.join();
+    lock.lock();
+  } else {
+    for (size_t i = 0; i < learners.size(); ++i)
+      if (errors[i].empty()) errors[i] = "no stop event within 15 s (watch still open)";
+  }
   std::vector<double> lags;
   size_t missing = 0;
   for (size_t i = 0; i < learners.size(); ++i) {
@@ -161,5 +181,7 @@ int main(int argc, char** argv) {
   }
   std::printf("lag_p50_ms=%.2f lag_p99_ms=%.2f lag_max_ms=%.2f samples=%zu missing=%zu\n",
               pct(lags, 0.5), pct(lags, 0.99), pct(lags, 1.0), lags.size(), missing);
+  std::fflush(nullptr);
+  if (!all_done) _exit(1);
   return missing == 0 ? 0 : 1;
 }

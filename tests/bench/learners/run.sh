@@ -11,7 +11,11 @@
 # bytes_sent over its sockets: to the voters and to the learners it feeds), the apply lag
 # commit -> seen by a watcher on every learner (lag_probe, a put every 20 ms during the load),
 # and learner RSS. Then serializable point reads of one key on a learner, 1 and 100 clients,
-# beside etcd's `benchmark range --consistency=s` on its own 3 members.
+# beside etcd's `benchmark range --consistency=s` on its own 3 members: with the other
+# learners stopped first (a learner's host runs one agent; 50 agents' timers on these 2 cores
+# are not what a reader on a host competes with), so 3 voters + 1 learner against 3 etcd
+# members. socket_rtt prints a bare Unix-socket request-reply between two processes beside
+# them: where one client's time goes before any keel work.
 #
 # --smoke: few operations, counts "0 2", no etcd; asserts nothing about times (ctest).
 # Ports: voters 25800+i, learners 25900+j, etcd 25700+i (client) and 25750+i (peer); --smoke
@@ -39,7 +43,8 @@ while [ $# -gt 0 ]; do
 done
 keeld="$build/agent/keeld" keelctl="$build/agent/keelctl"
 kv_bench="$build/tests/bench/kv/kv_bench" lag_probe="$build/tests/bench/learners/lag_probe"
-for b in "$keeld" "$keelctl" "$kv_bench" "$lag_probe"; do
+socket_rtt="$build/tests/bench/learners/socket_rtt"
+for b in "$keeld" "$keelctl" "$kv_bench" "$lag_probe" "$socket_rtt"; do
   [ -x "$b" ] || die "$b is missing; build first (packaging/build.sh)"
 done
 shift_=0 puts=30000 reads=50000 lag_s=4
@@ -178,7 +183,10 @@ reads_row() {  # label clients
     "$(awk -v a="$(field rate "$keel")" -v b="$(field rate "$etcd")" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')"
 }
 if [ "$have" -eq 0 ]; then start_learner 0; have=1; fi
+for ((j = 1; j < have; j++)); do kill -TERM "${LPID[$j]}" 2>/dev/null || true; done  # all at once
+for ((j = 1; j < have; j++)); do stop_pid "${LPID[$j]}"; LPID[j]=0; done
 for ((k = 0; k < 600; k++)); do attached 1 && break; sleep 0.1; done
+attached 1 || die "learner 0 not attached within 60 s"
 if [ "$with_etcd" = 1 ]; then
   ecluster="e0=http://127.0.0.1:25750,e1=http://127.0.0.1:25751,e2=http://127.0.0.1:25752"
   etcd_endpoints="127.0.0.1:25700,127.0.0.1:25701,127.0.0.1:25702"
@@ -198,8 +206,10 @@ if [ "$with_etcd" = 1 ]; then
   done
 fi
 "$keelctl" --socket "$(vsock "$leader")" put k0000000 "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
+rtt="$("$socket_rtt" --rounds "$reads")" || die "socket_rtt"
 reads1="$(reads_row "serializable get, 1 client" 1)"
 reads100="$(reads_row "serializable get, 100 clients" 100)"
+threads="$("$keelctl" --socket "$(lsock 0)" status -w json | sed -n 's/.*"server_threads":"\{0,1\}\([0-9]*\).*/\1/p')"
 
 echo
 echo "learner agents, 3 voters, relay.fanout 8 ($(nproc) cores; $(date -u +%FT%TZ))"
@@ -210,3 +220,4 @@ echo
 printf '%-28s %10s %9s %10s %9s %7s\n' "local read on a learner" "keel/s" "p50_us" "etcd/s" "p50_us" "ratio"
 echo "$reads1"
 echo "$reads100"
+echo "(3 voters + 1 learner running, the learner on ${threads:-?} server threads; bare Unix-socket request-reply between two processes: p50 $(field rtt_p50_us "$rtt") us, p99 $(field rtt_p99_us "$rtt") us)"
