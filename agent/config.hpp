@@ -21,7 +21,7 @@ struct Config {
   storage::Limits limits;
   size_t max_connections = 1024;  // limits.max_connections: connections open at once
   // server.threads: event-loop threads serving client connections (each with its own
-  // WiredTiger read views and watch state); 0 = one per core.
+  // WiredTiger read views and watch state); 0 = one per core but one, at least one.
   size_t server_threads = 0;
   size_t effective_server_threads() const;
 

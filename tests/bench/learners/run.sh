@@ -112,11 +112,16 @@ start_learner() {
     --data-dir "$root/l$j" --socket "$(lsock "$j")" --log-level warn >>"$root/l$j.log" 2>&1 &
   LPID[j]=$!
 }
-attached() {  # learners 0..n-1 all report a parent
-  local j
+attached() {  # learners 0..n-1 all report a parent and have applied the leader's index
+  local j want st
+  want="$(timeout 2 "$keelctl" --socket "$(vsock "$leader")" status -w json 2>/dev/null |
+    sed -n 's/.*"applied_index":"\{0,1\}\([0-9]*\).*/\1/p')"
+  [ -n "$want" ] || return 1
   for ((j = 0; j < $1; j++)); do
-    timeout 2 "$keelctl" --socket "$(lsock "$j")" status -w json 2>/dev/null |
-      grep -q '"upstream":"[1-9]' || return 1
+    st="$(timeout 2 "$keelctl" --socket "$(lsock "$j")" status -w json 2>/dev/null)" || return 1
+    grep -q '"upstream":"[1-9]' <<<"$st" || return 1
+    [ "$(sed -n 's/.*"applied_index":"\{0,1\}\([0-9]*\).*/\1/p' <<<"$st")" -ge "$want" ] 2>/dev/null ||
+      return 1
   done
 }
 tcp_sent() {  # bytes sent over the TCP sockets of pid $1 (ss's bytes_sent)
@@ -134,8 +139,8 @@ for n in $counts; do
   for ((j = have; j < n; j++)); do start_learner "$j"; done
   have=$((n > have ? n : have))
   for ((k = 0; k < 600; k++)); do attached "$n" && break; sleep 0.1; done
-  attached "$n" || die "$n learners not all attached within 60 s"
-  log "$n learners attached"
+  attached "$n" || die "$n learners not all attached and caught up within 60 s"
+  log "$n learners attached and caught up"
   c0=$(cpu_ticks "$lpid_of_leader")
   b0=$(tcp_sent "$lpid_of_leader")
   lag="lag_p50_ms=- lag_p99_ms=-"

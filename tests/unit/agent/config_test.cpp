@@ -1,7 +1,9 @@
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "agent/config.hpp"
 
@@ -30,6 +32,9 @@ TEST_CASE("defaults are the embedded single-node setup", "[config]") {
   CHECK(c.socket_mode == 0660);
   CHECK(c.limits.max_request_bytes == 1536 * 1024);
   CHECK(c.limits.max_txn_ops == 128);
+  // One serving thread per core but one (left to the node thread), at least one.
+  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  CHECK(c.effective_server_threads() == std::max<size_t>(1, cores - 1));
 }
 
 TEST_CASE("every documented key is read", "[config]") {
@@ -46,6 +51,8 @@ max_txn_ops = 4
 max_response_bytes = 5000
 max_watchers = 6
 max_connections = 12
+[server]
+threads = 3
 [storage]
 cache_size_mb = 7
 log_file_max_mb = 8
@@ -70,6 +77,8 @@ batch_bytes = 2048
   CHECK(c.limits.max_response_bytes == 5000);
   CHECK(c.limits.max_watchers == 6);
   CHECK(c.max_connections == 12);
+  CHECK(c.server_threads == 3);
+  CHECK(c.effective_server_threads() == 3);
   CHECK(c.cache_size_mb == 7);
   CHECK(c.log_file_max_mb == 8);
   CHECK(c.checkpoint_interval_ms == 1500);
@@ -94,6 +103,7 @@ TEST_CASE("unknown keys, wrong types and bad values are errors that name the key
            Case{"socket_mode = \"rw\"\n", "not an octal mode"},
            Case{"socket_mode = 660\n", "socket_mode"},
            Case{"data_dir = \n", ":1:"},
+           Case{"[server]\nthreads = 65\n", "server.threads: must be at most 64"},
        }) {
     TempFile f(text);
     Config c;
