@@ -29,6 +29,9 @@ void RelayHub::on_subscribe(raft::NodeId from, const wire::RelaySubscribe& m,
   auto it = children_.find(from);
   if (it == children_.end()) {
     if (!header.upstream_ok) return redirect("this member has no upstream of its own now");
+    // A learner that has applied nothing yet (its own snapshot still to come) has nothing to
+    // stream: a child would refuse the state it could send.
+    if (feed_.relay_last() == 0) return redirect("this member has applied nothing yet");
     if (children_.size() >= opt_.fanout) {
       return redirect("this member feeds " + std::to_string(children_.size()) +
                       " learners (relay.fanout)");
