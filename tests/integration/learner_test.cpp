@@ -68,6 +68,51 @@ struct Cluster {
   }
 };
 
+// What a learner cut off from its voters answers: a serializable read of "before" (and the
+// reply header that says how stale it may be), a linearizable read, a write, and a watch of
+// "before" from revision 1 (which replays the replica's history). Asserts nothing: the
+// caller checks after it has restored the network.
+struct CutOffAnswers {
+  std::optional<std::string> serializable;
+  client::ReplyHeader stale_header;
+  Result<storage::RangeResponse> linearizable = make_error(ErrorCode::internal, "not asked");
+  Result<storage::PutResponse> write = make_error(ErrorCode::internal, "not asked");
+  Status watched = ok_status();
+  std::vector<std::string> seen;  // keys the watch delivered
+};
+
+CutOffAnswers ask_cut_off(client::Client& lc, const std::string& write_key) {
+  CutOffAnswers a;
+  a.serializable = get_value(lc, "before", true);
+  a.stale_header = lc.last_header();
+  storage::RangeRequest lin;
+  lin.key = "before";
+  a.linearizable = lc.range(lin);
+  a.write = lc.put(put(write_key, "x"));
+  client::WatchOptions wo;
+  wo.key = "before";
+  wo.start_revision = 1;
+  a.watched = lc.watch(
+      wo,
+      [&](int64_t, const std::vector<storage::Event>& events) {
+        for (const auto& e : events)
+          a.seen.push_back(e.kv.key);
+        return false;
+      },
+      nullptr);
+  return a;
+}
+
+// Polls (bounded) until learner i reports no parent.
+bool wait_detached(KeelCluster& c, int i) {
+  for (int tries = 0; tries < 200; ++tries) {
+    auto s = c.status(i);
+    if (s && s->upstream == 0) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -288,50 +333,28 @@ TEST_CASE(
   REQUIRE(wait_value(c, l, "before", "1"));
 
   REQUIRE(lab.cut(l));
-  bool detached = false;
-  for (int tries = 0; tries < 200 && !detached; ++tries) {
-    auto s = c.status(l);
-    detached = s && s->upstream == 0;
-    if (!detached) std::this_thread::sleep_for(50ms);
-  }
+  const bool detached = wait_detached(c, l);
   // The voters commit without it.
   bool committed = true;
   for (int i = 0; i < 20; ++i)
     committed = committed && vc->put(put("during/" + std::to_string(i), "v")).ok();
   auto lc = c.member(l).client();
   REQUIRE(lc);
-  const std::optional<std::string> serializable = get_value(*lc, "before", true);
-  const client::ReplyHeader stale_header = lc->last_header();
   const std::optional<std::string> not_yet = get_value(*lc, "during/0", true);
-  storage::RangeRequest lin;
-  lin.key = "before";
-  auto linearizable = lc->range(lin);
-  auto write = lc->put(put("from-learner", "x"));
-  std::vector<std::string> seen;
-  client::WatchOptions wo;
-  wo.key = "before";
-  wo.start_revision = 1;
-  auto watched = lc->watch(
-      wo,
-      [&](int64_t, const std::vector<storage::Event>& events) {
-        for (const auto& e : events)
-          seen.push_back(e.kv.key);
-        return false;
-      },
-      nullptr);
+  const CutOffAnswers a = ask_cut_off(*lc, "from-learner");
   REQUIRE(lab.heal(l));
 
   CHECK(detached);
   CHECK(committed);
-  CHECK(serializable == "1");
+  CHECK(a.serializable == "1");
   CHECK_FALSE(not_yet);  // its replica stopped at the cut
-  CHECK(stale_header.possibly_stale);
-  REQUIRE_FALSE(linearizable);
-  CHECK(linearizable.error().code == ErrorCode::unavailable);
-  REQUIRE_FALSE(write);
-  CHECK(write.error().code == ErrorCode::unavailable);
-  CHECK(watched);
-  CHECK(seen == std::vector<std::string>{"before"});
+  CHECK(a.stale_header.possibly_stale);
+  REQUIRE_FALSE(a.linearizable);
+  CHECK(a.linearizable.error().code == ErrorCode::unavailable);
+  REQUIRE_FALSE(a.write);
+  CHECK(a.write.error().code == ErrorCode::unavailable);
+  CHECK(a.watched);
+  CHECK(a.seen == std::vector<std::string>{"before"});
   // Healed, it attaches again, catches up on what was committed without it, and serves
   // linearizable reads and writes.
   REQUIRE(wait_attached(c, {l}, 30s));
@@ -356,45 +379,22 @@ TEST_CASE(
   for (int i = 0; i < 3; ++i)
     ::kill(k.c.member(i).pid(), SIGSTOP);
   // The learner notices its parent is silent (relay.timeout_ms) and detaches.
-  bool detached = false;
-  for (int tries = 0; tries < 100 && !detached; ++tries) {
-    auto s = k.c.status(l);
-    detached = s && s->upstream == 0;
-    if (!detached) std::this_thread::sleep_for(50ms);
-  }
+  const bool detached = wait_detached(k.c, l);
   auto lc = k.c.member(l).client();
-  std::optional<std::string> serializable = get_value(*lc, "before", true);
-  const client::ReplyHeader stale_header = lc->last_header();
-  storage::RangeRequest lin;
-  lin.key = "before";
-  auto linearizable = lc->range(lin);
-  auto write = lc->put(put("during", "x"));
-  // A watch from revision 1 replays the replica's history.
-  std::vector<std::string> seen;
-  client::WatchOptions wo;
-  wo.key = "before";
-  wo.start_revision = 1;
-  auto watched = lc->watch(
-      wo,
-      [&](int64_t, const std::vector<storage::Event>& events) {
-        for (const auto& e : events)
-          seen.push_back(e.kv.key);
-        return false;
-      },
-      nullptr);
+  const CutOffAnswers a = ask_cut_off(*lc, "during");
   for (int i = 0; i < 3; ++i)
     ::kill(k.c.member(i).pid(), SIGCONT);
   CHECK(detached);
-  CHECK(serializable == "1");
-  CHECK(stale_header.possibly_stale);  // and it says so, with how old its replica is
-  CHECK(stale_header.applied_index > 0);
-  CHECK(stale_header.member_id == k.c.status(l)->member_id);
-  REQUIRE_FALSE(linearizable);
-  CHECK(linearizable.error().code == ErrorCode::unavailable);
-  REQUIRE_FALSE(write);
-  CHECK(write.error().code == ErrorCode::unavailable);
-  CHECK(watched);
-  CHECK(seen == std::vector<std::string>{"before"});
+  CHECK(a.serializable == "1");
+  CHECK(a.stale_header.possibly_stale);  // and it says so, with how old its replica is
+  CHECK(a.stale_header.applied_index > 0);
+  CHECK(a.stale_header.member_id == k.c.status(l)->member_id);
+  REQUIRE_FALSE(a.linearizable);
+  CHECK(a.linearizable.error().code == ErrorCode::unavailable);
+  REQUIRE_FALSE(a.write);
+  CHECK(a.write.error().code == ErrorCode::unavailable);
+  CHECK(a.watched);
+  CHECK(a.seen == std::vector<std::string>{"before"});
   // Back with its voters, it attaches again and serves linearizable reads.
   REQUIRE(wait_attached(k.c, {l}));
   REQUIRE(vc->put(put("after", "2")));
