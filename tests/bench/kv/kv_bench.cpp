@@ -68,6 +68,7 @@ struct Options {
   std::string workload;                // put | get-l | get-s: one workload, key=value output
   bool prefill = true;                 // --no-prefill: gets find what earlier puts left
   bool random_values = false;          // --random-values: fresh random bytes for every put
+  double rate = 0;                     // --rate: ops/s over all clients (0 = as fast as they go)
 };
 
 std::vector<std::string> split_commas(const std::string& s) {
@@ -106,7 +107,10 @@ std::vector<std::string> split_commas(const std::string& s) {
       "                 with several sockets the connections go to them in turn\n"
       "  --no-prefill   gets: do not put the key space first (it was written before)\n"
       "  --random-values  puts: fresh random (incompressible) bytes for every value, instead\n"
-      "                 of one fixed pattern\n",
+      "                 of one fixed pattern\n"
+      "  --rate R       --workload: issue the n-th op no earlier than n/R s after the start\n"
+      "                 (R ops/s over all clients, each still waiting for its reply): the same\n"
+      "                 offered load whatever the server's speed, for CPU per op\n",
       argv0, argv0);
   std::exit(2);
 }
@@ -144,6 +148,9 @@ Options parse(int argc, char** argv) {
       }
     } else if (a == "--random-values") {
       o.random_values = true;
+    } else if (a == "--rate") {
+      o.rate = std::atof(value(i));
+      if (!(o.rate > 0)) usage(argv[0], "--rate must be positive");
     } else if (a == "--no-prefill") {
       o.prefill = false;
     } else if (a == "-h" || a == "--help") {
@@ -386,9 +393,16 @@ using OpFn = std::function<kj::Promise<std::string>(rpc::Keel::Client&, uint64_t
 // until `ops` requests were issued (ops > 0) or `seconds` passed.
 class ClosedLoop {
  public:
+  // rate > 0: the n-th op is issued no earlier than n / rate seconds after the start.
   ClosedLoop(std::vector<std::unique_ptr<Conn>>& conns, unsigned clients, OpFn op, uint64_t ops,
-             double seconds, Result& out)
-      : conns_(conns), clients_(clients), op_(std::move(op)), ops_(ops), out_(out) {
+             double seconds, Result& out, kj::Timer& timer, double rate)
+      : conns_(conns),
+        clients_(clients),
+        op_(std::move(op)),
+        ops_(ops),
+        out_(out),
+        timer_(timer),
+        rate_(rate) {
     deadline_ = Clock::now() +
                 std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     out_.lat_ns.reserve(ops > 0 ? ops : 1 << 20);
@@ -410,6 +424,23 @@ class ClosedLoop {
   kj::Promise<void> slot(unsigned i) {
     if (stop()) return kj::READY_NOW;
     uint64_t seq = issued_++;
+    if (rate_ > 0) {
+      const auto due =
+          start_ + std::chrono::duration_cast<Clock::duration>(
+                       std::chrono::duration<double>(static_cast<double>(seq) / rate_));
+      const auto now = Clock::now();
+      if (due > now) {
+        const auto wait_ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(due - now).count();
+        return timer_.afterDelay(wait_ns * kj::NANOSECONDS).then([this, i, seq] {
+          return issue(i, seq);
+        });
+      }
+    }
+    return issue(i, seq);
+  }
+
+  kj::Promise<void> issue(unsigned i, uint64_t seq) {
     auto t0 = Clock::now();
     return op_(conns_[i % conns_.size()]->keel, seq).then([this, i, t0](std::string err) {
       auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
@@ -425,6 +456,8 @@ class ClosedLoop {
   OpFn op_;
   uint64_t ops_;
   Result& out_;
+  kj::Timer& timer_;
+  double rate_;
   uint64_t issued_ = 0;
   Clock::time_point start_, deadline_;
 };
@@ -537,7 +570,8 @@ class Bench {
     r.conns = nconns;
     bool is_put = std::strcmp(name, "put") == 0;
     uint64_t syncs0 = is_put ? log_syncs(*conns[0], io_.waitScope) : 0;
-    ClosedLoop loop(conns, clients, std::move(op), o_.ops, o_.seconds, r);
+    ClosedLoop loop(conns, clients, std::move(op), o_.ops, o_.seconds, r, io_.provider->getTimer(),
+                    o_.workload.empty() ? 0 : o_.rate);
     CpuMeter cpu(pid_);
     loop.run().wait(io_.waitScope);
     cpu.stop(r);

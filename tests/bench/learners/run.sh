@@ -10,11 +10,13 @@
 # connections to the voters), the leader's CPU per put and its TCP bytes sent per put (ss's
 # bytes_sent over its sockets: to the voters and to the learners it feeds), the apply lag
 # commit -> seen by a watcher on every learner (lag_probe, a put every 20 ms during the load),
-# and learner RSS. Then serializable point reads of one key on a learner, 1 and 100 clients,
-# beside etcd's `benchmark range --consistency=s` on its own 3 members: with the other
-# learners stopped first (a learner's host runs one agent; 50 agents' timers on these 2 cores
-# are not what a reader on a host competes with), so 3 voters + 1 learner against 3 etcd
-# members. socket_rtt prints a bare Unix-socket request-reply between two processes beside
+# and learner RSS; then the leader's CPU and bytes per put again at one offered load for
+# every count (kv_bench --rate), which a closed loop slowed by 50 agents on 2 cores does not
+# give. Then serializable point reads of one key on a learner, 1 and 100 clients,
+# beside etcd's `benchmark range --consistency=s` on its own 3 members, each system with only
+# its own processes up (a learner's host runs one agent; 50 agents' timers, or etcd's idle
+# members, on these 2 cores are not what a reader on a host competes with): keel's reads with
+# 3 voters + 1 learner, then keel stops and etcd's 3 members serve theirs. socket_rtt prints a bare Unix-socket request-reply between two processes beside
 # them: where one client's time goes before any keel work.
 #
 # --smoke: few operations, counts "0 2", no etcd; asserts nothing about times (ctest).
@@ -47,9 +49,9 @@ socket_rtt="$build/tests/bench/learners/socket_rtt"
 for b in "$keeld" "$keelctl" "$kv_bench" "$lag_probe" "$socket_rtt"; do
   [ -x "$b" ] || die "$b is missing; build first (packaging/build.sh)"
 done
-shift_=0 puts=30000 reads=50000 lag_s=4
+shift_=0 puts=30000 reads=50000 lag_s=4 paced_puts=8000 paced_rate=800
 if [ "$smoke" = 1 ]; then
-  shift_=1000 puts=300 reads=300 lag_s=1
+  shift_=1000 puts=300 reads=300 lag_s=1 paced_puts=200 paced_rate=400
   [ "$counts" = "0 10 50" ] && counts="0 2"
   keel_only=1
 fi
@@ -162,37 +164,67 @@ for n in $counts; do
   ticks_per_s=$(getconf CLK_TCK)
   cpu_us=$(awk -v d=$((c1 - c0)) -v t="$ticks_per_s" -v o="$ops" 'BEGIN {printf "%.1f", d * 1e6 / t / o}')
   egress=$(awk -v d=$((b1 - b0)) -v o="$ops" 'BEGIN {printf "%.0f", d / o}')
+  # The same at one offered load for every learner count (--rate): the leader's CPU per put
+  # without the batching that a faster run gets (with 50 learners on 2 cores the closed loop
+  # above runs several times slower, so its per-put figure also carries smaller batches).
+  c0=$(cpu_ticks "$lpid_of_leader")
+  b0=$(tcp_sent "$lpid_of_leader")
+  paced="$("$kv_bench" --socket "$vsockets" --workload put --clients 100 --conns 10 \
+    --ops "$paced_puts" --rate "$paced_rate")" || die "paced put load with $n learners"
+  c1=$(cpu_ticks "$lpid_of_leader")
+  b1=$(tcp_sent "$lpid_of_leader")
+  ops=$(field ops "$paced")
+  cpu_paced=$(awk -v d=$((c1 - c0)) -v t="$ticks_per_s" -v o="$ops" 'BEGIN {printf "%.1f", d * 1e6 / t / o}')
+  egress_paced=$(awk -v d=$((b1 - b0)) -v o="$ops" 'BEGIN {printf "%.0f", d / o}')
   rss="-"
   if [ "$n" -gt 0 ]; then
     rss=$(for ((j = 0; j < n; j++)); do rss_kib "${LPID[$j]}"; done |
       awk '{s += $1; if ($1 > m) m = $1} END {printf "%.0f/%.0f", s / NR / 1024, m / 1024}')
   fi
-  rows+=("$(printf '%8s %9s %8s %8s %10s %10s %9s %9s %12s' "$n" "$(field rate "$out")" \
+  rows+=("$(printf '%8s %9s %8s %8s %10s %10s %9s %9s %12s %11s %10s' "$n" "$(field rate "$out")" \
     "$(field p50_us "$out")" "$(field p99_us "$out")" "$cpu_us" "$egress" \
-    "$(field lag_p50_ms "$lag")" "$(field lag_p99_ms "$lag")" "$rss")")
+    "$(field lag_p50_ms "$lag")" "$(field lag_p99_ms "$lag")" "$rss" "$cpu_paced" "$egress_paced")")
   log "$n learners: $out; $lag"
 done
 
 # ---- local serializable reads on a learner, beside etcd's ----------------------------------
-reads_row() {  # label clients
-  local keel etcd
-  keel="$("$kv_bench" --socket "$(lsock 0)" --workload get-s --clients "$2" --conns "$(( $2 < 10 ? $2 : 10 ))" \
-    --keys 1 --ops "$reads")" || die "learner reads"
-  etcd="-"
-  if [ "$with_etcd" = 1 ]; then
-    etcd="$(etcd_load --conns="$(( $2 < 10 ? $2 : 10 ))" --clients="$2" range k0000000 \
-      --consistency=s --total="$reads")" || die "etcd reads"
-  fi
-  printf '%-28s %10s %9s %10s %9s %7s\n' "$1" "$(field rate "$keel")" "$(field p50_us "$keel")" \
-    "$(field rate "$etcd")" "$(field p50_us "$etcd")" \
-    "$(awk -v a="$(field rate "$keel")" -v b="$(field rate "$etcd")" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')"
+# Each system is measured with only its own processes up: keel's reads with 3 voters and one
+# learner running (no etcd yet), then keel is stopped and etcd's 3 members serve theirs.
+conns_for() { echo $(($1 < 10 ? $1 : 10)); }
+keel_reads() {  # clients
+  "$kv_bench" --socket "$(lsock 0)" --workload get-s --clients "$1" --conns "$(conns_for "$1")" \
+    --keys 1 --ops "$reads" || die "learner reads"
+}
+etcd_reads() {  # clients
+  [ "$with_etcd" = 1 ] || { echo "-"; return; }
+  etcd_load --conns="$(conns_for "$1")" --clients="$1" range k0000000 --consistency=s \
+    --total="$reads" || die "etcd reads"
+}
+reads_row() {  # label keel etcd
+  printf '%-28s %10s %9s %10s %9s %7s\n' "$1" "$(field rate "$2")" "$(field p50_us "$2")" \
+    "$(field rate "$3")" "$(field p50_us "$3")" \
+    "$(awk -v a="$(field rate "$2")" -v b="$(field rate "$3")" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')"
 }
 if [ "$have" -eq 0 ]; then start_learner 0; have=1; fi
-for ((j = 1; j < have; j++)); do kill -TERM "${LPID[$j]}" 2>/dev/null || true; done  # all at once
+for ((j = 1; j < have; j++)); do  # all at once
+  [ "${LPID[$j]}" -gt 0 ] && { kill -TERM "${LPID[$j]}" 2>/dev/null || true; }
+done
 for ((j = 1; j < have; j++)); do stop_pid "${LPID[$j]}"; LPID[j]=0; done
 for ((k = 0; k < 600; k++)); do attached 1 && break; sleep 0.1; done
 attached 1 || die "learner 0 not attached within 60 s"
+"$keelctl" --socket "$(vsock "$leader")" put k0000000 "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
+for ((k = 0; k < 600; k++)); do attached 1 && break; sleep 0.1; done
+rtt="$("$socket_rtt" --rounds "$reads")" || die "socket_rtt"
+keel1="$(keel_reads 1)"
+keel100="$(keel_reads 100)"
+threads="$("$keelctl" --socket "$(lsock 0)" status -w json | sed -n 's/.*"server_threads":"\{0,1\}\([0-9]*\).*/\1/p')"
+etcd1="-" etcd100="-"
 if [ "$with_etcd" = 1 ]; then
+  for p in "${LPID[@]}" "${VPID[@]}"; do  # all at once (never pid 0: the process group)
+    [ "$p" -gt 0 ] && { kill -TERM "$p" 2>/dev/null || true; }
+  done
+  for p in "${LPID[@]}" "${VPID[@]}"; do stop_pid "$p"; done
+  LPID=() VPID=(0 0 0)
   ecluster="e0=http://127.0.0.1:25750,e1=http://127.0.0.1:25751,e2=http://127.0.0.1:25752"
   etcd_endpoints="127.0.0.1:25700,127.0.0.1:25701,127.0.0.1:25702"
   for i in 0 1 2; do
@@ -209,20 +241,20 @@ if [ "$with_etcd" = 1 ]; then
       -d "{\"key\":\"$(printf k0000000 | base64 -w0)\",\"value\":\"$value\"}" >/dev/null 2>&1 && break
     sleep 0.1
   done
+  etcd1="$(etcd_reads 1)"
+  etcd100="$(etcd_reads 100)"
 fi
-"$keelctl" --socket "$(vsock "$leader")" put k0000000 "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
-rtt="$("$socket_rtt" --rounds "$reads")" || die "socket_rtt"
-reads1="$(reads_row "serializable get, 1 client" 1)"
-reads100="$(reads_row "serializable get, 100 clients" 100)"
-threads="$("$keelctl" --socket "$(lsock 0)" status -w json | sed -n 's/.*"server_threads":"\{0,1\}\([0-9]*\).*/\1/p')"
+reads1="$(reads_row "serializable get, 1 client" "$keel1" "$etcd1")"
+reads100="$(reads_row "serializable get, 100 clients" "$keel100" "$etcd100")"
 
 echo
 echo "learner agents, 3 voters, relay.fanout 8 ($(nproc) cores; $(date -u +%FT%TZ))"
-printf '%8s %9s %8s %8s %10s %10s %9s %9s %12s\n' learners "put/s" p50_us p99_us \
-  "ldr_cpu_us" "ldr_B/put" lag_p50ms lag_p99ms "rss_MiB(avg/max)"
+printf '%8s %9s %8s %8s %10s %10s %9s %9s %12s %11s %10s\n' learners "put/s" p50_us p99_us \
+  "ldr_cpu_us" "ldr_B/put" lag_p50ms lag_p99ms "rss_MiB(avg/max)" "@rate:cpu_us" "B/put"
 for r in "${rows[@]}"; do echo "$r"; done
+echo "(@rate: the leader's CPU and TCP bytes per put at $paced_rate puts/s offered for every count)"
 echo
 printf '%-28s %10s %9s %10s %9s %7s\n' "local read on a learner" "keel/s" "p50_us" "etcd/s" "p50_us" "ratio"
 echo "$reads1"
 echo "$reads100"
-echo "(3 voters + 1 learner running, the learner on ${threads:-?} server threads; bare Unix-socket request-reply between two processes: p50 $(field rtt_p50_us "$rtt") us, p99 $(field rtt_p99_us "$rtt") us)"
+echo "(keel: 3 voters + 1 learner running, the learner on ${threads:-?} server threads; etcd: its 3 members, keel stopped; bare Unix-socket request-reply between two processes: p50 $(field rtt_p50_us "$rtt") us, p99 $(field rtt_p99_us "$rtt") us)"
