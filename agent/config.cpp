@@ -172,6 +172,7 @@ Result<node::NodeOptions> node_options(const Config& c) {
   o.snapshot_window_chunks = c.snapshot_window_chunks;
   o.snapshot_timeout_ms = c.snapshot_timeout_ms;
   o.relay_fanout = c.relay_fanout;
+  o.relay_leader_fanout = c.relay_leader_fanout;
   o.relay_heartbeat_ms = c.relay_heartbeat_ms;
   o.relay_timeout_ms = c.relay_timeout_ms;
   o.relay_ring_bytes = c.relay_ring_bytes;
@@ -289,6 +290,7 @@ Status load_config_file(const std::string& path, bool must_exist, Config& c) {
        string_setter("cluster.initial_cluster_state", c.initial_cluster_state)},
       {"cluster.role", string_setter("cluster.role", c.role)},
       {"relay.fanout", size_setter("relay.fanout", c.relay_fanout, 1)},
+      {"relay.leader_fanout", size_setter("relay.leader_fanout", c.relay_leader_fanout, 1)},
       {"relay.heartbeat_ms", size_setter("relay.heartbeat_ms", c.relay_heartbeat_ms, 10)},
       {"relay.timeout_ms", size_setter("relay.timeout_ms", c.relay_timeout_ms, 100)},
       {"relay.ring_bytes", size_setter("relay.ring_bytes", c.relay_ring_bytes, 0)},

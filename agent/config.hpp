@@ -50,6 +50,7 @@ struct Config {
 
   // [relay] (README "Learners"): see node::NodeOptions.
   size_t relay_fanout = 8;
+  size_t relay_leader_fanout = 2;  // relay.leader_fanout
   uint32_t relay_heartbeat_ms = 500;
   uint32_t relay_timeout_ms = 3000;
   size_t relay_ring_bytes = 16 << 20;

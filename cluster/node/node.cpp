@@ -1646,6 +1646,7 @@ struct Node::Impl final : raft::ReadyHandler, transport::Handler, RelayFeed, Rel
   RelayOptions relay_options() const {
     RelayOptions ro;
     ro.fanout = opt.relay_fanout;
+    ro.leader_fanout = opt.relay_leader_fanout;
     ro.heartbeat_ms = opt.relay_heartbeat_ms;
     ro.timeout_ms = opt.relay_timeout_ms;
     ro.batch_bytes = opt.relay_batch_bytes;

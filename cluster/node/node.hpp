@@ -112,6 +112,7 @@ struct NodeOptions {
   bool relay_learner = false;
   std::string advertise_peer;  // where parents and voters dial a learner (default listen_peer)
   size_t relay_fanout = 8;
+  size_t relay_leader_fanout = 2;  // while this member leads (it also feeds the voters)
   uint32_t relay_heartbeat_ms = 500;
   uint32_t relay_timeout_ms = 3000;
   size_t relay_batch_bytes = 1 << 20;

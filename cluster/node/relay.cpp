@@ -9,15 +9,29 @@ namespace keel::node {
 RelayHub::RelayHub(raft::NodeId self, RelayOptions options, RelayFeed& feed)
     : self_(self), opt_(options), feed_(feed), next_transfer_((self << 20) | 1) {}
 
+size_t RelayHub::fanout(const wire::RelayEntries& header) const {
+  return header.leader == self_ ? std::min(opt_.leader_fanout, opt_.fanout) : opt_.fanout;
+}
+
+std::string RelayHub::fanout_reason(const wire::RelayEntries& header) const {
+  return header.leader == self_ ? "relay.leader_fanout: this member leads" : "relay.fanout";
+}
+
+wire::RelayRedirect RelayHub::redirect_to_children(raft::NodeId from,
+                                                   const std::string& reason) const {
+  wire::RelayRedirect r;
+  r.reason = reason;
+  for (const auto& [id, c] : children_) {
+    if (id != from) r.candidates.push_back(Member{id, c.name, c.peer_address, true});
+  }
+  return r;
+}
+
 void RelayHub::on_subscribe(raft::NodeId from, const wire::RelaySubscribe& m,
                             RelayClock::time_point now) {
   wire::RelayEntries header = feed_.relay_header();
   auto redirect = [&](const std::string& reason) {
-    wire::RelayRedirect r;
-    r.reason = reason;
-    for (const auto& [id, c] : children_) {
-      if (id != from) r.candidates.push_back(Member{id, c.name, c.peer_address, true});
-    }
+    wire::RelayRedirect r = redirect_to_children(from, reason);
     feed_.relay_peer(from, m.peer_address, true);
     feed_.relay_send(from, wire::encode_relay_redirect(r));
     stats_.redirected++;
@@ -32,9 +46,9 @@ void RelayHub::on_subscribe(raft::NodeId from, const wire::RelaySubscribe& m,
     // A learner that has applied nothing yet (its own snapshot still to come) has nothing to
     // stream: a child would refuse the state it could send.
     if (feed_.relay_last() == 0) return redirect("this member has applied nothing yet");
-    if (children_.size() >= opt_.fanout) {
-      return redirect("this member feeds " + std::to_string(children_.size()) +
-                      " learners (relay.fanout)");
+    if (children_.size() >= fanout(header)) {
+      return redirect("this member feeds " + std::to_string(children_.size()) + " learners (" +
+                      fanout_reason(header) + ")");
     }
     it = children_.emplace(from, Child{}).first;
     stats_.accepted++;
@@ -190,6 +204,24 @@ void RelayHub::tick(RelayClock::time_point now) {
     }
     it = next;
   }
+  // Over the fan-out (this member became leader): the children with the fewest learners
+  // below them are told to attach under one of the others, and let go.
+  const wire::RelayEntries header = feed_.relay_header();
+  const size_t limit = fanout(header);
+  if (children_.size() > limit) {
+    std::vector<std::pair<size_t, raft::NodeId>> by_size;
+    for (const auto& [id, c] : children_)
+      by_size.emplace_back(c.report.size(), id);
+    std::sort(by_size.begin(), by_size.end());
+    for (size_t k = 0; k + limit < by_size.size(); ++k) {
+      const raft::NodeId id = by_size[k].second;
+      const std::string why = "this member feeds more than " + std::to_string(limit) +
+                              " learners (" + fanout_reason(header) + ")";
+      feed_.relay_send(id, wire::encode_relay_redirect(redirect_to_children(id, why)));
+      stats_.redirected++;
+      drop(id, why);
+    }
+  }
   pump(now);
 }
 
@@ -317,6 +349,16 @@ void RelayChild::on_accept(raft::NodeId from, std::vector<raft::NodeId> path,
 
 void RelayChild::on_redirect(raft::NodeId from, const wire::RelayRedirect& r,
                              RelayClock::time_point now) {
+  if (from != 0 && from == parent_) {
+    // The parent lets this learner go (it became leader and feeds fewer): attach under one
+    // of the candidates it names, or start over from the voters.
+    detach("it redirects: " + r.reason);
+    tried_.insert(from);
+    for (const auto& c : r.candidates) {
+      if (c.id != self_ && !tried_.count(c.id)) candidates_.push_back(c);
+    }
+    return attach_step(now);
+  }
   if (from != trying_) return;
   for (const auto& c : r.candidates) {
     if (c.id != self_ && !tried_.count(c.id)) candidates_.push_back(c);

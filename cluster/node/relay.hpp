@@ -37,6 +37,9 @@ using RelayClock = std::chrono::steady_clock;
 
 struct RelayOptions {
   size_t fanout = 8;
+  // Learners the Raft leader feeds at most (it already sends every entry to the voters);
+  // a member that becomes leader with more lets the extra ones go, pointing them at others.
+  size_t leader_fanout = 2;
   uint32_t heartbeat_ms = 500;
   uint32_t timeout_ms = 3000;
   size_t batch_bytes = 1 << 20;   // entry bytes per message (at least one entry)
@@ -79,7 +82,10 @@ class RelayHub {
   bool is_child(raft::NodeId id) const { return children_.count(id) != 0; }
   // Sends each child what it lacks (within its window), and heartbeats that are due.
   void pump(RelayClock::time_point now);
-  // Lets go of children silent for timeout_ms; then pump().
+  // The most children this member takes now: leader_fanout while it leads, else fanout.
+  size_t fanout(const wire::RelayEntries& header) const;
+  // Lets go of children silent for timeout_ms, and of those over the fan-out (a member that
+  // became leader keeps leader_fanout: the others are redirected); then pump().
   void tick(RelayClock::time_point now);
   // Lets go of every child (they attach elsewhere), e.g. when this member stops.
   void drop_all();
@@ -96,6 +102,9 @@ class RelayHub {
   const Stats& stats() const { return stats_; }
 
  private:
+  std::string fanout_reason(const wire::RelayEntries& header) const;
+  // A redirect naming this member's children (but `from`) as candidates.
+  wire::RelayRedirect redirect_to_children(raft::NodeId from, const std::string& reason) const;
   struct Sent {
     uint64_t last;  // index of the message's last entry
     size_t bytes;

@@ -168,6 +168,7 @@ struct Agent final : keel::node::RelayFeed, keel::node::RelayUplink {
   void boot() {
     RelayOptions ro;
     ro.fanout = sim.opt().no_relay ? 1u << 30 : sim.opt().fanout;
+    if (sim.opt().no_relay) ro.leader_fanout = ro.fanout;  // the leader feeds every learner
     ro.heartbeat_ms = 100;
     ro.timeout_ms = 600;
     ro.batch_bytes = 512;
