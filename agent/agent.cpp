@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "agent/listener.hpp"
@@ -37,12 +38,14 @@ struct Agent::Parts {
     const size_t shard = next_shard++ % (threads.size() + 1);
     if (shard == 0) return main_shard->adopt(kj::mv(stream), peer);
     int fd = -1;
+    std::string why = "the stream has no file descriptor";
     KJ_IF_MAYBE (f, stream->getFd()) {
       fd = fcntl(*f, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) why = std::string("dup: ") + std::strerror(errno);
     }
     if (fd < 0) {
       spdlog::warn("cannot hand a connection to server thread {} ({}); serving it on the first",
-                   shard, fd == -1 ? std::strerror(errno) : "no fd");
+                   shard, why);
       return main_shard->adopt(kj::mv(stream), peer);
     }
     stream = nullptr;

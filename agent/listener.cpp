@@ -1,7 +1,5 @@
 #include "agent/listener.hpp"
 
-#include "agent/buffered_stream.hpp"
-
 #include <capnp/rpc-twoparty.h>
 #include <errno.h>
 #include <spdlog/spdlog.h>
@@ -11,6 +9,8 @@
 #include <unistd.h>
 
 #include <cstring>
+
+#include "agent/buffered_stream.hpp"
 
 namespace keel::agent {
 
@@ -78,7 +78,7 @@ kj::Promise<void> Connection::on_disconnect() {
   return rpc_->network.onDisconnect();
 }
 
-void Listener::ErrorHandler::taskFailed(kj::Exception&& e) {
+void ConnectionErrors::taskFailed(kj::Exception&& e) {
   if (e.getType() == kj::Exception::Type::DISCONNECTED) {
     spdlog::debug("connection task ended: {}", e.getDescription().cStr());
   } else {

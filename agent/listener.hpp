@@ -43,6 +43,13 @@ class Connection {
   kj::Own<Rpc> rpc_;
 };
 
+// The error handler of connection tasks: a peer hanging up is logged at debug level, any
+// other failure as a warning.
+class ConnectionErrors final : public kj::TaskSet::ErrorHandler {
+ public:
+  void taskFailed(kj::Exception&& e) override;
+};
+
 class Listener {
  public:
   // Takes an accepted connection (on the listener's thread); must count it in
@@ -68,11 +75,6 @@ class Listener {
   kj::Promise<void> accept_loop();
   void refuse(kj::Own<kj::AsyncIoStream> stream, const Peer& peer);
 
-  class ErrorHandler final : public kj::TaskSet::ErrorHandler {
-   public:
-    void taskFailed(kj::Exception&& e) override;
-  };
-
   const ListenerOptions options_;
   kj::Own<kj::ConnectionReceiver> receiver_;
   kj::Timer& timer_;
@@ -81,7 +83,7 @@ class Listener {
   kj::Promise<void> accept_task_ = nullptr;
   uint64_t refused_ = 0;  // refused since start (for the log)
   bool closed_ = false;
-  ErrorHandler error_handler_;
+  ConnectionErrors error_handler_;
   kj::Own<kj::TaskSet> tasks_;  // one per refused connection
 };
 

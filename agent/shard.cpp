@@ -1,12 +1,9 @@
 #include "agent/shard.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <algorithm>
 #include <future>
 
 #include "agent/kv_service.hpp"
-#include "agent/listener.hpp"
 #include "agent/prim_service.hpp"
 #include "agent/watch_hub.hpp"
 #include "cluster/node/node.hpp"
@@ -18,14 +15,6 @@ capnp::ReaderOptions client_reader_options(const storage::Limits& limits) {
   size_t limit_bytes = std::max<size_t>(64u << 20, 4 * limits.max_request_bytes);
   options.traversalLimitInWords = limit_bytes / 8;
   return options;
-}
-
-void Shard::ErrorHandler::taskFailed(kj::Exception&& e) {
-  if (e.getType() == kj::Exception::Type::DISCONNECTED) {
-    spdlog::debug("connection task ended: {}", e.getDescription().cStr());
-  } else {
-    spdlog::warn("connection task failed: {}", e.getDescription().cStr());
-  }
 }
 
 Shard::Shard(const Config& config, storage::Engine& engine, node::Node& node,

@@ -19,6 +19,7 @@
 
 #include "agent/config.hpp"
 #include "agent/counts.hpp"
+#include "agent/listener.hpp"
 #include "agent/peer.hpp"
 #include "cluster/model/result.hpp"
 
@@ -77,11 +78,7 @@ class Shard {
   std::shared_ptr<WatchHub> hub_;
   std::shared_ptr<PrimService> prim_;
   std::shared_ptr<KvService> service_;
-  class ErrorHandler final : public kj::TaskSet::ErrorHandler {
-   public:
-    void taskFailed(kj::Exception&& e) override;
-  };
-  ErrorHandler error_handler_;
+  ConnectionErrors error_handler_;
   kj::Own<kj::TaskSet> connections_;  // one task per connection
   bool closed_ = false;
 };

@@ -205,7 +205,7 @@ void RelayHub::tick(RelayClock::time_point now) {
     it = next;
   }
   // Over the fan-out (this member became leader): the children with the fewest learners
-  // below them are told to attach under one of the others, and let go.
+  // below them are let go, each told to attach under one of the children kept.
   const wire::RelayEntries header = feed_.relay_header();
   const size_t limit = fanout(header);
   if (children_.size() > limit) {
@@ -213,13 +213,20 @@ void RelayHub::tick(RelayClock::time_point now) {
     for (const auto& [id, c] : children_)
       by_size.emplace_back(c.report.size(), id);
     std::sort(by_size.begin(), by_size.end());
-    for (size_t k = 0; k + limit < by_size.size(); ++k) {
-      const raft::NodeId id = by_size[k].second;
-      const std::string why = "this member feeds more than " + std::to_string(limit) +
-                              " learners (" + fanout_reason(header) + ")";
-      feed_.relay_send(id, wire::encode_relay_redirect(redirect_to_children(id, why)));
+    const size_t shed = by_size.size() - limit;
+    const std::string why = "this member feeds more than " + std::to_string(limit) + " learners (" +
+                            fanout_reason(header) + ")";
+    wire::RelayRedirect kept;
+    kept.reason = why;
+    for (size_t k = shed; k < by_size.size(); ++k) {
+      const Child& c = children_.at(by_size[k].second);
+      kept.candidates.push_back(Member{by_size[k].second, c.name, c.peer_address, true});
+    }
+    const std::string message = wire::encode_relay_redirect(kept);
+    for (size_t k = 0; k < shed; ++k) {
+      feed_.relay_send(by_size[k].second, message);
       stats_.redirected++;
-      drop(id, why);
+      drop(by_size[k].second, why);
     }
   }
   pump(now);

@@ -82,8 +82,6 @@ class RelayHub {
   bool is_child(raft::NodeId id) const { return children_.count(id) != 0; }
   // Sends each child what it lacks (within its window), and heartbeats that are due.
   void pump(RelayClock::time_point now);
-  // The most children this member takes now: leader_fanout while it leads, else fanout.
-  size_t fanout(const wire::RelayEntries& header) const;
   // Lets go of children silent for timeout_ms, and of those over the fan-out (a member that
   // became leader keeps leader_fanout: the others are redirected); then pump().
   void tick(RelayClock::time_point now);
@@ -102,6 +100,8 @@ class RelayHub {
   const Stats& stats() const { return stats_; }
 
  private:
+  // The most children this member takes now: leader_fanout while it leads, else fanout.
+  size_t fanout(const wire::RelayEntries& header) const;
   std::string fanout_reason(const wire::RelayEntries& header) const;
   // A redirect naming this member's children (but `from`) as candidates.
   wire::RelayRedirect redirect_to_children(raft::NodeId from, const std::string& reason) const;
